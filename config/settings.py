@@ -1,0 +1,155 @@
+"""Environment variables -> one frozen `Settings`.
+
+This module imports nothing of the project: everything else may import it.
+A bad value raises `ConfigError` with one line naming the variable, the value given and the
+values allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+Backend = Literal["sqlite", "postgres"]
+BACKENDS: tuple[Backend, ...] = ("sqlite", "postgres")
+
+DEFAULT_MIRROR_TIMEOUT_MS = 2000
+DEFAULT_SHADOW_SAMPLE_RATE = 1.0
+DEFAULT_SHADOW_TIMEOUT_MS = 1000
+
+
+class ConfigError(ValueError):
+    """Raised when an environment variable holds a value the project cannot use."""
+
+
+def _bad(name: str, value: str, allowed: str) -> ConfigError:
+    shown = redact_dsn(value) if name == "POSTGRES_DSN" else value
+    return ConfigError(f"{name}={shown!r} is not valid: allowed values are {allowed}")
+
+
+def redact_dsn(dsn: str) -> str:
+    """Return the DSN with any password replaced by `***` (safe for logs and errors)."""
+    redacted = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    return re.sub(r"(password=)[^&\s]*", r"\1***", redacted)
+
+
+def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:
+    value = env.get(name, default).strip()
+    if value not in allowed:
+        raise _bad(name, value, " or ".join(allowed))
+    return value
+
+
+def _int_ms(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise _bad(name, raw, f"an integer from {lo} to {hi} (milliseconds)") from None
+    if not lo <= value <= hi:
+        raise _bad(name, raw, f"an integer from {lo} to {hi} (milliseconds)")
+    return value
+
+
+def _rate(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise _bad(name, raw, "a number from 0.0 to 1.0") from None
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise _bad(name, raw, "a number from 0.0 to 1.0")
+    return value
+
+
+def _port(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise _bad(name, raw, "a TCP port from 1 to 65535") from None
+    if not 1 <= value <= 65535:
+        raise _bad(name, raw, "a TCP port from 1 to 65535")
+    return value
+
+
+def _dsn(env: Mapping[str, str]) -> str:
+    value = env.get("POSTGRES_DSN", "embedded").strip() or "embedded"
+    if value != "embedded" and not value.startswith(("postgresql://", "postgres://")):
+        raise _bad("POSTGRES_DSN", value, "'embedded' or a postgresql:// DSN")
+    return value
+
+
+def _token(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw.strip() != raw or len(raw) < 8:
+        # never echo a token back: name the rule instead
+        raise ConfigError(
+            f"{name} is not valid: allowed values are tokens of at least 8 characters "
+            "without surrounding whitespace"
+        )
+    return raw
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the project reads from the environment, validated."""
+
+    read_primary: Backend = "sqlite"
+    read_primary_file: Path | None = None
+    sqlite_path: Path = Path("./data/app.db")
+    postgres_dsn: str = "embedded"
+    dual_write: bool = True
+    mirror_timeout_ms: int = DEFAULT_MIRROR_TIMEOUT_MS
+    shadow_sample_rate: float = DEFAULT_SHADOW_SAMPLE_RATE
+    shadow_timeout_ms: int = DEFAULT_SHADOW_TIMEOUT_MS
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    admin_token: str | None = None
+    api_token: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate the contract's variables (`os.environ` by default)."""
+        env = os.environ if env is None else env
+        primary_file = env.get("READ_PRIMARY_FILE", "").strip()
+        return cls(
+            read_primary=_choice(env, "READ_PRIMARY", BACKENDS, "sqlite"),  # type: ignore[arg-type]
+            read_primary_file=Path(primary_file) if primary_file else None,
+            sqlite_path=Path(env.get("SQLITE_PATH", "").strip() or "./data/app.db"),
+            postgres_dsn=_dsn(env),
+            dual_write=_choice(env, "DUAL_WRITE", ("on", "off"), "on") == "on",
+            mirror_timeout_ms=_int_ms(
+                env, "MIRROR_TIMEOUT_MS", DEFAULT_MIRROR_TIMEOUT_MS, 1, 600_000
+            ),
+            shadow_sample_rate=_rate(env, "SHADOW_SAMPLE_RATE", DEFAULT_SHADOW_SAMPLE_RATE),
+            shadow_timeout_ms=_int_ms(
+                env, "SHADOW_TIMEOUT_MS", DEFAULT_SHADOW_TIMEOUT_MS, 1, 600_000
+            ),
+            metrics_port=_port(env, "METRICS_PORT"),
+            metrics_host=env.get("METRICS_HOST", "").strip() or "127.0.0.1",
+            admin_token=_token(env, "ADMIN_TOKEN"),
+            api_token=_token(env, "API_TOKEN"),
+        )
+
+    def with_(self, **changes: object) -> Settings:
+        """A copy with some fields changed (tests and the demo use it)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def safe_dsn(self) -> str:
+        """The DSN with its password hidden."""
+        return redact_dsn(self.postgres_dsn)

@@ -1,0 +1,25 @@
+"""The dual-write repository for the SQLite -> PostgreSQL cutover, and the two stores."""
+
+from proxy.connect import open_store
+from proxy.errors import CutoverError, NotFoundError, StoreUnavailable, ValidationError
+from proxy.legacy import LEGACY_NAMESPACE
+from proxy.models import LearningEvent, Question, SearchResult, StudyBook, TypingLog, User
+from proxy.stores import PostgresStore, SQLiteStore, Store
+
+__all__ = [
+    "LEGACY_NAMESPACE",
+    "CutoverError",
+    "LearningEvent",
+    "NotFoundError",
+    "PostgresStore",
+    "Question",
+    "SQLiteStore",
+    "SearchResult",
+    "Store",
+    "StoreUnavailable",
+    "StudyBook",
+    "TypingLog",
+    "User",
+    "ValidationError",
+    "open_store",
+]

@@ -1,0 +1,42 @@
+"""The project's exceptions, one root.
+
+    CutoverError
+    ├── ValidationError (also ValueError)   bad input, raised before any store is touched
+    ├── NotFoundError (also LookupError)    the row does not exist
+    └── StoreUnavailable                    the primary could not be reached; nothing changed
+"""
+
+from __future__ import annotations
+
+
+class CutoverError(Exception):
+    """Root of every error the project raises on purpose."""
+
+
+class ValidationError(CutoverError, ValueError):
+    """Raised when input breaks the contract's rules; names the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+class NotFoundError(CutoverError, LookupError):
+    """Raised when a row asked for (or referenced) does not exist."""
+
+    def __init__(self, entity: str, row_id: object, field: str | None = None) -> None:
+        self.entity = entity
+        self.row_id = row_id
+        self.field = field
+        where = f" (field {field})" if field else ""
+        super().__init__(f"{entity} {row_id} not found{where}")
+
+
+class StoreUnavailable(CutoverError):
+    """Raised when the primary store cannot be reached; the call changed nothing."""
+
+    def __init__(self, backend: str, reason: str) -> None:
+        self.backend = backend
+        self.reason = reason
+        super().__init__(f"{backend} store unavailable: {reason}")

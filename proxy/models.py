@@ -1,0 +1,226 @@
+"""Rows as frozen dataclasses, and the table specs both stores and the repository share.
+
+Every entity's columns are the seed document's columns, in the seed's order. The specs are the
+single place that knows which column is an id, a timestamp, a decimal or an owner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Any, Literal
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: uuid.UUID
+    name: str
+    email: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StudyBook:
+    id: uuid.UUID
+    user_id: uuid.UUID
+    title: str
+    description: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    id: uuid.UUID
+    study_book_id: uuid.UUID
+    language: str
+    category: str
+    difficulty: str
+    question: str
+    answer: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TypingLog:
+    id: uuid.UUID
+    user_id: uuid.UUID
+    question_id: uuid.UUID | None
+    wpm: int
+    accuracy: Decimal
+    took_ms: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LearningEvent:
+    id: uuid.UUID
+    user_id: str
+    app_id: str
+    action: str
+    object_id: str | None
+    score: Decimal | None
+    duration_ms: int | None
+    occurred_at: datetime
+
+
+MatchKind = Literal["fts", "fuzzy", "substring"]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    question_id: uuid.UUID
+    question: str
+    answer: str
+    highlight: str
+    score: float
+    match_kind: MatchKind
+
+
+Row = User | StudyBook | Question | TypingLog | LearningEvent
+
+
+class Kind(Enum):
+    """How a column's value is typed in Python (and normalised across the two engines)."""
+
+    UUID = "uuid"
+    TEXT = "text"
+    INT = "int"
+    DECIMAL = "decimal"
+    TIMESTAMP = "timestamp"
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    kind: Kind
+    nullable: bool = False
+    max_length: int | None = None  # VARCHAR limit in the seed; None = TEXT
+    references: str | None = None  # table name of the parent
+    on_delete: Literal["CASCADE", "SET NULL"] | None = None
+    scale: int | None = None  # decimal places for NUMERIC
+    precision: int | None = None
+    minimum: int | None = None
+    maximum: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    """One table: its name, row class, columns and the owner it is listed by."""
+
+    name: str  # the repository's method stem, e.g. "study_book"
+    table: str
+    row_type: type[Any]
+    columns: tuple[Column, ...]
+    owner: str | None  # column that `list_*` filters by
+    order_by: str  # timestamp column that `list_*` orders by
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def has_updated_at(self) -> bool:
+        return "updated_at" in self.column_names
+
+    @property
+    def timestamp_columns(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.kind is Kind.TIMESTAMP)
+
+    @property
+    def writable(self) -> tuple[Column, ...]:
+        """Columns a caller may set (not the id and not the timestamps)."""
+        return tuple(c for c in self.columns if c.name != "id" and c.kind is not Kind.TIMESTAMP)
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def make(self, values: dict[str, Any]) -> Any:
+        return self.row_type(**{n: values[n] for n in self.column_names})
+
+
+def _ts(name: str) -> Column:
+    return Column(name, Kind.TIMESTAMP)
+
+
+USERS = Entity(
+    "user", "users", User,
+    (
+        Column("id", Kind.UUID),
+        Column("name", Kind.TEXT, max_length=255),
+        Column("email", Kind.TEXT, max_length=255),
+        _ts("created_at"), _ts("updated_at"),
+    ),
+    owner=None, order_by="created_at",
+)
+STUDY_BOOKS = Entity(
+    "study_book", "study_books", StudyBook,
+    (
+        Column("id", Kind.UUID),
+        Column("user_id", Kind.UUID, references="users", on_delete="CASCADE"),
+        Column("title", Kind.TEXT, max_length=500),
+        Column("description", Kind.TEXT, nullable=True),
+        _ts("created_at"), _ts("updated_at"),
+    ),
+    owner="user_id", order_by="created_at",
+)
+QUESTIONS = Entity(
+    "question", "questions", Question,
+    (
+        Column("id", Kind.UUID),
+        Column("study_book_id", Kind.UUID, references="study_books", on_delete="CASCADE"),
+        Column("language", Kind.TEXT, max_length=50),
+        Column("category", Kind.TEXT, max_length=100),
+        Column("difficulty", Kind.TEXT, max_length=50),
+        Column("question", Kind.TEXT),
+        Column("answer", Kind.TEXT),
+        _ts("created_at"), _ts("updated_at"),
+    ),
+    owner="study_book_id", order_by="created_at",
+)
+TYPING_LOGS = Entity(
+    "typing_log", "typing_logs", TypingLog,
+    (
+        Column("id", Kind.UUID),
+        Column("user_id", Kind.UUID, references="users", on_delete="CASCADE"),
+        Column("question_id", Kind.UUID, nullable=True, references="questions",
+               on_delete="SET NULL"),
+        Column("wpm", Kind.INT, minimum=0, maximum=2**31 - 1),
+        Column("accuracy", Kind.DECIMAL, precision=5, scale=2, minimum=0, maximum=100),
+        Column("took_ms", Kind.INT, minimum=0, maximum=2**31 - 1),
+        _ts("created_at"),
+    ),
+    owner="user_id", order_by="created_at",
+)
+LEARNING_EVENTS = Entity(
+    "learning_event", "learning_events", LearningEvent,
+    (
+        Column("id", Kind.UUID),
+        Column("user_id", Kind.TEXT, max_length=255),
+        Column("app_id", Kind.TEXT, max_length=100),
+        Column("action", Kind.TEXT, max_length=100),
+        Column("object_id", Kind.TEXT, nullable=True, max_length=255),
+        Column("score", Kind.DECIMAL, nullable=True, precision=10, scale=2),
+        Column("duration_ms", Kind.INT, nullable=True, minimum=0, maximum=2**31 - 1),
+        _ts("occurred_at"),
+    ),
+    owner="user_id", order_by="occurred_at",
+)
+
+ENTITIES: tuple[Entity, ...] = (USERS, STUDY_BOOKS, QUESTIONS, TYPING_LOGS, LEARNING_EVENTS)
+BY_NAME: dict[str, Entity] = {e.name: e for e in ENTITIES}
+BY_TABLE: dict[str, Entity] = {e.table: e for e in ENTITIES}
+
+
+def as_dict(row: Row) -> dict[str, Any]:
+    """The row's columns as a dict (a shallow copy)."""
+    return {f.name: getattr(row, f.name) for f in dataclasses.fields(row)}

@@ -1,0 +1,391 @@
+"""The PostgreSQL store: asyncpg, tsvector full-text search plus pg_trgm word similarity.
+
+A primary write and its outbox entry are one statement (a data-modifying CTE), so they commit
+together in one round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import asyncpg
+
+from proxy.codec import from_postgres
+from proxy.errors import NotFoundError, StoreUnavailable, ValidationError
+from proxy.models import BY_NAME, BY_TABLE, ENTITIES, Entity, Kind, SearchResult
+from proxy.stores import postgres_schema
+from proxy.stores.base import ApplyOutcome, ApplyResult, Mutation, OutboxEntry, OutboxStats
+from proxy.stores.methods import StoreMethods
+from proxy.stores.searchtext import ParsedQuery, document, highlight, parse_query
+
+# word_similarity threshold of the fuzzy branch: 'jsno encodr' scores 0.47 against a question
+# about json.JSONEncoder, pg_trgm's default of 0.6 would miss it.
+FUZZY_THRESHOLD = 0.4
+FUZZY_MIN_CHARS = 4  # shorter queries have too few trigrams for similarity to mean anything
+SUBSTRING_SCORE = 0.5
+
+UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
+
+def _payload_sql(entity: Entity, alias: str) -> str:
+    """jsonb of a row's columns, decimals as text so no float ever touches them."""
+    parts = []
+    for c in entity.columns:
+        value = f"{alias}.{c.name}"
+        if c.kind is Kind.DECIMAL:
+            value += "::text"
+        parts.append(f"'{c.name}', {value}")
+    return f"jsonb_build_object('row', jsonb_build_object({', '.join(parts)}))"
+
+
+def _outbox_cte(entity: Entity, op: str, target_param: str, version_param: str) -> str:
+    payload = "NULL" if op == "delete" else _payload_sql(entity, "r")
+    return (
+        "o AS (INSERT INTO cutover_outbox (target, entity, op, row_id, version, payload) "
+        f"SELECT t, '{entity.name}', '{op}', r.id, {version_param}, {payload} "
+        f"FROM r, unnest({target_param}::text[]) AS t RETURNING seq)"
+    )
+
+
+class PostgresStore(StoreMethods):
+    """One PostgreSQL database."""
+
+    backend: Literal["sqlite", "postgres"] = "postgres"
+
+    def __init__(self, dsn: str, *, min_size: int = 2, max_size: int = 10) -> None:
+        self.dsn = dsn
+        self._min_size = min_size
+        self._max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            try:
+                self._pool = await asyncpg.create_pool(
+                    self.dsn, min_size=self._min_size, max_size=self._max_size,
+                    init=_init_connection, timeout=10,
+                )
+            except UNAVAILABLE as exc:
+                raise StoreUnavailable("postgres", _reason(exc)) from exc
+        return self._pool
+
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        pool = await self._get_pool()
+        try:
+            async with pool.acquire(timeout=10) as conn:
+                return list(await conn.fetch(sql, *args))
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable("postgres", _reason(exc)) from exc
+
+    async def init_schema(self) -> None:
+        pool = await self._get_pool()
+        async with pool.acquire() as conn, conn.transaction():
+            # one schema change at a time, even when two processes start together
+            await conn.execute("SELECT pg_advisory_xact_lock(7715001)")
+            await conn.execute(postgres_schema.DDL)
+            await conn.execute(postgres_schema.SEARCH_INDEXES)
+
+    async def ping(self) -> None:
+        await self._fetch("SELECT 1")
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await pool.close()
+            except UNAVAILABLE:
+                pool.terminate()
+
+    # -- writes as the primary --
+    async def insert_row(
+        self, entity: Entity, values: dict[str, Any], *, version: int,
+        outbox_targets: Sequence[str] = (),
+    ) -> tuple[dict[str, Any], int | None]:
+        cols = list(values)
+        n = len(cols)
+        sql = (
+            f"WITH r AS (INSERT INTO {entity.table} ({', '.join(cols)}, row_version) "
+            f"VALUES ({', '.join(f'${i + 1}' for i in range(n))}, ${n + 1}) RETURNING *), "
+            f"{_outbox_cte(entity, 'insert', f'${n + 2}', f'${n + 1}')} "
+            "SELECT r.*, (SELECT max(seq) FROM o) AS outbox_seq FROM r"
+        )
+        rows = await self._write(entity, values, sql, *values.values(), version,
+                                 list(outbox_targets))
+        return from_postgres(entity, rows[0]), rows[0]["outbox_seq"]
+
+    async def update_row(
+        self, entity: Entity, row_id: uuid.UUID, changes: dict[str, Any], *, version: int,
+        outbox_targets: Sequence[str] = (),
+    ) -> tuple[dict[str, Any], int | None]:
+        cols = list(changes)
+        n = len(cols)
+        sets = ", ".join(f"{c} = ${i + 1}" for i, c in enumerate(cols))
+        sql = (
+            f"WITH r AS (UPDATE {entity.table} SET {sets}, row_version = ${n + 1} "
+            f"WHERE id = ${n + 3} RETURNING *), "
+            f"{_outbox_cte(entity, 'update', f'${n + 2}', f'${n + 1}')} "
+            "SELECT r.*, (SELECT max(seq) FROM o) AS outbox_seq FROM r"
+        )
+        rows = await self._write(entity, changes, sql, *changes.values(), version,
+                                 list(outbox_targets), row_id)
+        if not rows:
+            raise NotFoundError(entity.name, row_id)
+        return from_postgres(entity, rows[0]), rows[0]["outbox_seq"]
+
+    async def delete_row(
+        self, entity: Entity, row_id: uuid.UUID, *, version: int,
+        outbox_targets: Sequence[str] = (),
+    ) -> int | None:
+        sql = (
+            f"WITH r AS (DELETE FROM {entity.table} WHERE id = $1 RETURNING id), "
+            "t AS (INSERT INTO cutover_tombstones (entity, row_id, version) "
+            f"SELECT '{entity.name}', r.id, $2 FROM r ON CONFLICT (entity, row_id) DO UPDATE "
+            "SET version = GREATEST(cutover_tombstones.version, EXCLUDED.version)), "
+            f"{_outbox_cte(entity, 'delete', '$3', '$2')} "
+            "SELECT (SELECT count(*) FROM r) AS n, (SELECT max(seq) FROM o) AS outbox_seq"
+        )
+        rows = await self._write(entity, {}, sql, row_id, version, list(outbox_targets))
+        if rows[0]["n"] == 0:
+            raise NotFoundError(entity.name, row_id)
+        seq: int | None = rows[0]["outbox_seq"]
+        return seq
+
+    async def _write(
+        self, entity: Entity, values: dict[str, Any], sql: str, *args: Any
+    ) -> list[asyncpg.Record]:
+        try:
+            return await self._fetch(sql, *args)
+        except asyncpg.ForeignKeyViolationError as exc:
+            raise _fk_error(entity, values, exc) from exc
+        except asyncpg.UniqueViolationError as exc:
+            column = (exc.constraint_name or "").removeprefix(f"{entity.table}_").removesuffix(
+                "_key").removesuffix("_pkey") or "id"
+            if column in ("", "pkey", "id"):
+                raise ValidationError("id", "a row with this id already exists") from exc
+            raise ValidationError(column, "already in use") from exc
+        except asyncpg.DataError as exc:
+            raise ValidationError(entity.name, f"rejected by the database: {exc}") from exc
+
+    # -- reads --
+    async def get_row(self, entity: Entity, row_id: uuid.UUID) -> dict[str, Any] | None:
+        rows = await self._fetch(f"SELECT * FROM {entity.table} WHERE id = $1", row_id)
+        return from_postgres(entity, rows[0]) if rows else None
+
+    async def list_rows(
+        self, entity: Entity, owner: Any | None, *, limit: int, offset: int
+    ) -> list[dict[str, Any]]:
+        if entity.owner is not None and owner is not None:
+            sql = (f"SELECT * FROM {entity.table} WHERE {entity.owner} = $1 "
+                   f"ORDER BY {entity.order_by}, id LIMIT $2 OFFSET $3")
+            rows = await self._fetch(sql, owner, limit, offset)
+        else:
+            sql = f"SELECT * FROM {entity.table} ORDER BY {entity.order_by}, id LIMIT $1 OFFSET $2"
+            rows = await self._fetch(sql, limit, offset)
+        return [from_postgres(entity, r) for r in rows]
+
+    async def search(self, query: str, user_id: uuid.UUID, limit: int) -> list[SearchResult]:
+        parsed = parse_query(query)
+        if parsed.empty:
+            return []
+        hits: list[SearchResult] = []
+        if parsed.terms:
+            use_fuzzy = len(parsed.text) >= FUZZY_MIN_CHARS
+            rows = await self._fetch(SEARCH_SQL if use_fuzzy else FTS_ONLY_SQL,
+                                     list(parsed.terms), parsed.text, user_id, limit)
+            hits = [_result(r, parsed, "fts" if r["is_fts"] else "fuzzy") for r in rows]
+        if parsed.substrings and len(hits) < limit:
+            seen = {h.question_id for h in hits}
+            conds = " AND ".join(
+                f"strpos(lower({postgres_schema.SEARCH_DOCUMENT}), ${i + 2}) > 0"
+                for i in range(len(parsed.substrings))
+            )
+            rows = await self._fetch(
+                "SELECT q.id, q.question, q.answer, 0.5::float8 AS score, false AS is_fts "
+                "FROM questions q JOIN study_books b ON b.id = q.study_book_id "
+                f"WHERE b.user_id = $1 AND {conds} ORDER BY q.id "
+                f"LIMIT ${len(parsed.substrings) + 2}",
+                user_id, *parsed.substrings, limit + len(seen),
+            )
+            for r in rows:
+                if r["id"] not in seen and len(hits) < limit:
+                    hits.append(_result(r, parsed, "substring"))
+        return hits
+
+    # -- as a mirror --
+    async def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
+        pool = await self._get_pool()
+        results = []
+        try:
+            async with pool.acquire(timeout=10) as conn:
+                for m in mutations:
+                    results.append(await _apply_one(conn, m))
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable("postgres", _reason(exc)) from exc
+        return results
+
+    # -- outbox --
+    async def outbox_pending(self, target: str, limit: int) -> list[OutboxEntry]:
+        rows = await self._fetch(
+            "SELECT * FROM cutover_outbox WHERE target = $1 AND NOT dead ORDER BY seq LIMIT $2",
+            target, limit,
+        )
+        return [_entry(r) for r in rows]
+
+    async def outbox_dead(self, target: str, limit: int) -> list[OutboxEntry]:
+        rows = await self._fetch(
+            "SELECT * FROM cutover_outbox WHERE target = $1 AND dead ORDER BY seq LIMIT $2",
+            target, limit,
+        )
+        return [_entry(r) for r in rows]
+
+    async def outbox_ack(self, seqs: Sequence[int]) -> None:
+        if seqs:
+            await self._fetch(
+                "DELETE FROM cutover_outbox WHERE seq = ANY($1::bigint[])", list(seqs)
+            )
+
+    async def outbox_retry(self, seq: int, error: str, *, dead: bool) -> None:
+        await self._fetch(
+            "UPDATE cutover_outbox SET attempts = attempts + 1, last_error = $2, dead = $3 "
+            "WHERE seq = $1", seq, error[:500], dead,
+        )
+
+    async def outbox_stats(self, target: str) -> OutboxStats:
+        rows = await self._fetch(
+            "SELECT count(*) FILTER (WHERE NOT dead) AS pending, "
+            "min(created_at) FILTER (WHERE NOT dead) AS oldest, "
+            "count(*) FILTER (WHERE dead) AS dead FROM cutover_outbox WHERE target = $1", target,
+        )
+        ids = await self._fetch(
+            "SELECT DISTINCT row_id FROM cutover_outbox WHERE target = $1 LIMIT 10000", target
+        )
+        r = rows[0]
+        return OutboxStats(r["pending"], r["oldest"], r["dead"],
+                           frozenset(x["row_id"] for x in ids))
+
+
+_DOC = postgres_schema.SEARCH_DOCUMENT
+_SELECT = (
+    "SELECT q.id, q.question, q.answer, (q.search_vector @@ cutover_tsquery($1)) AS is_fts, "
+    "CASE WHEN q.search_vector @@ cutover_tsquery($1) "
+    "     THEN 2 + ts_rank(q.search_vector, cutover_tsquery($1), 32) "
+    f"     ELSE 1 + word_similarity($2, {_DOC}) END AS score "
+    "FROM questions q JOIN study_books b ON b.id = q.study_book_id "
+)
+SEARCH_SQL = (
+    _SELECT
+    + f"WHERE b.user_id = $3 AND (q.search_vector @@ cutover_tsquery($1) OR $2 <% {_DOC}) "
+    "ORDER BY score DESC, q.id LIMIT $4"
+)
+FTS_ONLY_SQL = (
+    _SELECT
+    + "WHERE b.user_id = $3 AND q.search_vector @@ cutover_tsquery($1) AND $2::text IS NOT NULL "
+    "ORDER BY score DESC, q.id LIMIT $4"
+)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.execute(f"SET pg_trgm.word_similarity_threshold = {FUZZY_THRESHOLD}")
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200] if str(exc) else type(exc).__name__
+
+
+def _fk_error(entity: Entity, values: dict[str, Any], exc: asyncpg.PostgresError) -> Exception:
+    constraint = getattr(exc, "constraint_name", "") or ""
+    for col in entity.columns:
+        if col.references and constraint == f"{entity.table}_{col.name}_fkey":
+            return NotFoundError(BY_TABLE[col.references].name, values.get(col.name), col.name)
+    return NotFoundError(entity.name, None)
+
+
+def _result(r: asyncpg.Record, parsed: ParsedQuery, kind: Any) -> SearchResult:
+    return SearchResult(
+        question_id=r["id"], question=r["question"], answer=r["answer"],
+        highlight=highlight(document(r["question"], r["answer"]), parsed, fuzzy=kind == "fuzzy"),
+        score=float(r["score"]), match_kind=kind,
+    )
+
+
+def _entry(r: asyncpg.Record) -> OutboxEntry:
+    payload = r["payload"]
+    row = None if payload is None else json.loads(payload)["row"]
+    mutation = Mutation.from_json({"entity": r["entity"], "op": r["op"], "row_id": str(r["row_id"]),
+                                   "version": r["version"], "row": row})
+    return OutboxEntry(seq=r["seq"], target=r["target"], mutation=mutation,
+                       created_at=r["created_at"], attempts=r["attempts"],
+                       last_error=r["last_error"], dead=r["dead"])
+
+
+def _upsert_sql(entity: Entity) -> str:
+    cols = entity.column_names
+    n = len(cols)
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in cols if c != "id")
+    return (
+        f"INSERT INTO {entity.table} ({', '.join(cols)}, row_version) "
+        f"SELECT {', '.join(f'${i + 1}' for i in range(n))}, ${n + 1} WHERE NOT EXISTS ("
+        f"SELECT 1 FROM cutover_tombstones WHERE entity = '{entity.name}' AND row_id = $1 "
+        f"AND version >= ${n + 1}) "
+        f"ON CONFLICT (id) DO UPDATE SET {updates}, row_version = EXCLUDED.row_version "
+        f"WHERE {entity.table}.row_version < EXCLUDED.row_version"
+    )
+
+
+_UPSERT = {e.name: _upsert_sql(e) for e in ENTITIES}
+
+
+async def _apply_one(conn: asyncpg.Connection, m: Mutation) -> ApplyResult:
+    entity = BY_NAME[m.entity]
+    try:
+        if m.op == "delete":
+            async with conn.transaction():
+                status = await conn.execute(
+                    f"DELETE FROM {entity.table} WHERE id = $1 AND row_version < $2",
+                    m.row_id, m.version,
+                )
+                await conn.execute(
+                    "INSERT INTO cutover_tombstones (entity, row_id, version) VALUES ($1, $2, $3)"
+                    " ON CONFLICT (entity, row_id) DO UPDATE SET version = "
+                    "GREATEST(cutover_tombstones.version, EXCLUDED.version)",
+                    entity.name, m.row_id, m.version,
+                )
+            applied = not status.endswith(" 0")
+        else:
+            assert m.row is not None
+            status = await conn.execute(
+                _UPSERT[entity.name], *(m.row.get(c) for c in entity.column_names), m.version
+            )
+            applied = not status.endswith(" 0")
+        return ApplyResult(ApplyOutcome.APPLIED if applied else ApplyOutcome.SUPERSEDED)
+    except asyncpg.ForeignKeyViolationError as exc:
+        if m.row is not None and await _parent_deleted(conn, entity, m):
+            return ApplyResult(ApplyOutcome.SUPERSEDED)
+        return ApplyResult(ApplyOutcome.FAILED, str(exc))
+    except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
+        return ApplyResult(ApplyOutcome.FAILED, f"{type(exc).__name__}: {exc}", permanent=True)
+
+
+async def _parent_deleted(conn: asyncpg.Connection, entity: Entity, m: Mutation) -> bool:
+    assert m.row is not None
+    for col in entity.columns:
+        value = m.row.get(col.name)
+        if col.references and value is not None:
+            hit = await conn.fetchval(
+                "SELECT 1 FROM cutover_tombstones WHERE entity = $1 AND row_id = $2",
+                BY_TABLE[col.references].name, value,
+            )
+            if hit:
+                return True
+    return False

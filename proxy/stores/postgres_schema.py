@@ -1,0 +1,158 @@
+"""The PostgreSQL schema: the seed's tables and types, with its search defects fixed.
+
+Fixed against the seed (see notes/search-pitfalls.md):
+- The text search configuration `cutover_search` stems with Snowball's original Porter algorithm
+  (the one FTS5's `porter` tokenizer runs), folds accents with `unaccent` and keeps stop words
+  (FTS5 has none), so both engines read the same words the same way.
+- The document is split on every non-alphanumeric character before parsing, as FTS5's unicode61
+  does: PostgreSQL's parser would otherwise keep `json.dumps` as one `host` token.
+- The trigram index is an expression index on exactly the text the fuzzy predicate
+  (`query <% (question || ' ' || answer)`, word similarity) uses, so the query can use it.
+Added: `row_version` on every table (DEFAULT 0: a plain INSERT or COPY of the seed's columns
+still works), the outbox, tombstones and `legacy_ids`.
+"""
+
+from __future__ import annotations
+
+SEARCH_DOCUMENT = "(question || ' ' || answer)"
+
+DDL = r"""
+CREATE EXTENSION IF NOT EXISTS pg_trgm;
+CREATE EXTENSION IF NOT EXISTS unaccent;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_ts_dict WHERE dictname = 'cutover_porter') THEN
+        CREATE TEXT SEARCH DICTIONARY cutover_porter (TEMPLATE = snowball, Language = porter);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_ts_config WHERE cfgname = 'cutover_search') THEN
+        CREATE TEXT SEARCH CONFIGURATION cutover_search (COPY = simple);
+        ALTER TEXT SEARCH CONFIGURATION cutover_search
+            ALTER MAPPING FOR asciiword, word, numword, asciihword, hword, hword_part,
+                              hword_asciipart, hword_numpart
+            WITH unaccent, cutover_porter;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'cutover_tsquery_and') THEN
+        CREATE AGGREGATE cutover_tsquery_and(tsquery) (SFUNC = tsquery_and, STYPE = tsquery);
+    END IF;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION cutover_words(doc text) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN regexp_replace(doc, '[^[:alnum:]]+', ' ', 'g');
+
+-- every term a phrase of its words, all terms required: the FTS5 side's `"a b" "c"`
+CREATE OR REPLACE FUNCTION cutover_tsquery(terms text[]) RETURNS tsquery
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    BEGIN ATOMIC
+        SELECT coalesce(
+            cutover_tsquery_and(phraseto_tsquery('cutover_search', cutover_words(t))),
+            ''::tsquery)
+        FROM unnest(terms) AS t;
+    END;
+
+CREATE TABLE IF NOT EXISTS users (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    name VARCHAR(255) NOT NULL,
+    email VARCHAR(255) UNIQUE NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+    row_version BIGINT NOT NULL DEFAULT 0
+);
+
+CREATE TABLE IF NOT EXISTS study_books (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id UUID NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    title VARCHAR(500) NOT NULL,
+    description TEXT,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+    row_version BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS idx_study_books_user_id ON study_books(user_id);
+
+CREATE TABLE IF NOT EXISTS questions (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    study_book_id UUID NOT NULL REFERENCES study_books(id) ON DELETE CASCADE,
+    language VARCHAR(50) NOT NULL,
+    category VARCHAR(100) NOT NULL,
+    difficulty VARCHAR(50) NOT NULL,
+    question TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+    row_version BIGINT NOT NULL DEFAULT 0,
+    search_vector tsvector GENERATED ALWAYS AS (
+        setweight(to_tsvector('cutover_search'::regconfig, cutover_words(question)), 'A') ||
+        setweight(to_tsvector('cutover_search'::regconfig, cutover_words(answer)), 'B')
+    ) STORED
+);
+CREATE INDEX IF NOT EXISTS idx_questions_study_book_id ON questions(study_book_id);
+
+CREATE TABLE IF NOT EXISTS typing_logs (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id UUID NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    question_id UUID REFERENCES questions(id) ON DELETE SET NULL,
+    wpm INTEGER NOT NULL,
+    accuracy DECIMAL(5,2) NOT NULL,
+    took_ms INTEGER NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+    row_version BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS idx_typing_logs_user_id ON typing_logs(user_id);
+CREATE INDEX IF NOT EXISTS idx_typing_logs_question_id ON typing_logs(question_id);
+CREATE INDEX IF NOT EXISTS idx_typing_logs_created_at ON typing_logs(created_at);
+
+CREATE TABLE IF NOT EXISTS learning_events (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id VARCHAR(255) NOT NULL,
+    app_id VARCHAR(100) NOT NULL,
+    action VARCHAR(100) NOT NULL,
+    object_id VARCHAR(255),
+    score DECIMAL(10,2),
+    duration_ms INTEGER,
+    occurred_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+    row_version BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS idx_learning_events_user_occurred
+    ON learning_events(user_id, occurred_at DESC);
+CREATE INDEX IF NOT EXISTS idx_learning_events_action ON learning_events(action);
+
+CREATE TABLE IF NOT EXISTS cutover_outbox (
+    seq BIGSERIAL PRIMARY KEY,
+    target TEXT NOT NULL,
+    entity TEXT NOT NULL,
+    op TEXT NOT NULL,
+    row_id UUID NOT NULL,
+    version BIGINT NOT NULL,
+    payload JSONB,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    dead BOOLEAN NOT NULL DEFAULT false
+);
+CREATE INDEX IF NOT EXISTS idx_cutover_outbox_pending ON cutover_outbox(target, dead, seq);
+
+CREATE TABLE IF NOT EXISTS cutover_tombstones (
+    entity TEXT NOT NULL,
+    row_id UUID NOT NULL,
+    version BIGINT NOT NULL,
+    PRIMARY KEY (entity, row_id)
+);
+
+CREATE TABLE IF NOT EXISTS legacy_ids (
+    table_name TEXT NOT NULL,
+    legacy_id TEXT NOT NULL,
+    id UUID NOT NULL,
+    PRIMARY KEY (table_name, legacy_id)
+);
+"""
+
+# Built last (and by the backfill after a bulk load): building GIN indexes over loaded rows is
+# several times faster than maintaining them row by row.
+SEARCH_INDEXES = f"""
+CREATE INDEX IF NOT EXISTS idx_questions_search_vector ON questions USING GIN (search_vector);
+CREATE INDEX IF NOT EXISTS idx_questions_trigram ON questions
+    USING GIN ({SEARCH_DOCUMENT} gin_trgm_ops);
+"""
