@@ -20,7 +20,9 @@ async def resolve_dsn(settings: Settings, data_dir: Path = DEFAULT_DATA_DIR) -> 
     return await asyncio.to_thread(embedded_dsn, data_dir)
 
 
-def make_store(settings: Settings, backend: str, dsn: str | None = None) -> SQLiteStore | PostgresStore:
+def make_store(
+    settings: Settings, backend: str, dsn: str | None = None
+) -> SQLiteStore | PostgresStore:
     if backend == "sqlite":
         return SQLiteStore(settings.sqlite_path)
     if backend == "postgres":
