@@ -4,15 +4,18 @@ from proxy.connect import open_store
 from proxy.errors import CutoverError, NotFoundError, StoreUnavailable, ValidationError
 from proxy.legacy import LEGACY_NAMESPACE
 from proxy.models import LearningEvent, Question, SearchResult, StudyBook, TypingLog, User
+from proxy.repository import FlipRefused, Repository, open_repository
 from proxy.stores import PostgresStore, SQLiteStore, Store
 
 __all__ = [
     "LEGACY_NAMESPACE",
     "CutoverError",
+    "FlipRefused",
     "LearningEvent",
     "NotFoundError",
     "PostgresStore",
     "Question",
+    "Repository",
     "SQLiteStore",
     "SearchResult",
     "Store",
@@ -21,5 +24,6 @@ __all__ = [
     "TypingLog",
     "User",
     "ValidationError",
+    "open_repository",
     "open_store",
 ]

@@ -1,0 +1,520 @@
+"""The dual-write repository: one flag moves the primary; no acknowledged write is ever lost.
+
+One write travels: caller -> validation -> primary store (the row and an outbox entry in one
+transaction) -> mirror store (version-guarded, idempotent) -> outbox entry acknowledged. When
+the mirror fails or is slower than MIRROR_TIMEOUT_MS, the call still succeeds: the entry stays
+in the primary's outbox and the replay loop applies it, in order, until it lands. While a
+store has a backlog, new writes for it skip the inline attempt and queue behind the backlog,
+so replays and live writes reach the mirror in the order the primary committed them.
+
+Log events (structlog): `write.ok`, `write.failed` (primary refused or unreachable),
+`mirror.failed`, `mirror.deferred`, `outbox.replayed`, `outbox.retry`, `outbox.dead_letter`,
+`primary.flipped`, `primary.flip_refused`, `primary_file.invalid`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from config import Settings
+from config.settings import BACKENDS, Backend
+from metrics import Metrics
+from proxy.api import EntityMethods, stamp_create, stamp_update
+from proxy.clock import next_version
+from proxy.codec import now_utc
+from proxy.connect import resolve_dsn
+from proxy.errors import CutoverError, NotFoundError, StoreUnavailable
+from proxy.models import Entity, SearchResult
+from proxy.stores.base import ApplyOutcome, Mutation, Op, OutboxStats
+from proxy.stores.postgres import PostgresStore
+from proxy.stores.searchtext import DEFAULT_LIMIT, check_limit
+from proxy.stores.sqlite import SQLiteStore
+from proxy.validation import parse_id
+from shadow import ShadowRunner, ShadowStore
+
+log = structlog.get_logger("cutover.repository")
+
+AnyStore = SQLiteStore | PostgresStore
+
+MAX_ATTEMPTS = 10  # a mirror write failing this often for a lasting reason becomes a dead letter
+REPLAY_BATCH = 500
+PRIMARY_TIMEOUT_S = 10.0
+FILE_POLL_S = 0.5
+
+
+class FlipRefused(CutoverError):
+    """Raised when the primary cannot move now (mirror writes to the target still pending)."""
+
+
+class _WriteGate:
+    """Writes share the gate; a flip takes it alone, after the writes in flight finish."""
+
+    def __init__(self) -> None:
+        self._cond = asyncio.Condition()
+        self._writers = 0
+        self._flipping = False
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._flipping)
+            self._writers += 1
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._writers -= 1
+                self._cond.notify_all()
+
+    @asynccontextmanager
+    async def flip(self) -> AsyncIterator[None]:
+        async with self._cond:
+            await self._cond.wait_for(lambda: not self._flipping)
+            self._flipping = True
+            await self._cond.wait_for(lambda: self._writers == 0)
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self._flipping = False
+                self._cond.notify_all()
+
+
+def read_primary_file(path: Path) -> Backend:
+    """The word in READ_PRIMARY_FILE; `ValueError` when it is missing, unreadable or bad."""
+    word = path.read_text(encoding="utf-8").strip()
+    if word not in BACKENDS:
+        raise ValueError(f"{path} holds {word[:40]!r}: allowed values are sqlite or postgres")
+    return word
+
+
+def write_primary_file(path: Path, backend: Backend) -> None:
+    """Rewrite READ_PRIMARY_FILE atomically (a reader sees the old word or the new one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(backend + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class Repository(EntityMethods):
+    """The application's one entry point: the contract's methods over both stores."""
+
+    def __init__(
+        self, settings: Settings, sqlite: SQLiteStore, postgres: PostgresStore, *,
+        metrics: Metrics, shadow: ShadowRunner | None = None,
+        replay_interval_s: float = 0.25,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.shadow = shadow
+        self._stores: dict[str, AnyStore] = {"sqlite": sqlite, "postgres": postgres}
+        self._primary: Backend = settings.read_primary
+        if settings.read_primary_file is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._primary = read_primary_file(settings.read_primary_file)
+        self._gate = _WriteGate()
+        self._mirror_timeout_s = settings.mirror_timeout_ms / 1000
+        # per mirror target: bumped on every failure; the replay loop clears `backlog` only if no
+        # failure happened during a pass that found the outbox empty
+        self._failures = {b: 0 for b in BACKENDS}
+        self._backlog = {b: True for b in BACKENDS}  # unknown at start: let the loop look
+        self._acks: dict[str, list[int]] = {b: [] for b in BACKENDS}
+        self._pending_rows: frozenset[uuid.UUID] = frozenset()
+        self._outbox: dict[str, OutboxStats] = {}
+        self._replay_interval_s = replay_interval_s
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        metrics.set_read_primary(self._primary)
+
+    # -- the flag --
+    @property
+    def read_primary(self) -> Backend:
+        return self._primary
+
+    @property
+    def mirror_backend(self) -> Backend:
+        return "postgres" if self._primary == "sqlite" else "sqlite"
+
+    @property
+    def stores(self) -> dict[str, AnyStore]:
+        return dict(self._stores)
+
+    async def set_read_primary(self, backend: str, *, force: bool = False) -> None:
+        """Move reads and the source of truth to `backend`; flipping back is the rollback.
+
+        Writes in flight finish first; the mirror writes still waiting to reach `backend` are
+        replayed before it takes over. If some cannot be (the store is down), the flip is
+        refused with `FlipRefused` unless `force` (an emergency rollback).
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"read primary must be sqlite or postgres, not {backend!r}")
+        target: Backend = backend
+        if self.settings.read_primary_file is not None:
+            write_primary_file(self.settings.read_primary_file, target)
+        await self._flip(target, force=force)
+
+    async def _flip(self, target: Backend, *, force: bool) -> None:
+        async with self._gate.flip():
+            if target == self._primary:
+                return
+            old = self._primary
+            try:
+                await self._drain_to(target)
+            except Exception as exc:
+                if not force:
+                    log.warning("primary.flip_refused", target=target, reason=str(exc))
+                    raise FlipRefused(f"cannot flip to {target}: {exc}") from exc
+            self._primary = target
+            self.metrics.set_read_primary(target)
+            log.info("primary.flipped", old=old, new=target, forced=force)
+
+    async def _drain_to(self, target: Backend, timeout_s: float = 15.0) -> None:
+        """Replay every pending write for `target`; raise if some remain after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        source = self._stores[_other(target)]
+        while True:
+            await self._replay_pass(source, target)
+            await self._flush_acks()
+            pending = await source.outbox_pending(target, 1)
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise FlipRefused(f"mirror writes to {target} are still pending")
+            await asyncio.sleep(0.05)
+
+    # -- writes --
+    async def _write(
+        self, entity: Entity, op: Op, row_id: uuid.UUID, values: dict[str, Any] | None,
+    ) -> dict[str, Any] | None:
+        async with self._gate.write():
+            primary = self._stores[self._primary]
+            mirror_backend = self.mirror_backend
+            targets = [mirror_backend] if self.settings.dual_write else []
+            version = next_version()
+            start = time.perf_counter()
+            try:
+                row, seq = await asyncio.wait_for(
+                    self._primary_write(primary, entity, op, row_id, values, version, targets),
+                    PRIMARY_TIMEOUT_S,
+                )
+            except TimeoutError as exc:
+                self._count(primary.backend, entity, op, "timeout", start)
+                log.error("write.failed", backend=primary.backend, entity=entity.name, op=op,
+                          reason="timeout")
+                raise StoreUnavailable(primary.backend, "timed out") from exc
+            except StoreUnavailable as exc:
+                self._count(primary.backend, entity, op, "error", start)
+                log.error("write.failed", backend=primary.backend, entity=entity.name, op=op,
+                          reason=exc.reason)
+                raise
+            self._count(primary.backend, entity, op, "ok", start)
+            if seq is not None:
+                mutation = Mutation(entity.name, op, row_id, version, row)
+                await self._mirror(mutation, seq, primary.backend, mirror_backend)
+            return row
+
+    async def _primary_write(
+        self, store: AnyStore, entity: Entity, op: Op, row_id: uuid.UUID,
+        values: dict[str, Any] | None, version: int, targets: Sequence[str],
+    ) -> tuple[dict[str, Any] | None, int | None]:
+        if op == "insert":
+            assert values is not None
+            return await store.insert_row(entity, values, version=version, outbox_targets=targets)
+        if op == "update":
+            assert values is not None
+            return await store.update_row(entity, row_id, values, version=version,
+                                          outbox_targets=targets)
+        seq = await store.delete_row(entity, row_id, version=version, outbox_targets=targets)
+        return None, seq
+
+    async def _mirror(self, mutation: Mutation, seq: int, source: str, target: Backend) -> None:
+        """Apply the write to the mirror now if nothing is queued before it; never raises."""
+        if self._backlog[target]:
+            self.metrics.observe_write(target, mutation.entity, mutation.op, "deferred", 0.0)
+            self._wake.set()
+            return
+        mirror = self._stores[target]
+        start = time.perf_counter()
+        outcome = "ok"
+        try:
+            result = (await asyncio.wait_for(mirror.apply([mutation]), self._mirror_timeout_s))[0]
+            if result.outcome is ApplyOutcome.FAILED:
+                outcome, reason = "error", result.error or "failed"
+        except TimeoutError:
+            outcome, reason = "timeout", f"no answer within {self.settings.mirror_timeout_ms} ms"
+        except Exception as exc:
+            outcome, reason = "error", f"{type(exc).__name__}: {exc}"[:300]
+        self._count(target, _entity(mutation), mutation.op, outcome, start)
+        if outcome == "ok":
+            self._acks[source].append(seq)
+            return
+        self._failures[target] += 1
+        self._backlog[target] = True
+        self.metrics.mirror_failure(target, mutation.entity)
+        log.warning("mirror.failed", backend=target, entity=mutation.entity, op=mutation.op,
+                    outcome=outcome, reason=reason)
+        self._wake.set()
+
+    def _count(self, backend: str, entity: Entity | str, op: str, outcome: str,
+               start: float) -> None:
+        name = entity if isinstance(entity, str) else entity.name
+        self.metrics.observe_write(backend, name, op, outcome, time.perf_counter() - start)
+
+    # -- primitives behind the named methods --
+    async def _create(self, entity: Entity, values: dict[str, Any]) -> Any:
+        values = stamp_create(entity, values, now_utc())
+        row = await self._write(entity, "insert", values["id"], values)
+        return entity.make(row or values)
+
+    async def _update(self, entity: Entity, row_id: uuid.UUID, changes: dict[str, Any]) -> Any:
+        changes = stamp_update(entity, changes, now_utc())
+        row = await self._write(entity, "update", row_id, changes)
+        assert row is not None
+        return entity.make(row)
+
+    async def _delete(self, entity: Entity, row_id: uuid.UUID) -> None:
+        await self._write(entity, "delete", row_id, None)
+
+    async def _get(self, entity: Entity, row_id: uuid.UUID) -> Any:
+        row = await self._stores[self._primary].get_row(entity, row_id)
+        if row is None:
+            raise NotFoundError(entity.name, row_id)
+        return entity.make(row)
+
+    async def _list(self, entity: Entity, owner: Any, limit: int, offset: int) -> list[Any]:
+        rows = await self._stores[self._primary].list_rows(entity, owner, limit=limit,
+                                                           offset=offset)
+        return [entity.make(r) for r in rows]
+
+    # -- search --
+    async def search_questions(
+        self, query: str, *, user_id: uuid.UUID | str, limit: int = DEFAULT_LIMIT
+    ) -> list[SearchResult]:
+        """Search the primary; a sampled copy runs on the other store off the caller's path."""
+        check_limit(limit)
+        uid = parse_id(user_id, "user_id")
+        primary = self._stores[self._primary]
+        start = time.perf_counter()
+        try:
+            results = await primary.search(query, uid, limit)
+        finally:
+            self.metrics.observe_search(primary.backend, "primary", time.perf_counter() - start)
+        if self.shadow is not None:
+            other = self._stores[self.mirror_backend]
+            self.shadow.submit(
+                query, user_id=uid, limit=limit, primary_backend=primary.backend,
+                primary_results=results,
+                run_shadow=lambda: other.search(query, uid, limit),
+            )
+        return results
+
+    def pending_rows(self) -> frozenset[uuid.UUID]:
+        """Rows with a mirror write still waiting (refreshed by the background loop)."""
+        return self._pending_rows
+
+    # -- the replay loop --
+    async def replay_once(self) -> int:
+        """One pass over both outboxes (entries from before a flip included); returns applied."""
+        applied = 0
+        for source_name in BACKENDS:
+            target = _other(source_name)
+            applied += await self._replay_pass(self._stores[source_name], target)
+        await self._flush_acks()
+        return applied
+
+    async def _replay_pass(self, source: AnyStore, target: Backend) -> int:
+        generation = self._failures[target]
+        try:
+            entries = await source.outbox_pending(target, REPLAY_BATCH)
+        except StoreUnavailable:
+            return 0
+        if not entries:
+            if self._failures[target] == generation:
+                self._backlog[target] = False
+            return 0
+        self._backlog[target] = True
+        try:
+            results = await asyncio.wait_for(
+                self._stores[target].apply([e.mutation for e in entries]),
+                max(self._mirror_timeout_s, 1.0) * 5,
+            )
+        except Exception as exc:
+            self._failures[target] += 1
+            log.warning("outbox.retry", backend=target, pending=len(entries),
+                        reason=f"{type(exc).__name__}: {exc}"[:300])
+            return 0
+        done: list[int] = []
+        for entry, result in zip(entries, results, strict=True):
+            if result.outcome is ApplyOutcome.FAILED:
+                self._failures[target] += 1
+                dead = result.permanent or entry.attempts + 1 >= MAX_ATTEMPTS
+                await source.outbox_retry(entry.seq, result.error or "failed", dead=dead)
+                event = "outbox.dead_letter" if dead else "outbox.retry"
+                log.warning(event, backend=target, entity=entry.mutation.entity,
+                            op=entry.mutation.op, attempts=entry.attempts + 1,
+                            reason=(result.error or "")[:300])
+            else:
+                done.append(entry.seq)
+        if done:
+            self._acks[source.backend].extend(done)
+            log.info("outbox.replayed", backend=target, count=len(done))
+        return len(done)
+
+    async def _flush_acks(self) -> None:
+        for backend, seqs in self._acks.items():
+            if seqs:
+                batch, self._acks[backend] = seqs, []
+                try:
+                    await self._stores[backend].outbox_ack(batch)
+                except Exception:
+                    # unacknowledged entries are replayed again: harmless, they are idempotent
+                    self._acks[backend].extend(batch)
+
+    async def _refresh_outbox_metrics(self) -> None:
+        rows: set[uuid.UUID] = set()
+        now = datetime.now(UTC)
+        for source_name in BACKENDS:
+            target = _other(source_name)
+            try:
+                stats = await self._stores[source_name].outbox_stats(target)
+            except Exception:
+                continue
+            self._outbox[target] = stats
+            age = (now - stats.oldest_created_at).total_seconds() if stats.oldest_created_at else 0
+            self.metrics.set_outbox(target, stats.pending, age, stats.dead)
+            rows |= stats.by_row
+        self._pending_rows = frozenset(rows)
+
+    async def outbox_stats(self) -> dict[str, OutboxStats]:
+        """Mirror writes waiting to reach each backend (fresh from both stores)."""
+        await self._refresh_outbox_metrics()
+        return dict(self._outbox)
+
+    async def _replay_loop(self) -> None:
+        last_metrics = 0.0
+        while not self._closed:
+            try:
+                await self.replay_once()
+                if time.monotonic() - last_metrics > 1.0:
+                    last_metrics = time.monotonic()
+                    await self._refresh_outbox_metrics()
+            except Exception as exc:  # the loop must survive anything a store throws
+                log.error("outbox.loop_error", reason=f"{type(exc).__name__}: {exc}"[:300])
+            busy = any(self._backlog.values())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(),
+                                       self._replay_interval_s * (1 if busy else 4))
+            self._wake.clear()
+
+    async def _watch_primary_file(self, path: Path) -> None:
+        last_error = ""
+        while not self._closed:
+            await asyncio.sleep(FILE_POLL_S)
+            try:
+                wanted = await asyncio.to_thread(read_primary_file, path)
+                last_error = ""
+            except (OSError, ValueError) as exc:
+                message = str(exc)
+                if message != last_error:  # once per distinct problem, not twice a second
+                    log.error("primary_file.invalid", path=str(path), reason=message,
+                              keeping=self._primary)
+                    last_error = message
+                continue
+            if wanted != self._primary:
+                try:
+                    # the file is the authority: whoever wrote it already made the checks
+                    await self._flip(wanted, force=True)
+                except Exception as exc:
+                    log.error("primary.flip_failed", target=wanted, reason=str(exc)[:300])
+
+    # -- lifecycle --
+    def start(self) -> None:
+        """Start the background loops (replay; READ_PRIMARY_FILE watcher when set)."""
+        self._tasks.append(asyncio.create_task(self._replay_loop(), name="cutover-replay"))
+        if self.settings.read_primary_file is not None:
+            self._tasks.append(asyncio.create_task(
+                self._watch_primary_file(self.settings.read_primary_file),
+                name="cutover-primary-file"))
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.shadow is not None:
+            with contextlib.suppress(Exception):
+                await self.shadow.aclose()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._flush_acks(), 5)
+
+
+def _other(backend: str) -> Backend:
+    return "postgres" if backend == "sqlite" else "sqlite"
+
+
+def _entity(mutation: Mutation) -> str:
+    return mutation.entity
+
+
+@asynccontextmanager
+async def open_repository(
+    settings: Settings, *, registry: CollectorRegistry | None = None,
+    shadow_store_path: Path | None = None, init_schema: bool = True,
+) -> AsyncIterator[Repository]:
+    """Open both stores, the shadow runner and the background loops; close them all on exit."""
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = Metrics(registry)
+    dsn = await resolve_dsn(settings)
+    sqlite = SQLiteStore(settings.sqlite_path)
+    postgres = PostgresStore(dsn)
+    server = None
+    shadow_store: ShadowStore | None = None
+    repo: Repository | None = None
+    try:
+        if init_schema:
+            await sqlite.init_schema()
+            await postgres.init_schema()
+        shadow_store = ShadowStore(
+            shadow_store_path or settings.sqlite_path.with_name("shadow.db")
+        )
+        repo = Repository(settings, sqlite, postgres, metrics=metrics)
+        repo.shadow = ShadowRunner(
+            metrics, sample_rate=settings.shadow_sample_rate,
+            timeout_s=settings.shadow_timeout_ms / 1000, store=shadow_store,
+            pending_rows=repo.pending_rows,
+        )
+        repo.start()
+        if settings.metrics_port is not None:
+            from metrics import serve_metrics
+
+            server = serve_metrics(registry, settings.metrics_host, settings.metrics_port)
+        yield repo
+    finally:
+        if repo is not None:
+            await repo.aclose()
+        if server is not None:
+            server.close()
+        await sqlite.close()
+        await postgres.close()
+        if shadow_store is not None:
+            shadow_store.close()
+
+
