@@ -3,9 +3,12 @@
 One write travels: caller -> validation -> primary store (the row and an outbox entry in one
 transaction) -> mirror store (version-guarded, idempotent) -> outbox entry acknowledged. When
 the mirror fails or is slower than MIRROR_TIMEOUT_MS, the call still succeeds: the entry stays
-in the primary's outbox and the replay loop applies it, in order, until it lands. While a
-store has a backlog, new writes for it skip the inline attempt and queue behind the backlog,
-so replays and live writes reach the mirror in the order the primary committed them.
+in the primary's outbox and the replay loop applies it, in commit order, until it lands.
+Order between a replay and a live write of the same row does not matter: a mirror keeps the
+highest version and tombstones of deletes. After a mirror failure, new writes skip the inline
+attempt (a breaker, so an outage costs one timeout, not one per call) until the replay loop
+reaches the store again. A mirror call that times out is abandoned, not cancelled: cancelling
+a driver mid-statement can poison its connection.
 
 Log events (structlog): `write.ok`, `write.failed` (primary refused or unreachable),
 `mirror.failed`, `mirror.deferred`, `outbox.replayed`, `outbox.retry`, `outbox.dead_letter`,
@@ -19,11 +22,11 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -45,6 +48,7 @@ from proxy.validation import parse_id
 from shadow import ShadowRunner, ShadowStore
 
 log = structlog.get_logger("cutover.repository")
+T = TypeVar("T")
 
 AnyStore = SQLiteStore | PostgresStore
 
@@ -126,10 +130,11 @@ class Repository(EntityMethods):
                 self._primary = read_primary_file(settings.read_primary_file)
         self._gate = _WriteGate()
         self._mirror_timeout_s = settings.mirror_timeout_ms / 1000
-        # per mirror target: bumped on every failure; the replay loop clears `backlog` only if no
-        # failure happened during a pass that found the outbox empty
+        # per mirror target: bumped on every failure; a replay pass closes the breaker only if no
+        # failure happened while it ran
         self._failures = {b: 0 for b in BACKENDS}
-        self._backlog = {b: True for b in BACKENDS}  # unknown at start: let the loop look
+        self._breaker_open = {b: False for b in BACKENDS}
+        self._abandoned: set[asyncio.Task[Any]] = set()
         self._acks: dict[str, list[int]] = {b: [] for b in BACKENDS}
         self._pending_rows: frozenset[uuid.UUID] = frozenset()
         self._outbox: dict[str, OutboxStats] = {}
@@ -242,7 +247,7 @@ class Repository(EntityMethods):
 
     async def _mirror(self, mutation: Mutation, seq: int, source: str, target: Backend) -> None:
         """Apply the write to the mirror now if nothing is queued before it; never raises."""
-        if self._backlog[target]:
+        if self._breaker_open[target]:
             self.metrics.observe_write(target, mutation.entity, mutation.op, "deferred", 0.0)
             self._wake.set()
             return
@@ -250,7 +255,7 @@ class Repository(EntityMethods):
         start = time.perf_counter()
         outcome = "ok"
         try:
-            result = (await asyncio.wait_for(mirror.apply([mutation]), self._mirror_timeout_s))[0]
+            result = (await self._bounded(mirror.apply([mutation]), self._mirror_timeout_s))[0]
             if result.outcome is ApplyOutcome.FAILED:
                 outcome, reason = "error", result.error or "failed"
         except TimeoutError:
@@ -262,7 +267,7 @@ class Repository(EntityMethods):
             self._acks[source].append(seq)
             return
         self._failures[target] += 1
-        self._backlog[target] = True
+        self._breaker_open[target] = True
         self.metrics.mirror_failure(target, mutation.entity)
         log.warning("mirror.failed", backend=target, entity=mutation.entity, op=mutation.op,
                     outcome=outcome, reason=reason)
@@ -343,11 +348,10 @@ class Repository(EntityMethods):
             return 0
         if not entries:
             if self._failures[target] == generation:
-                self._backlog[target] = False
+                self._breaker_open[target] = False
             return 0
-        self._backlog[target] = True
         try:
-            results = await asyncio.wait_for(
+            results = await self._bounded(
                 self._stores[target].apply([e.mutation for e in entries]),
                 max(self._mirror_timeout_s, 1.0) * 5,
             )
@@ -371,7 +375,19 @@ class Repository(EntityMethods):
         if done:
             self._acks[source.backend].extend(done)
             log.info("outbox.replayed", backend=target, count=len(done))
+            if self._failures[target] == generation:
+                self._breaker_open[target] = False
         return len(done)
+
+    async def _bounded(self, call: Awaitable[T], timeout_s: float) -> T:
+        """Await `call` for at most `timeout_s`; on timeout abandon it (never cancel it)."""
+        task = asyncio.ensure_future(call)
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+        if task in done:
+            return task.result()
+        self._abandoned.add(task)
+        task.add_done_callback(_forget(self._abandoned))
+        raise TimeoutError
 
     async def _flush_acks(self) -> None:
         for backend, seqs in self._acks.items():
@@ -413,7 +429,7 @@ class Repository(EntityMethods):
                     await self._refresh_outbox_metrics()
             except Exception as exc:  # the loop must survive anything a store throws
                 log.error("outbox.loop_error", reason=f"{type(exc).__name__}: {exc}"[:300])
-            busy = any(self._backlog.values())
+            busy = any(self._breaker_open.values())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(),
                                        self._replay_interval_s * (1 if busy else 4))
@@ -464,6 +480,15 @@ class Repository(EntityMethods):
                 await self.shadow.aclose()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._flush_acks(), 5)
+
+
+def _forget(tasks: set[asyncio.Task[Any]]) -> Any:
+    def done(task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: an abandoned call's failure is already in the outbox
+
+    return done
 
 
 def _other(backend: str) -> Backend:
