@@ -136,9 +136,11 @@ class Repository(EntityMethods):
         self._breaker_open = {b: False for b in BACKENDS}
         self._abandoned: set[asyncio.Task[Any]] = set()
         self._acks: dict[str, list[int]] = {b: [] for b in BACKENDS}
+        self._inline: dict[str, set[int]] = {b: set() for b in BACKENDS}
         self._pending_rows: frozenset[uuid.UUID] = frozenset()
         self._outbox: dict[str, OutboxStats] = {}
         self._replay_interval_s = replay_interval_s
+        self._drain_timeout_s = 15.0
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -186,9 +188,9 @@ class Repository(EntityMethods):
             self.metrics.set_read_primary(target)
             log.info("primary.flipped", old=old, new=target, forced=force)
 
-    async def _drain_to(self, target: Backend, timeout_s: float = 15.0) -> None:
-        """Replay every pending write for `target`; raise if some remain after `timeout_s`."""
-        deadline = time.monotonic() + timeout_s
+    async def _drain_to(self, target: Backend) -> None:
+        """Replay every pending write for `target`; raise if some remain after the timeout."""
+        deadline = time.monotonic() + self._drain_timeout_s
         source = self._stores[_other(target)]
         while True:
             await self._replay_pass(source, target)
@@ -254,6 +256,8 @@ class Repository(EntityMethods):
         mirror = self._stores[target]
         start = time.perf_counter()
         outcome = "ok"
+        inline = self._inline[source]
+        inline.add(seq)
         try:
             result = (await self._bounded(mirror.apply([mutation]), self._mirror_timeout_s))[0]
             if result.outcome is ApplyOutcome.FAILED:
@@ -262,6 +266,8 @@ class Repository(EntityMethods):
             outcome, reason = "timeout", f"no answer within {self.settings.mirror_timeout_ms} ms"
         except Exception as exc:
             outcome, reason = "error", f"{type(exc).__name__}: {exc}"[:300]
+        finally:
+            inline.discard(seq)
         self._count(target, _entity(mutation), mutation.op, outcome, start)
         if outcome == "ok":
             self._acks[source].append(seq)
@@ -333,6 +339,7 @@ class Repository(EntityMethods):
     # -- the replay loop --
     async def replay_once(self) -> int:
         """One pass over both outboxes (entries from before a flip included); returns applied."""
+        await self._flush_acks()  # first, so entries already mirrored are not applied again
         applied = 0
         for source_name in BACKENDS:
             target = _other(source_name)
@@ -346,6 +353,8 @@ class Repository(EntityMethods):
             entries = await source.outbox_pending(target, REPLAY_BATCH)
         except StoreUnavailable:
             return 0
+        # skip entries a live write is mirroring right now (it acknowledges them itself)
+        entries = [e for e in entries if e.seq not in self._inline[source.backend]]
         if not entries:
             if self._failures[target] == generation:
                 self._breaker_open[target] = False
@@ -420,10 +429,16 @@ class Repository(EntityMethods):
         return dict(self._outbox)
 
     async def _replay_loop(self) -> None:
-        last_metrics = 0.0
+        last_metrics = last_scan = 0.0
         while not self._closed:
             try:
-                await self.replay_once()
+                await self._flush_acks()
+                # While every mirror write lands inline, the outbox holds only entries being
+                # acknowledged: scanning it would re-read them for nothing. Scan after a
+                # failure, and every few seconds as a safety net (entries left by a crash).
+                if any(self._breaker_open.values()) or time.monotonic() - last_scan > 5.0:
+                    last_scan = time.monotonic()
+                    await self.replay_once()
                 if time.monotonic() - last_metrics > 1.0:
                     last_metrics = time.monotonic()
                     await self._refresh_outbox_metrics()
@@ -432,7 +447,7 @@ class Repository(EntityMethods):
             busy = any(self._breaker_open.values())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(),
-                                       self._replay_interval_s * (1 if busy else 4))
+                                       self._replay_interval_s * (1 if busy else 2))
             self._wake.clear()
 
     async def _watch_primary_file(self, path: Path) -> None:

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from config import Settings
 from proxy import NotFoundError, ValidationError, open_repository
+from proxy.models import USERS
 from tests.convergence import assert_converged, count_rows
 
 
@@ -70,3 +71,87 @@ async def test_bad_input_leaves_both_stores_unchanged(settings: Settings) -> Non
         assert missing.value.field == "user_id"
         after = [await count_rows(s) for s in repo.stores.values()]
         assert before == after
+
+
+async def test_a_mirror_only_constraint_becomes_a_dead_letter_without_blocking(
+    settings: Settings, pg_dsn: str
+) -> None:
+    import asyncpg
+    from structlog.testing import capture_logs
+
+    registry = CollectorRegistry()
+    async with open_repository(settings, registry=registry) as repo:
+        conn = await asyncpg.connect(pg_dsn)
+        await conn.execute("ALTER TABLE users ADD CONSTRAINT no_bob CHECK (name <> 'bob')")
+        await conn.close()
+        with capture_logs() as logs:
+            bob = await repo.create_user(name="bob", email="bob@example.com")  # still succeeds
+            after = await repo.create_user(name="alice", email="alice@example.com")
+            for _ in range(3):
+                await repo.replay_once()
+        stats = await repo.outbox_stats()
+        assert stats["postgres"].dead == 1
+        assert stats["postgres"].pending == 0
+        assert await repo.stores["postgres"].get_row(USERS, after.id) is not None
+        assert await repo.stores["postgres"].get_row(USERS, bob.id) is None
+        events = {e["event"] for e in logs}
+        assert {"mirror.failed", "outbox.dead_letter"} <= events
+        assert registry.get_sample_value("cutover_outbox_dead_letters",
+                                         {"backend": "postgres"}) == 1
+
+
+async def test_read_primary_file_is_the_authority_and_is_watched(
+    sqlite_path: Path, pg_dsn: str, tmp_path: Path
+) -> None:
+    import asyncio
+    import time
+
+    from structlog.testing import capture_logs
+
+    flag = tmp_path / "primary"
+    flag.write_text("postgres\n")
+    settings = Settings(sqlite_path=sqlite_path, postgres_dsn=pg_dsn, read_primary="sqlite",
+                        read_primary_file=flag)
+    async with open_repository(settings) as repo:
+        assert repo.read_primary == "postgres"  # the file overrides READ_PRIMARY
+        flag.write_text("sqlite\n")
+        start = time.monotonic()
+        while repo.read_primary != "sqlite":
+            assert time.monotonic() - start < 2.0, "flip not seen within 2 s"
+            await asyncio.sleep(0.05)
+        with capture_logs() as logs:
+            flag.write_text("mysql\n")
+            await asyncio.sleep(1.2)
+        assert repo.read_primary == "sqlite"  # a bad file keeps the current primary
+        assert any(e["event"] == "primary_file.invalid" for e in logs)
+        await repo.set_read_primary("postgres")  # rewrites the file atomically
+        assert flag.read_text().strip() == "postgres"
+
+
+async def test_flip_is_refused_while_writes_for_the_target_cannot_be_replayed(
+    settings: Settings,
+) -> None:
+    from proxy import FlipRefused
+
+    async with open_repository(settings) as repo:
+        user = await repo.create_user(name="Aiko", email="aiko@example.com")
+        pg = repo._stores["postgres"]
+
+        class Down:
+            backend = "postgres"
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(pg, name)
+
+            async def apply(self, mutations: object) -> object:
+                raise ConnectionError("down")
+
+        repo._stores["postgres"] = Down()  # type: ignore[assignment]
+        await repo.update_user(user.id, name="Aiko 2")  # mirror fails: pending for postgres
+        repo._drain_timeout_s = 0.5
+        with pytest.raises(FlipRefused):
+            await repo.set_read_primary("postgres")
+        assert repo.read_primary == "sqlite"
+        repo._stores["postgres"] = pg
+        await repo.set_read_primary("postgres")  # the drain now succeeds
+        assert (await repo.get_user(user.id)).name == "Aiko 2"
