@@ -22,11 +22,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from prometheus_client import CollectorRegistry  # noqa: E402
+from prometheus_client import CollectorRegistry
 
-from bench._pg import scratch_database  # noqa: E402
-from config import Settings  # noqa: E402
-from proxy import PostgresStore, SQLiteStore, open_repository  # noqa: E402
+from bench._pg import scratch_database
+from config import Settings
+from proxy import PostgresStore, SQLiteStore, open_repository
 
 
 async def measure(target: Any, user_id: Any, writes: int, writers: int) -> dict[str, float]:
