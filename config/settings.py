@@ -11,7 +11,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -34,8 +34,10 @@ def _bad(name: str, value: str, allowed: str) -> ConfigError:
 
 def redact_dsn(dsn: str) -> str:
     """Return the DSN with any password replaced by `***` (safe for logs and errors)."""
-    redacted = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
-    return re.sub(r"(password=)[^&\s]*", r"\1***", redacted)
+    # userinfo up to the last '@' before the path: an unencoded '@' in a password is hidden too,
+    # and so is the password of a malformed URL (`postgresql:/u:pw@h`) that gets rejected
+    redacted = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*:/*[^:/@?#]*:)[^/?#]*@", r"\1***@", dsn)
+    return re.sub(r"(password\s*=\s*)('[^']*'|[^&\s]*)", r"\1***", redacted, flags=re.IGNORECASE)
 
 
 def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:
@@ -111,15 +113,15 @@ class Settings:
     read_primary: Backend = "sqlite"
     read_primary_file: Path | None = None
     sqlite_path: Path = Path("./data/app.db")
-    postgres_dsn: str = "embedded"
+    postgres_dsn: str = field(default="embedded", repr=False)  # repr would show a password
     dual_write: bool = True
     mirror_timeout_ms: int = DEFAULT_MIRROR_TIMEOUT_MS
     shadow_sample_rate: float = DEFAULT_SHADOW_SAMPLE_RATE
     shadow_timeout_ms: int = DEFAULT_SHADOW_TIMEOUT_MS
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
-    admin_token: str | None = None
-    api_token: str | None = None
+    admin_token: str | None = field(default=None, repr=False)
+    api_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

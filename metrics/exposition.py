@@ -62,10 +62,11 @@ class MetricsASGIApp:
     """ASGI app answering with `registry` in Prometheus' text format.
 
     A class instance, not a function, on purpose: Starlette's `Route` treats a plain function as
-    a request handler but an instance as an ASGI app, so both of these work in the service::
+    a request handler but an instance as an ASGI app, so it answers at exactly `/metrics`
+    (`app.mount` would redirect `/metrics` to `/metrics/`)::
 
-        app.add_route("/metrics", MetricsASGIApp(registry), methods=["GET"])
-        app.mount("/metrics", MetricsASGIApp(registry))   # answers at /metrics/
+        from starlette.routing import Route
+        app.router.routes.append(Route("/metrics", make_metrics_app(registry), methods=["GET"]))
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:

@@ -73,7 +73,7 @@ def _register() -> None:
     """Import the modules that add their verbs (kept optional while they are being built)."""
     import importlib
 
-    for module in ("proxy.migrate.cli", "proxy.faces", "shadow.cli"):
+    for module in ("proxy.ops", "proxy.migrate.cli", "proxy.faces"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -46,6 +46,7 @@ from proxy.stores.searchtext import DEFAULT_LIMIT, check_limit
 from proxy.stores.sqlite import SQLiteStore
 from proxy.validation import parse_id
 from shadow import ShadowRunner, ShadowStore
+from shadow.verdict import MirrorFigures, OutboxFigures, Verdict, refresh_ready
 
 log = structlog.get_logger("cutover.repository")
 T = TypeVar("T")
@@ -141,6 +142,8 @@ class Repository(EntityMethods):
         self._outbox: dict[str, OutboxStats] = {}
         self._replay_interval_s = replay_interval_s
         self._drain_timeout_s = 15.0
+        self._mirror_writes = 0
+        self.verdict: Verdict | None = None
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -219,11 +222,13 @@ class Repository(EntityMethods):
                 )
             except TimeoutError as exc:
                 self._count(primary.backend, entity, op, "timeout", start)
+                self.metrics.store_error(primary.backend, "write")
                 log.error("write.failed", backend=primary.backend, entity=entity.name, op=op,
                           reason="timeout")
                 raise StoreUnavailable(primary.backend, "timed out") from exc
             except StoreUnavailable as exc:
                 self._count(primary.backend, entity, op, "error", start)
+                self.metrics.store_error(primary.backend, "write")
                 log.error("write.failed", backend=primary.backend, entity=entity.name, op=op,
                           reason=exc.reason)
                 raise
@@ -256,6 +261,7 @@ class Repository(EntityMethods):
         mirror = self._stores[target]
         start = time.perf_counter()
         outcome = "ok"
+        self._mirror_writes += 1
         inline = self._inline[source]
         inline.add(seq)
         try:
@@ -321,6 +327,9 @@ class Repository(EntityMethods):
         start = time.perf_counter()
         try:
             results = await primary.search(query, uid, limit)
+        except StoreUnavailable:
+            self.metrics.store_error(primary.backend, "search")
+            raise
         finally:
             self.metrics.observe_search(primary.backend, "primary", time.perf_counter() - start)
         if self.shadow is not None:
@@ -366,6 +375,7 @@ class Repository(EntityMethods):
             )
         except Exception as exc:
             self._failures[target] += 1
+            self.metrics.store_error(target, "replay")
             log.warning("outbox.retry", backend=target, pending=len(entries),
                         reason=f"{type(exc).__name__}: {exc}"[:300])
             return 0
@@ -423,6 +433,21 @@ class Repository(EntityMethods):
             rows |= stats.by_row
         self._pending_rows = frozenset(rows)
 
+    async def _refresh_verdict(self) -> None:
+        """Publish `cutover_ready` from the shadow window, the outbox and mirror failures."""
+        if self.shadow is None or self.shadow.store is None:
+            return
+        now = datetime.now(UTC)
+        figures = {
+            backend: OutboxFigures(
+                pending=stats.pending, dead_letters=stats.dead,
+                oldest_age_s=(now - stats.oldest_created_at).total_seconds()
+                if stats.oldest_created_at else 0.0)
+            for backend, stats in self._outbox.items()
+        }
+        mirror = MirrorFigures(writes=self._mirror_writes, failures=sum(self._failures.values()))
+        self.verdict = await refresh_ready(self.metrics, self.shadow.store, figures, mirror)
+
     async def outbox_stats(self) -> dict[str, OutboxStats]:
         """Mirror writes waiting to reach each backend (fresh from both stores)."""
         await self._refresh_outbox_metrics()
@@ -442,6 +467,7 @@ class Repository(EntityMethods):
                 if time.monotonic() - last_metrics > 1.0:
                     last_metrics = time.monotonic()
                     await self._refresh_outbox_metrics()
+                    await self._refresh_verdict()
             except Exception as exc:  # the loop must survive anything a store throws
                 log.error("outbox.loop_error", reason=f"{type(exc).__name__}: {exc}"[:300])
             busy = any(self._breaker_open.values())
@@ -514,6 +540,11 @@ def _entity(mutation: Mutation) -> str:
     return mutation.entity
 
 
+def default_shadow_path(settings: Settings) -> Path:
+    """Where comparisons are kept: `shadow.db` beside the SQLite database."""
+    return settings.sqlite_path.with_name("shadow.db")
+
+
 @asynccontextmanager
 async def open_repository(
     settings: Settings, *, registry: CollectorRegistry | None = None,
@@ -532,9 +563,7 @@ async def open_repository(
         if init_schema:
             await sqlite.init_schema()
             await postgres.init_schema()
-        shadow_store = ShadowStore(
-            shadow_store_path or settings.sqlite_path.with_name("shadow.db")
-        )
+        shadow_store = ShadowStore(shadow_store_path or default_shadow_path(settings))
         repo = Repository(settings, sqlite, postgres, metrics=metrics)
         repo.shadow = ShadowRunner(
             metrics, sample_rate=settings.shadow_sample_rate,

@@ -14,7 +14,7 @@ Figures (pure functions):
 - `top1_agreement`, `kendall_tau` (tau-a over the shared items; None when fewer than 2 are
   shared), `only_in_each` (ids found on one side only, in rank order).
 
-`compare` turns two lists into a `Comparison`: outcome `match` when the id lists are identical,
+`classify` turns two lists into a `Comparison`: outcome `match` when the id lists are identical,
 else `mismatch` with exactly one `Reason`, the first of these that fits:
 
 - `stale_mirror`: an id found on one side only, or ranked differently, has a mirror write still
@@ -75,7 +75,7 @@ class Reason(Enum):
 
 
 class RankedHit(Protocol):
-    """What `compare` reads from a result: `proxy.models.SearchResult` satisfies it."""
+    """What `classify` reads from a result: `proxy.models.SearchResult` satisfies it."""
 
     @property
     def question_id(self) -> uuid.UUID: ...
@@ -305,7 +305,7 @@ def _in_tail(ids: Sequence[uuid.UUID], diff: Iterable[uuid.UUID], width: int) ->
     return all(rank[x] >= len(ids) - width for x in diff)
 
 
-def compare(
+def classify(
     primary: Sequence[RankedHit], shadow: Sequence[RankedHit], ctx: CompareContext
 ) -> Comparison:
     """Grade two ranked lists and classify their difference (see the module docstring)."""

@@ -17,12 +17,14 @@ the window. Every check below must pass for `go`; each failing check adds one li
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from metrics import Metrics
 from shadow.store import ShadowStore, WindowSummary
 
 Figure = float | int | None
@@ -46,7 +48,7 @@ DEFAULT_THRESHOLDS = Thresholds()
 
 
 @dataclass(frozen=True, slots=True)
-class OutboxStats:
+class OutboxFigures:
     """The outbox of the mirror writes waiting to reach one store."""
 
     pending: int = 0
@@ -55,7 +57,7 @@ class OutboxStats:
 
 
 @dataclass(frozen=True, slots=True)
-class MirrorStats:
+class MirrorFigures:
     """Mirror writes attempted and failed during the window."""
 
     writes: int
@@ -102,8 +104,8 @@ def _share(part: int, whole: int) -> float:
 
 def decide(
     summary: WindowSummary,
-    outbox: Mapping[str, OutboxStats],
-    mirror: MirrorStats | None = None,
+    outbox: Mapping[str, OutboxFigures],
+    mirror: MirrorFigures | None = None,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
 ) -> Verdict:
     """Judge the window against `thresholds`; pure, so the CLI and the service agree."""
@@ -184,10 +186,23 @@ def decide(
     )
 
 
+async def refresh_ready(
+    metrics: Metrics,
+    store: ShadowStore,
+    outbox: Mapping[str, OutboxFigures],
+    mirror: MirrorFigures | None = None,
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
+) -> Verdict:
+    """Evaluate off the event loop and publish the result as `cutover_ready`."""
+    verdict = await asyncio.to_thread(evaluate, store, outbox, mirror, thresholds)
+    metrics.set_ready(verdict.go)
+    return verdict
+
+
 def evaluate(
     store: ShadowStore,
-    outbox: Mapping[str, OutboxStats],
-    mirror: MirrorStats | None = None,
+    outbox: Mapping[str, OutboxFigures],
+    mirror: MirrorFigures | None = None,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
     now: float | None = None,
 ) -> Verdict:

@@ -1,0 +1,208 @@
+"""Operator verbs: `cutover status`, `cutover read-primary`, `cutover shadow list|replay`.
+
+They run in their own process beside the service: they read the stores' outboxes, the shadow
+comparisons file and READ_PRIMARY_FILE, and change the primary only through that file (the
+running repositories follow it within 2 s).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import typer
+
+from config import Settings
+from proxy.cli import EXIT_USAGE, app, fail, load_settings, run
+from proxy.connect import open_store
+from proxy.repository import default_shadow_path, read_primary_file, write_primary_file
+from proxy.stores.searchtext import parse_query
+from shadow.store import ShadowStore
+from shadow.verdict import OutboxFigures, Verdict, evaluate
+
+shadow_app = typer.Typer(help="Recent shadow mismatches, and re-running them.",
+                         no_args_is_help=True)
+app.add_typer(shadow_app, name="shadow")
+
+
+def current_primary(settings: Settings) -> str:
+    """The primary as running processes see it: READ_PRIMARY_FILE's word, else READ_PRIMARY."""
+    if settings.read_primary_file is not None:
+        try:
+            return read_primary_file(settings.read_primary_file)
+        except (OSError, ValueError):
+            return settings.read_primary
+    return settings.read_primary
+
+
+async def _outbox(settings: Settings) -> dict[str, OutboxFigures]:
+    """Mirror writes waiting to reach each backend (they live in the other store)."""
+    out = {}
+    now = datetime.now(UTC)
+    for source, target in (("sqlite", "postgres"), ("postgres", "sqlite")):
+        async with open_store(settings, source) as store:
+            stats = await store.outbox_stats(target)
+        age = (now - stats.oldest_created_at).total_seconds() if stats.oldest_created_at else 0.0
+        out[target] = OutboxFigures(stats.pending, age, stats.dead)
+    return out
+
+
+def _verdict(settings: Settings, outbox: dict[str, OutboxFigures]) -> Verdict:
+    store = ShadowStore(default_shadow_path(settings))
+    try:
+        return evaluate(store, outbox)
+    finally:
+        store.close()
+
+
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json", help="One JSON document.")) -> None:
+    """Primary, outbox depth and age per store, shadow agreement, the go/no-go verdict."""
+    settings = load_settings()
+    outbox = run(lambda: _outbox(settings))
+    verdict = _verdict(settings, outbox)
+    report: dict[str, Any] = {
+        "read_primary": current_primary(settings),
+        "dual_write": settings.dual_write,
+        "outbox": {b: {"pending": f.pending, "oldest_age_s": round(f.oldest_age_s, 3),
+                       "dead_letters": f.dead_letters} for b, f in outbox.items()},
+        "verdict": verdict.to_json(),
+    }
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+        return
+    typer.echo(f"read primary: {report['read_primary']}   dual write: "
+               f"{'on' if settings.dual_write else 'off'}")
+    for backend, figures in report["outbox"].items():
+        typer.echo(f"outbox -> {backend:<8} pending {figures['pending']:>6}   oldest "
+                   f"{figures['oldest_age_s']:>8.1f} s   dead letters {figures['dead_letters']}")
+    for name in ("comparisons", "mean_rbo", "mean_jaccard", "top1_rate"):
+        if name in verdict.figures:
+            typer.echo(f"shadow {name}: {verdict.figures[name]}")
+    typer.echo(f"verdict: {'GO' if verdict.go else 'NO-GO'}")
+    for reason in verdict.reasons:
+        typer.echo(f"  - {reason}")
+
+
+@app.command("read-primary")
+def read_primary(
+    backend: str | None = typer.Argument(None, help="sqlite or postgres; omit to show."),
+    force: bool = typer.Option(False, "--force",
+                               help="Flip despite a no-go verdict or pending mirror writes."),
+) -> None:
+    """Show the primary, or set it through READ_PRIMARY_FILE (running services follow)."""
+    settings = load_settings()
+    if backend is None:
+        typer.echo(current_primary(settings))
+        return
+    if backend not in ("sqlite", "postgres"):
+        raise fail(f"read primary must be sqlite or postgres, not {backend!r}", EXIT_USAGE)
+    if settings.read_primary_file is None:
+        raise fail("READ_PRIMARY_FILE is not set: running processes could not follow a flip; "
+                   "set it (or restart them with READ_PRIMARY)", EXIT_USAGE)
+    if not force:
+        outbox = run(lambda: _outbox(settings))
+        pending = outbox[backend].pending
+        if pending:
+            raise fail(f"refused: {pending} mirror writes to {backend} are still pending "
+                       "(run `cutover reconcile`, or --force)", EXIT_USAGE)
+        if backend == "postgres":
+            verdict = _verdict(settings, outbox)
+            if not verdict.go:
+                raise fail("refused: the go/no-go verdict says no-go: "
+                           + "; ".join(verdict.reasons), EXIT_USAGE)
+    write_primary_file(settings.read_primary_file, backend)  # type: ignore[arg-type]
+    typer.echo(f"read primary set to {backend} in {settings.read_primary_file}"
+               + (" (forced)" if force else ""))
+
+
+@shadow_app.command("list")
+def shadow_list(
+    limit: int = typer.Option(20, "--limit", min=1, max=1000),
+    reason: str | None = typer.Option(None, "--reason", help="Only this discrepancy reason."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The most recent mismatches (query fingerprints, both id lists, the reason)."""
+    settings = load_settings()
+    store = ShadowStore(default_shadow_path(settings))
+    try:
+        try:
+            records = store.recent_mismatches(limit, reason=reason)
+        except ValueError as exc:
+            raise fail(str(exc), EXIT_USAGE) from None
+    finally:
+        store.close()
+    if as_json:
+        typer.echo(json.dumps([_record_json(r) for r in records], indent=2, default=str))
+        return
+    if not records:
+        typer.echo("no mismatches recorded")
+    for r in records:
+        when = datetime.fromtimestamp(r.ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        only_primary = len(set(r.primary_ids) - set(r.shadow_ids))
+        only_shadow = len(set(r.shadow_ids) - set(r.primary_ids))
+        typer.echo(f"#{r.id} {when} {r.reason.value:<20} {r.fingerprint} "
+                   f"primary={r.primary_backend} only-primary={only_primary} "
+                   f"only-shadow={only_shadow} rbo={'-' if r.rbo is None else f'{r.rbo:.2f}'}")
+
+
+def _record_json(r: Any) -> dict[str, Any]:
+    return {
+        "id": r.id, "ts": r.ts, "outcome": r.outcome.value, "reason": r.reason.value,
+        "fingerprint": r.fingerprint, "primary_backend": r.primary_backend,
+        "primary_ids": [str(i) for i in r.primary_ids],
+        "shadow_ids": [str(i) for i in r.shadow_ids], "jaccard": r.jaccard, "rbo": r.rbo,
+    }
+
+
+@shadow_app.command("replay")
+def shadow_replay(
+    mismatch_id: int | None = typer.Argument(None, help="One mismatch id; omit for recent ones."),
+    limit: int = typer.Option(20, "--limit", min=1, max=1000),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Re-run recorded mismatches against both stores and compare again."""
+    from shadow.replay import replay_mismatch
+
+    settings = load_settings()
+    store = ShadowStore(default_shadow_path(settings))
+    try:
+        if mismatch_id is not None:
+            one = store.get_mismatch(mismatch_id)
+            if one is None:
+                raise fail(f"no mismatch #{mismatch_id}", EXIT_USAGE)
+            records = [one]
+        else:
+            records = store.recent_mismatches(limit)
+    finally:
+        store.close()
+
+    async def main() -> list[dict[str, Any]]:
+        out = []
+        async with open_store(settings, "sqlite") as sq, open_store(settings, "postgres") as pg:
+            stores = {"sqlite": sq, "postgres": pg}
+
+            async def search(backend: str, query: str, user_id: str, lim: int) -> Any:
+                parse_query(query)
+                return await stores[backend].search(query, uuid.UUID(user_id), lim)
+
+            for r in records:
+                try:
+                    c = await replay_mismatch(r, search)
+                    out.append({"id": r.id, "was": r.reason.value, "now": c.outcome.value,
+                                "reason": c.reason.value if c.reason else None})
+                except ValueError as exc:
+                    out.append({"id": r.id, "was": r.reason.value, "error": str(exc)})
+        return out
+
+    results = run(main)
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    if not results:
+        typer.echo("no mismatches recorded")
+    for item in results:
+        now = item.get("error") or f"{item['now']} ({item.get('reason') or '-'})"
+        typer.echo(f"#{item['id']} was {item['was']}: now {now}")

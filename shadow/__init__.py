@@ -1,0 +1,74 @@
+"""Shadow comparison of searches: graded figures, a reason for every difference, a verdict.
+
+Imports `metrics` and nothing else of the project (results are read through the `RankedHit`
+protocol, which `proxy.models.SearchResult` satisfies).
+"""
+
+from shadow.compare import (
+    CompareContext,
+    Comparison,
+    Hit,
+    Outcome,
+    RankedHit,
+    Reason,
+    analysis_hints,
+    classify,
+    jaccard_at_k,
+    kendall_tau,
+    only_in_each,
+    overlap_at_k,
+    query_terms,
+    rbo,
+    snapshot,
+    top1_agreement,
+)
+from shadow.experiment import ShadowRunner, fingerprint, other_backend
+from shadow.replay import replay_mismatch
+from shadow.store import ComparisonRecord, MismatchRecord, ShadowStore, WindowSummary
+from shadow.verdict import (
+    DEFAULT_THRESHOLDS,
+    Check,
+    MirrorFigures,
+    OutboxFigures,
+    Thresholds,
+    Verdict,
+    decide,
+    evaluate,
+    refresh_ready,
+)
+
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "Check",
+    "CompareContext",
+    "Comparison",
+    "ComparisonRecord",
+    "Hit",
+    "MirrorFigures",
+    "MismatchRecord",
+    "OutboxFigures",
+    "Outcome",
+    "RankedHit",
+    "Reason",
+    "ShadowRunner",
+    "ShadowStore",
+    "Thresholds",
+    "Verdict",
+    "WindowSummary",
+    "analysis_hints",
+    "classify",
+    "decide",
+    "evaluate",
+    "fingerprint",
+    "jaccard_at_k",
+    "kendall_tau",
+    "only_in_each",
+    "other_backend",
+    "overlap_at_k",
+    "query_terms",
+    "rbo",
+    "refresh_ready",
+    "replay_mismatch",
+    "snapshot",
+    "top1_agreement",
+]
