@@ -337,7 +337,8 @@ class Repository(EntityMethods):
             self.shadow.submit(
                 query, user_id=uid, limit=limit, primary_backend=primary.backend,
                 primary_results=results,
-                run_shadow=lambda: other.search(query, uid, limit),
+                # comparisons read ids and match kinds only: skip the highlighting work
+                run_shadow=lambda: other.search(query, uid, limit, highlights=False),
             )
         return results
 

@@ -134,7 +134,9 @@ class Store(Protocol):
         self, entity: Entity, owner: Any | None, *, limit: int, offset: int
     ) -> list[dict[str, Any]]: ...
 
-    async def search(self, query: str, user_id: uuid.UUID, limit: int) -> list[SearchResult]: ...
+    async def search(
+        self, query: str, user_id: uuid.UUID, limit: int, *, highlights: bool = True
+    ) -> list[SearchResult]: ...
 
     # -- as a mirror --
     async def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:

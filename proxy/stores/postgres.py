@@ -208,7 +208,9 @@ class PostgresStore(StoreMethods):
             rows = await self._fetch(sql, limit, offset)
         return [from_postgres(entity, r) for r in rows]
 
-    async def search(self, query: str, user_id: uuid.UUID, limit: int) -> list[SearchResult]:
+    async def search(
+        self, query: str, user_id: uuid.UUID, limit: int, *, highlights: bool = True
+    ) -> list[SearchResult]:
         parsed = parse_query(query)
         if parsed.empty:
             return []
@@ -217,7 +219,7 @@ class PostgresStore(StoreMethods):
             use_fuzzy = len(parsed.text) >= FUZZY_MIN_CHARS
             rows = await self._fetch(SEARCH_SQL if use_fuzzy else FTS_ONLY_SQL,
                                      list(parsed.terms), parsed.text, user_id, limit)
-            hits = [_result(r, parsed, "fts" if r["is_fts"] else "fuzzy") for r in rows]
+            hits = [_result(r, parsed, "fts" if r["is_fts"] else "fuzzy", highlights) for r in rows]
         if parsed.substrings and len(hits) < limit:
             seen = {h.question_id for h in hits}
             conds = " AND ".join(
@@ -233,7 +235,7 @@ class PostgresStore(StoreMethods):
             )
             for r in rows:
                 if r["id"] not in seen and len(hits) < limit:
-                    hits.append(_result(r, parsed, "substring"))
+                    hits.append(_result(r, parsed, "substring", highlights))
         return hits
 
     # -- as a mirror --
@@ -337,10 +339,11 @@ def _fk_error(entity: Entity, values: dict[str, Any], exc: asyncpg.PostgresError
     return NotFoundError(entity.name, None)
 
 
-def _result(r: asyncpg.Record, parsed: ParsedQuery, kind: Any) -> SearchResult:
+def _result(r: asyncpg.Record, parsed: ParsedQuery, kind: Any, marks: bool) -> SearchResult:
     return SearchResult(
         question_id=r["id"], question=r["question"], answer=r["answer"],
-        highlight=highlight(document(r["question"], r["answer"]), parsed, fuzzy=kind == "fuzzy"),
+        highlight=highlight(document(r["question"], r["answer"]), parsed, fuzzy=kind == "fuzzy")
+        if marks else "",
         score=float(r["score"]), match_kind=kind,
     )
 

@@ -222,11 +222,15 @@ class SQLiteStore(StoreMethods):
 
         return await self._run(read, write=False)
 
-    async def search(self, query: str, user_id: uuid.UUID, limit: int) -> list[SearchResult]:
+    async def search(
+        self, query: str, user_id: uuid.UUID, limit: int, *, highlights: bool = True
+    ) -> list[SearchResult]:
         parsed = parse_query(query)
         if parsed.empty:
             return []
-        return await self._run(lambda c: _search(c, parsed, str(user_id), limit), write=False)
+        return await self._run(
+            lambda c: _search(c, parsed, str(user_id), limit, highlights), write=False
+        )
 
     # -- as a mirror --
     async def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
@@ -410,7 +414,7 @@ def _parent_deleted(conn: sqlite3.Connection, entity: Entity, m: Mutation) -> bo
 
 
 def _search(
-    conn: sqlite3.Connection, parsed: ParsedQuery, user_id: str, limit: int
+    conn: sqlite3.Connection, parsed: ParsedQuery, user_id: str, limit: int, marks: bool = True
 ) -> list[SearchResult]:
     hits: list[SearchResult] = []
     seen: set[str] = set()
@@ -428,7 +432,7 @@ def _search(
         for r in rows:
             relevance = max(-float(r["rank"]), 0.0)
             seen.add(r["id"])
-            hits.append(_result(r, parsed, 2.0 + relevance / (1.0 + relevance), "fts"))
+            hits.append(_result(r, parsed, 2.0 + relevance / (1.0 + relevance), "fts", marks))
     if parsed.substrings and len(hits) < limit:
         conds = " AND ".join("instr(lower(q.question || ' ' || q.answer), ?) > 0"
                              for _ in parsed.substrings)
@@ -440,14 +444,16 @@ def _search(
         ).fetchall()
         for r in rows:
             if r["id"] not in seen and len(hits) < limit:
-                hits.append(_result(r, parsed, SUBSTRING_SCORE, "substring"))
+                hits.append(_result(r, parsed, SUBSTRING_SCORE, "substring", marks))
     return hits
 
 
-def _result(r: sqlite3.Row, parsed: ParsedQuery, score: float, kind: Any) -> SearchResult:
+def _result(
+    r: sqlite3.Row, parsed: ParsedQuery, score: float, kind: Any, marks: bool
+) -> SearchResult:
     return SearchResult(
         question_id=uuid.UUID(r["id"]), question=r["question"], answer=r["answer"],
-        highlight=highlight(document(r["question"], r["answer"]), parsed),
+        highlight=highlight(document(r["question"], r["answer"]), parsed) if marks else "",
         score=score, match_kind=kind,
     )
 
