@@ -293,6 +293,11 @@ def analysis_hints(terms: Iterable[str]) -> frozenset[str]:
             or term.endswith(_STEM_SUFFIXES)
         ):
             hints.add("stem")
+        elif term.isalpha() and len(term) <= 2 and term not in PG_ENGLISH_STOP_WORDS:
+            # FTS5's porter leaves tokens under 3 characters unstemmed; Snowball's strips an s
+            # (os -> o, us -> u): `os` finds "I/O" on PostgreSQL only, `us` finds "used" (stem
+            # us) on FTS5 only (bench/parity.py). Stop words already carry their own hint.
+            hints.add("stem")
     return frozenset(hints)
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -64,12 +66,20 @@ def parse_query(query: str) -> ParsedQuery:
             terms.append(" ".join(words))
         if _CJK.search(raw):
             substrings.append(raw.casefold())
+    if substrings:
+        # the substring path still requires every term: `学習 zebra` needs zebra too
+        substrings = [raw.casefold() for raw in raw_terms if _WORD.search(raw)]
     return ParsedQuery(" ".join(raw_terms), tuple(terms), tuple(substrings))
 
 
 def fts5_match(parsed: ParsedQuery) -> str:
     """The FTS5 MATCH expression: every term a quoted phrase, implicitly ANDed."""
     return " ".join('"' + t.replace('"', '""') + '"' for t in parsed.terms)
+
+
+def fts5_question_match(parsed: ParsedQuery) -> str:
+    """The same expression limited to the question column (a candidate's first sort key)."""
+    return f"question : ({fts5_match(parsed)})"
 
 
 @lru_cache(maxsize=1)
@@ -151,3 +161,105 @@ def _render(text: str, spans: list[tuple[int, int]]) -> str:
 def document(question: str, answer: str) -> str:
     """The text a hit is highlighted in: question, then answer."""
     return f"{question} {answer}"
+
+
+# -- the shared full-text ranking (search parity) --------------------------------------------
+#
+# bm25 (FTS5) and ts_rank (PostgreSQL) order the same matches very differently (the one has
+# IDF over the whole table, the other none), so each store picks its full-text candidates in one
+# order both compute identically in SQL (`FTS_CANDIDATES` rows: the rows matching every term in
+# the question first, then the shorter field, then the id) and ranks them with `fts_score`, the
+# same Python on both stores. Same candidates in, same floats out: both stores return the same
+# list whenever their engines match the same rows. bench/PARITY_SECTION.md has the measurements.
+
+#: Fixed, not a multiple of `limit`: a smaller limit returns a prefix of a larger one's list.
+FTS_CANDIDATES = 100
+
+# BM25's term-frequency saturation with the field's length normalised against fixed average
+# lengths (typical of a question and of an answer): no corpus statistics, so a row's score
+# depends on the row and the query alone, and both stores compute the same value.
+_K1 = 1.2
+_B = 0.75
+_AVG_QUESTION_WORDS = 8.0
+_AVG_ANSWER_WORDS = 30.0
+_QUESTION_WEIGHT = 2.0  # as the question's 2:1 weight over the answer had in bm25 and ts_rank
+_ANSWER_WEIGHT = 1.0
+# the query's own words, unstemmed, in the question: "json.dumps" outranks "json.dump"
+_EXACT_WEIGHT = 0.5
+# the question worded exactly as the query: that question first
+_WHOLE_WEIGHT = 1.0
+
+
+def fold(word: str) -> str:
+    """Case and accents folded, as both engines fold a token before stemming it."""
+    return "".join(
+        ch for ch in unicodedata.normalize("NFKD", word.casefold()) if not unicodedata.combining(ch)
+    )
+
+
+@lru_cache(maxsize=16384)
+def _analyze(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A field's folded words and their stems, in order (cached: hits repeat across searches)."""
+    words = tuple(fold(w) for w in _WORD.findall(text))
+    return words, tuple(stem(w) for w in words)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    words: tuple[str, ...]  # the query's folded words, in order
+    stems: tuple[str, ...]  # their distinct stems
+    phrases: tuple[tuple[str, ...], ...]  # each term's stems (a phrase)
+
+
+@lru_cache(maxsize=1024)
+def _shape(parsed: ParsedQuery) -> _Shape:
+    phrases = tuple(tuple(stem(w) for w in term.split()) for term in parsed.terms)
+    words = tuple(fold(w) for term in parsed.terms for w in term.split())
+    return _Shape(words, tuple(dict.fromkeys(s for p in phrases for s in p)), phrases)
+
+
+def _contains(stems: tuple[str, ...], phrase: tuple[str, ...]) -> bool:
+    n = len(phrase)
+    return any(stems[i:i + n] == phrase for i in range(len(stems) - n + 1))
+
+
+def _saturation(tf: int, length: int, average: float) -> float:
+    """BM25's tf component scaled to [0, 1)."""
+    if tf == 0:
+        return 0.0
+    norm = 1.0 - _B + _B * length / average
+    return tf / (tf + _K1 * norm)
+
+
+def fts_score(parsed: ParsedQuery, question: str, answer: str) -> float:
+    """A full-text hit's score in [2, 3): the same value on both stores for the same row.
+
+    [2.5, 3) when every term is a phrase in the question, [2, 2.5) when some is only in the
+    answer; within each: BM25-like term frequency (question weighted 2:1), the share of the
+    query's words found unstemmed in the question, and a bonus when the question's words are
+    exactly the query's.
+    """
+    shape = _shape(parsed)
+    q_words, q_stems = _analyze(question)
+    _, a_stems = _analyze(answer)
+    in_question = all(_contains(q_stems, phrase) for phrase in shape.phrases)
+    tf = 0.0
+    for s in shape.stems:
+        tf += _QUESTION_WEIGHT * _saturation(q_stems.count(s), len(q_stems), _AVG_QUESTION_WORDS)
+        tf += _ANSWER_WEIGHT * _saturation(a_stems.count(s), len(a_stems), _AVG_ANSWER_WORDS)
+    tf /= (_QUESTION_WEIGHT + _ANSWER_WEIGHT) * max(1, len(shape.stems))
+    present = set(q_words)
+    exact = sum(w in present for w in shape.words) / max(1, len(shape.words))
+    whole = 1.0 if q_words == shape.words else 0.0
+    relevance = (tf + _EXACT_WEIGHT * exact + _WHOLE_WEIGHT * whole) / (
+        1.0 + _EXACT_WEIGHT + _WHOLE_WEIGHT)
+    return 2.0 + (float(in_question) + relevance) / 2.0
+
+
+def rank_fts(
+    parsed: ParsedQuery, candidates: Iterable[tuple[uuid.UUID, str, str]], limit: int
+) -> list[tuple[float, uuid.UUID, str, str]]:
+    """The best `limit` of (id, question, answer) candidates: score descending, then id."""
+    scored = [(fts_score(parsed, q, a), qid, q, a) for qid, q, a in candidates]
+    scored.sort(key=lambda t: (-t[0], t[1]))
+    return scored[:limit]

@@ -31,7 +31,16 @@ from proxy.stores.base import (
     OutboxStats,
 )
 from proxy.stores.methods import StoreMethods
-from proxy.stores.searchtext import ParsedQuery, document, fts5_match, highlight, parse_query
+from proxy.stores.searchtext import (
+    FTS_CANDIDATES,
+    ParsedQuery,
+    document,
+    fts5_match,
+    fts5_question_match,
+    highlight,
+    parse_query,
+    rank_fts,
+)
 
 T = TypeVar("T")
 SUBSTRING_SCORE = 0.5
@@ -413,26 +422,39 @@ def _parent_deleted(conn: sqlite3.Connection, entity: Entity, m: Mutation) -> bo
     return False
 
 
+# The full-text candidates, in the order the PostgreSQL store computes too: rows whose question
+# column matches every term first (the correlated FTS5 lookup is a rowid seek, see EXPLAIN), then
+# the shorter question (or answer, for answer matches), then the id.
+FTS_CANDIDATES_SQL = (
+    "SELECT id, question, answer FROM ("
+    "SELECT q.id, q.question, q.answer, EXISTS (SELECT 1 FROM questions_search s "
+    "WHERE s.questions_search MATCH ?3 AND s.rowid = questions_search.rowid) AS in_question "
+    "FROM questions_search "
+    "JOIN question_search_rowids m ON m.rowid = questions_search.rowid "
+    "JOIN questions q ON q.id = m.question_id "
+    "JOIN study_books b ON b.id = q.study_book_id "
+    "WHERE questions_search MATCH ?1 AND b.user_id = ?2) "
+    "ORDER BY in_question DESC, "
+    "CASE WHEN in_question THEN length(question) ELSE length(answer) END, id LIMIT ?4"
+)
+
+
 def _search(
     conn: sqlite3.Connection, parsed: ParsedQuery, user_id: str, limit: int, marks: bool = True
 ) -> list[SearchResult]:
     hits: list[SearchResult] = []
-    seen: set[str] = set()
+    seen: set[uuid.UUID] = set()
     if parsed.terms:
-        rows = conn.execute(
-            "SELECT q.id, q.question, q.answer, bm25(questions_search, 2.0, 1.0) AS rank "
-            "FROM questions_search "
-            "JOIN question_search_rowids m ON m.rowid = questions_search.rowid "
-            "JOIN questions q ON q.id = m.question_id "
-            "JOIN study_books b ON b.id = q.study_book_id "
-            "WHERE questions_search MATCH ? AND b.user_id = ? "
-            "ORDER BY rank, q.id LIMIT ?",
-            (fts5_match(parsed), user_id, limit),
-        ).fetchall()
-        for r in rows:
-            relevance = max(-float(r["rank"]), 0.0)
-            seen.add(r["id"])
-            hits.append(_result(r, parsed, 2.0 + relevance / (1.0 + relevance), "fts", marks))
+        # candidates in the order PostgreSQL computes too (see searchtext's shared ranking),
+        # then ranked by the same Python function: bm25 and ts_rank disagree too much to compare
+        rows = conn.execute(FTS_CANDIDATES_SQL, (
+            fts5_match(parsed), user_id, fts5_question_match(parsed), FTS_CANDIDATES,
+        )).fetchall()
+        ranked = rank_fts(parsed, ((uuid.UUID(r["id"]), r["question"], r["answer"])
+                                   for r in rows), limit)
+        for score, qid, question, answer in ranked:
+            seen.add(qid)
+            hits.append(_hit(qid, question, answer, parsed, score, "fts", marks))
     if parsed.substrings and len(hits) < limit:
         conds = " AND ".join("instr(lower(q.question || ' ' || q.answer), ?) > 0"
                              for _ in parsed.substrings)
@@ -443,7 +465,7 @@ def _search(
             (user_id, *parsed.substrings, limit + len(seen)),
         ).fetchall()
         for r in rows:
-            if r["id"] not in seen and len(hits) < limit:
+            if uuid.UUID(r["id"]) not in seen and len(hits) < limit:
                 hits.append(_result(r, parsed, SUBSTRING_SCORE, "substring", marks))
     return hits
 
@@ -451,9 +473,16 @@ def _search(
 def _result(
     r: sqlite3.Row, parsed: ParsedQuery, score: float, kind: Any, marks: bool
 ) -> SearchResult:
+    return _hit(uuid.UUID(r["id"]), r["question"], r["answer"], parsed, score, kind, marks)
+
+
+def _hit(
+    qid: uuid.UUID, question: str, answer: str, parsed: ParsedQuery, score: float, kind: Any,
+    marks: bool,
+) -> SearchResult:
     return SearchResult(
-        question_id=uuid.UUID(r["id"]), question=r["question"], answer=r["answer"],
-        highlight=highlight(document(r["question"], r["answer"]), parsed) if marks else "",
+        question_id=qid, question=question, answer=answer,
+        highlight=highlight(document(question, answer), parsed) if marks else "",
         score=score, match_kind=kind,
     )
 

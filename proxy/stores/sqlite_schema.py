@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from proxy.legacy import upgrade_legacy_ids
+
 LEGACY_TABLES = """
 CREATE TABLE IF NOT EXISTS users (
     id TEXT PRIMARY KEY,
@@ -130,6 +132,11 @@ TABLES = ("users", "study_books", "questions", "typing_logs", "learning_events")
 def init_schema(conn: sqlite3.Connection) -> bool:
     """Create or upgrade the schema in one transaction; return True if anything changed."""
     before = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    # the legacy id upgrade rewrites parents and children in turn, and a legacy file may hold
+    # orphans: foreign keys stay off for this transaction (the pragma is a no-op inside one)
+    foreign_keys = conn.execute("PRAGMA foreign_keys").fetchone()[0]
+    conn.execute("PRAGMA foreign_keys=OFF")
+    legacy = is_legacy_database(conn)
     conn.execute("BEGIN IMMEDIATE")
     try:
         for statement in _statements(LEGACY_TABLES):
@@ -158,10 +165,14 @@ def init_schema(conn: sqlite3.Connection) -> bool:
                 "SELECT m.rowid, q.question, q.answer FROM question_search_rowids m "
                 "JOIN questions q ON q.id = m.question_id"
             )
+        if legacy and upgrade_legacy_ids(conn):
+            changed = True
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    finally:
+        conn.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
     after = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
     return changed or after != before
 

@@ -1,0 +1,334 @@
+"""`cutover backfill` beside pgloader, on the same legacy app.db, in the same run; then
+`cutover verify` on the result.
+
+    .venv/bin/python bench/backfill.py [--dsn postgresql://...] [--db legacy.db] [--repeat 1]
+        [--questions 100000 --typing-logs 100000 --events 100000] [--dirty 0.0] [--keep]
+
+- the file: `bench/legacy_db.py` (deterministic, real text), about 300k rows by default;
+- ours: `cutover backfill --from FILE --quiet` in a child process, into an empty database with
+  the project's schema (created by the backfill); every index is in place when it exits;
+- pgloader: Debian's `pgloader`, in a child process, loading the same file into an empty
+  database holding the seed document's schema (seed/000_8bcb5f4eb90dbcb9.txt §2.1, with its
+  indexes; `uuid_generate_v4()` is `gen_random_uuid()`), `data only, drop indexes`: its fastest
+  mode, which also ends with every index built. Whatever pgloader rejects, it rejects;
+- verify: `cutover verify --sample-queries 0` on our database against the file.
+
+Wall time and peak resident memory (ru_maxrss from wait4: the loading process alone, the server
+excluded) are measured for each child. The two loaders alternate when `--repeat` > 1 and the
+medians are printed. Exits 2 naming the Debian package when a tool is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import asyncpg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TARGETS = {"speed": 2.0, "memory": 0.25, "verify": 0.5}
+TABLES = ("users", "study_books", "questions", "typing_logs", "learning_events")
+
+# The seed document's schema (§2.1, lines 75-148), its indexes included.
+SEED_DDL = """
+CREATE EXTENSION IF NOT EXISTS pg_trgm;
+CREATE TABLE users (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    name VARCHAR(255) NOT NULL,
+    email VARCHAR(255) UNIQUE NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
+);
+CREATE TABLE study_books (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id UUID NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    title VARCHAR(500) NOT NULL,
+    description TEXT,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
+);
+CREATE INDEX idx_study_books_user_id ON study_books(user_id);
+CREATE TABLE questions (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    study_book_id UUID NOT NULL REFERENCES study_books(id) ON DELETE CASCADE,
+    language VARCHAR(50) NOT NULL,
+    category VARCHAR(100) NOT NULL,
+    difficulty VARCHAR(50) NOT NULL,
+    question TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
+    search_vector tsvector GENERATED ALWAYS AS (
+        to_tsvector('english', coalesce(question, '') || ' ' || coalesce(answer, ''))
+    ) STORED
+);
+CREATE INDEX idx_questions_study_book_id ON questions(study_book_id);
+CREATE INDEX idx_questions_search_vector ON questions USING GIN(search_vector);
+CREATE INDEX idx_questions_trigram ON questions
+    USING GIN(question gin_trgm_ops, answer gin_trgm_ops);
+CREATE TABLE typing_logs (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id UUID NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    question_id UUID REFERENCES questions(id) ON DELETE SET NULL,
+    wpm INTEGER NOT NULL,
+    accuracy DECIMAL(5,2) NOT NULL,
+    took_ms INTEGER NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
+);
+CREATE INDEX idx_typing_logs_user_id ON typing_logs(user_id);
+CREATE INDEX idx_typing_logs_question_id ON typing_logs(question_id);
+CREATE INDEX idx_typing_logs_created_at ON typing_logs(created_at);
+CREATE TABLE learning_events (
+    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id VARCHAR(255) NOT NULL,
+    app_id VARCHAR(100) NOT NULL,
+    action VARCHAR(100) NOT NULL,
+    object_id VARCHAR(255),
+    score DECIMAL(10,2),
+    duration_ms INTEGER,
+    occurred_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
+);
+CREATE INDEX idx_learning_events_user_occurred ON learning_events(user_id, occurred_at DESC);
+CREATE INDEX idx_learning_events_action ON learning_events(action);
+"""
+
+PGLOADER_COMMAND = """LOAD DATABASE
+  FROM sqlite://{source}
+  INTO {target}
+  WITH data only, create no tables, drop indexes, reset no sequences
+  EXCLUDING TABLE NAMES LIKE 'questions_fts%'
+;
+"""
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    seconds: float
+    max_rss_mb: float
+    exit_code: int
+    rows: int
+
+
+# Measures one child from a small trampoline process: a child forked straight from this process
+# would start with a copy of its memory, and Linux counts that copy in the child's peak RSS.
+TRAMPOLINE = """
+import os, subprocess, sys, time
+with open(sys.argv[1], "wb") as out:
+    started = time.perf_counter()
+    child = subprocess.Popen(sys.argv[2:], stdout=out, stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(child.pid, 0)
+    print(time.perf_counter() - started, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
+"""
+
+
+def measure(argv: list[str], env: dict[str, str], log: Path) -> tuple[float, float, int]:
+    """Run `argv`; return its wall seconds, its peak RSS in MB and its exit status."""
+    done = subprocess.run([sys.executable, "-c", TRAMPOLINE, str(log), *argv], env=env,
+                          capture_output=True, text=True, check=True)
+    seconds, rss_kb, code = done.stdout.split()
+    return float(seconds), int(rss_kb) / 1024, int(code)
+
+
+def pgloader_target(dsn: str) -> str:
+    """pgloader's spelling of a DSN: a unix socket directory becomes `unix:DIR:PORT`."""
+    parts = urlsplit(dsn)
+    query = parse_qs(parts.query)
+    user = parts.username or "postgres"
+    password = f":{parts.password}" if parts.password else ""
+    database = parts.path.lstrip("/")
+    socket_dir = query.get("host", [None])[0] or (parts.hostname or "")
+    if socket_dir.startswith("/"):
+        port = query.get("port", [None])[0] or parts.port or _socket_port(Path(socket_dir))
+        return f"postgresql://{user}{password}@unix:{socket_dir}:{port}/{database}"
+    return f"postgresql://{user}{password}@{parts.hostname}:{parts.port or 5432}/{database}"
+
+
+def _socket_port(directory: Path) -> int:
+    sockets = sorted(directory.glob(".s.PGSQL.*"))
+    return int(sockets[0].suffix.lstrip(".")) if sockets else 5432
+
+
+def with_database(dsn: str, name: str) -> str:
+    return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
+
+
+async def create_database(server: str, name: str, ddl: str | None = None) -> str:
+    admin = await asyncpg.connect(server)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    dsn = with_database(server, name)
+    if ddl:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(ddl)
+        finally:
+            await conn.close()
+    return dsn
+
+
+async def drop_database(server: str, name: str) -> None:
+    admin = await asyncpg.connect(server)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def count_rows(dsn: str) -> tuple[int, int]:
+    """(rows in the five tables, indexes on them)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = 0
+        for table in TABLES:
+            rows += await conn.fetchval(f"SELECT count(*) FROM {table}")
+        indexes = await conn.fetchval(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public' AND tablename = ANY($1)",
+            list(TABLES))
+        return rows, indexes
+    finally:
+        await conn.close()
+
+
+def require_tools() -> str:
+    pgloader = shutil.which("pgloader")
+    if pgloader is None:
+        print("pgloader is missing: install the Debian package `pgloader` "
+              "(apt-get install -y pgloader)", file=sys.stderr)
+        sys.exit(2)
+    return pgloader
+
+
+async def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dsn", help="a server to create the bench databases on "
+                                      "(default: an embedded one in a temp dir)")
+    parser.add_argument("--db", type=Path, help="the legacy database (generated if missing)")
+    parser.add_argument("--questions", type=int, default=100_000)
+    parser.add_argument("--typing-logs", type=int, default=100_000)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--dirty", type=float, default=0.0)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON too")
+    parser.add_argument("--keep", action="store_true", help="keep the databases afterwards")
+    args = parser.parse_args(argv)
+    pgloader = require_tools()
+    cutover = shutil.which("cutover", path=str(Path(sys.executable).parent)) or "cutover"
+    work = Path(tempfile.mkdtemp(prefix="bench-backfill-"))
+    db = args.db or work / "legacy.db"
+    if not db.exists():
+        from bench.legacy_db import generate
+
+        print(f"generating {db} ...", file=sys.stderr)
+        generate(db, questions=args.questions, typing_logs=args.typing_logs, events=args.events,
+                 users=100, books=100, seed=1, dirty=args.dirty)
+    source_rows = _source_rows(db)
+    with db.open("rb") as f:  # into the page cache, for both loaders alike
+        while f.read(1 << 20):
+            pass
+
+    server = None
+    server_dsn = args.dsn
+    if server_dsn is None:
+        from proxy.embedded import start_embedded
+
+        server = start_embedded(work / "pg", cleanup="delete")
+        server_dsn = str(server.get_uri())
+    runs: dict[str, list[Run]] = {"cutover backfill": [], "pgloader": [], "cutover verify": []}
+    names: list[str] = []
+    try:
+        for i in range(args.repeat):
+            order = ["ours", "pgloader"] if i % 2 == 0 else ["pgloader", "ours"]
+            for which in order:
+                name = f"bench_{which}_{uuid.uuid4().hex[:8]}"
+                names.append(name)
+                if which == "pgloader":
+                    dsn = await create_database(server_dsn, name, SEED_DDL)
+                    command = work / "load.load"
+                    command.write_text(PGLOADER_COMMAND.format(
+                        source=db.resolve(), target=pgloader_target(dsn)))
+                    seconds, rss, code = measure(
+                        [pgloader, str(command)],
+                        dict(os.environ), work / f"pgloader-{i}.log")
+                    rows, _ = await count_rows(dsn)
+                    runs["pgloader"].append(Run("pgloader", seconds, rss, code, rows))
+                else:
+                    dsn = await create_database(server_dsn, name)
+                    env = {**os.environ, "POSTGRES_DSN": dsn, "SQLITE_PATH": str(db)}
+                    seconds, rss, code = measure(
+                        [cutover, "backfill", "--from", str(db), "--rejects",
+                                     str(work / "rejects.jsonl"), "--quiet", "--json"],
+                        env, work / f"backfill-{i}.log")
+                    rows, _ = await count_rows(dsn)
+                    runs["cutover backfill"].append(Run("backfill", seconds, rss, code, rows))
+                    seconds, rss, code = measure(
+                        [cutover, "verify", "--json", "--sample-queries", "0"], env,
+                        work / f"verify-{i}.log")
+                    runs["cutover verify"].append(Run("verify", seconds, rss, code, rows))
+    finally:
+        if not args.keep:
+            for name in names:
+                await drop_database(server_dsn, name)
+            if server is not None:
+                server.cleanup()
+    return report(runs, source_rows, db, work, args.json)
+
+
+def _source_rows(db: Path) -> int:
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    try:
+        return sum(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES)
+    finally:
+        conn.close()
+
+
+def report(runs: dict[str, list[Run]], source_rows: int, db: Path, work: Path,
+           as_json: bool) -> int:
+    med = {k: (statistics.median(r.seconds for r in v), statistics.median(r.max_rss_mb for r in v),
+               v[-1].rows, max(r.exit_code for r in v)) for k, v in runs.items()}
+    print(f"\nlegacy database: {db} ({source_rows} rows); logs in {work}")
+    print(f"{'':18} {'wall s':>8} {'peak RSS MB':>12} {'rows':>8} {'exit':>5}")
+    for name, (seconds, rss, rows, code) in med.items():
+        print(f"{name:18} {seconds:8.2f} {rss:12.1f} {rows:8d} {code:5d}")
+    ours, theirs, verify = med["cutover backfill"], med["pgloader"], med["cutover verify"]
+    ratios = {
+        "speed": theirs[0] / ours[0],
+        "memory": ours[1] / theirs[1],
+        "verify": verify[0] / theirs[0],
+    }
+    print()
+    lines = (
+        ("backfill speed vs pgloader:", f"{ratios['speed']:.2f}x faster", "speed", ">="),
+        ("backfill memory vs pgloader:", f"{ratios['memory']:.2f} of it", "memory", "<="),
+        ("verify time vs pgloader load:", f"{ratios['verify']:.2f} of it", "verify", "<="),
+    )
+    for label, figure, key, sense in lines:
+        met = ratios[key] >= TARGETS[key] if sense == ">=" else ratios[key] <= TARGETS[key]
+        print(f"{label:30} {figure:14} (target {sense} {TARGETS[key]}: "
+              f"{'met' if met else 'MISSED'})")
+    if as_json:
+        print(json.dumps({"rows": source_rows, "runs": {k: [r.__dict__ for r in v]
+                                                         for k, v in runs.items()},
+                          "ratios": ratios}, indent=2))
+    return 0 if all(r[3] in (0,) for r in (ours, theirs)) and verify[3] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

@@ -1,0 +1,260 @@
+"""Generate a legacy app.db (../shared/legacy_schema.sql) with real text, deterministically.
+
+    python bench/legacy_db.py OUT.db [--questions 100000] [--typing-logs 100000]
+        [--events 100000] [--users 100] [--books 100] [--seed 1] [--dirty 0.0]
+
+The text is sentences from the Python standard library's docstrings (modules without import side
+effects only). By default every value is in the form the legacy application wrote (canonical UUIDs,
+ISO 8601 timestamps, REALs with two decimals), so a timing comparison with pgloader is fair;
+`--dirty RATE` mixes in the legacy variety a real app.db holds (other timestamp forms, epoch
+seconds and milliseconds, ids that are not UUIDs, and a few rows no loader should accept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import random
+import re
+import sqlite3
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+# Imported for their docstrings only: none of them does anything on import.
+DOC_MODULES = (
+    "abc", "argparse", "array", "ast", "asyncio", "base64", "bisect", "bz2", "calendar", "cmd",
+    "codecs", "collections", "concurrent.futures", "configparser", "contextlib", "copy", "csv",
+    "dataclasses", "datetime", "decimal", "difflib", "email", "email.message", "enum",
+    "filecmp", "fnmatch", "fractions", "ftplib", "functools", "getopt", "gettext", "glob",
+    "gzip", "hashlib", "heapq", "hmac", "html", "html.parser", "http.client", "http.cookies",
+    "imaplib", "inspect", "io", "ipaddress", "itertools", "json", "logging", "lzma", "mailbox",
+    "math", "mimetypes", "numbers", "operator", "optparse", "os", "pathlib", "pickle",
+    "pkgutil", "platform", "plistlib", "poplib", "pprint", "queue", "quopri", "random", "re",
+    "sched", "secrets", "selectors", "shelve", "shlex", "shutil", "smtplib", "socket",
+    "sqlite3", "statistics", "string", "struct", "subprocess", "tarfile", "tempfile",
+    "textwrap", "threading", "timeit", "tokenize", "traceback", "types", "typing", "unittest",
+    "urllib.parse", "urllib.request", "uuid", "warnings", "wave", "weakref", "xml.dom.minidom",
+    "xml.etree.ElementTree", "zipfile", "zlib",
+)
+SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+LANGUAGES = ("en", "ja", "de", "fr")
+DIFFICULTIES = ("easy", "medium", "hard")
+APPS = ("typing-tutor", "flashcards", "quiz")
+ACTIONS = ("view", "answer", "skip", "review", "bookmark")
+START = datetime(2021, 1, 1, tzinfo=UTC)
+
+# legacy_schema.sql as the application created its app.db
+LEGACY_SCHEMA = """
+CREATE TABLE users (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    email TEXT UNIQUE NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+
+CREATE TABLE study_books (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    title TEXT NOT NULL,
+    description TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX idx_study_books_user_id ON study_books(user_id);
+
+CREATE TABLE questions (
+    id TEXT PRIMARY KEY,
+    study_book_id TEXT NOT NULL REFERENCES study_books(id) ON DELETE CASCADE,
+    language TEXT NOT NULL,
+    category TEXT NOT NULL,
+    difficulty TEXT NOT NULL,
+    question TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX idx_questions_study_book_id ON questions(study_book_id);
+
+CREATE TABLE typing_logs (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    question_id TEXT REFERENCES questions(id) ON DELETE SET NULL,
+    wpm INTEGER NOT NULL,
+    accuracy REAL NOT NULL,
+    took_ms INTEGER NOT NULL,
+    created_at TEXT NOT NULL
+);
+
+CREATE TABLE learning_events (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    app_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    object_id TEXT,
+    score REAL,
+    duration_ms INTEGER,
+    occurred_at TEXT NOT NULL
+);
+
+CREATE VIRTUAL TABLE questions_fts USING fts5(
+    question_id UNINDEXED,
+    question,
+    answer
+);
+"""
+
+def sentences() -> list[str]:
+    """Distinct sentences of 20-300 characters from the modules' docstrings, in a fixed order."""
+    found: set[str] = set()
+    for name in DOC_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        docs = [inspect.getdoc(module) or ""]
+        for _, member in inspect.getmembers(module):
+            if inspect.isclass(member) or inspect.isroutine(member):
+                docs.append(inspect.getdoc(member) or "")
+        for doc in docs:
+            for para in doc.split("\n\n"):
+                text = " ".join(para.split())
+                for s in SENTENCE.split(text):
+                    if 20 <= len(s) <= 300 and s[0].isupper() and s[-1] in ".?!":
+                        found.add(s)
+    return sorted(found)
+
+
+def _uuid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+class Values:
+    """The generator's value forms: clean by default, legacy variety at rate `dirty`."""
+
+    def __init__(self, rng: random.Random, dirty: float) -> None:
+        self.rng = rng
+        self.dirty = dirty
+
+    def is_dirty(self) -> bool:
+        return self.dirty > 0 and self.rng.random() < self.dirty
+
+    def id(self, prefix: str, n: int) -> str:
+        if self.is_dirty():
+            return f"{prefix}-{n}"  # the oldest rows used readable ids
+        return _uuid(self.rng)
+
+    def timestamp(self) -> str:
+        ts = START + timedelta(seconds=self.rng.randrange(3 * 365 * 86400),
+                               microseconds=self.rng.randrange(1_000_000))
+        if not self.is_dirty():
+            return ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        form = self.rng.randrange(6)
+        if form == 0:
+            return ts.strftime("%Y-%m-%d %H:%M:%S")
+        if form == 1:
+            return ts.astimezone(UTC).replace(tzinfo=None).isoformat() + "+00:00"
+        if form == 2:
+            return (ts + timedelta(hours=9)).strftime("%Y-%m-%dT%H:%M:%S.%f+09:00")
+        if form == 3:
+            return str(int(ts.timestamp()))
+        if form == 4:
+            return str(int(ts.timestamp() * 1000))
+        return "2023-02-30T10:00:00Z"  # an impossible date: must be rejected
+
+    def accuracy(self) -> float:
+        if self.is_dirty():
+            return self.rng.choice((97.125, 101.5, 88.333))
+        return round(self.rng.uniform(60, 100), 2)
+
+
+def generate(path: Path, *, questions: int, typing_logs: int, events: int, users: int,
+             books: int, seed: int, dirty: float) -> dict[str, int]:
+    """Write the database at `path` (replacing it) and return the row count per table."""
+    rng = random.Random(seed)
+    v = Values(rng, dirty)
+    text = sentences()
+    path.unlink(missing_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(LEGACY_SCHEMA)
+    conn.execute("PRAGMA journal_mode=OFF")
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("BEGIN")
+    user_ids = [v.id("user", i) for i in range(users)]
+    conn.executemany(
+        "INSERT INTO users VALUES (?, ?, ?, ?, ?)",
+        ((uid, f"User {i}", f"user{i}@example.com", v.timestamp(), v.timestamp())
+         for i, uid in enumerate(user_ids)),
+    )
+    book_ids = [v.id("book", i) for i in range(books)]
+    conn.executemany(
+        "INSERT INTO study_books VALUES (?, ?, ?, ?, ?, ?)",
+        ((bid, user_ids[i % users], f"Book {i}: {rng.choice(text)[:200]}",
+          rng.choice((None, rng.choice(text))), v.timestamp(), v.timestamp())
+         for i, bid in enumerate(book_ids)),
+    )
+    question_ids: list[str] = []
+
+    def question_rows() -> Iterator[tuple[object, ...]]:
+        for i in range(questions):
+            qid = v.id("q", i)
+            question_ids.append(qid)
+            question = rng.choice(text)
+            answer = " ".join(rng.choice(text) for _ in range(rng.randint(1, 3)))
+            yield (qid, rng.choice(book_ids), rng.choice(LANGUAGES),
+                   rng.choice(DOC_MODULES), rng.choice(DIFFICULTIES), question, answer,
+                   v.timestamp(), v.timestamp())
+
+    conn.executemany("INSERT INTO questions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", question_rows())
+    # the old application's own search index, as an app.db holds it
+    conn.execute(
+        "INSERT INTO questions_fts (question_id, question, answer) "
+        "SELECT id, question, answer FROM questions"
+    )
+    conn.executemany(
+        "INSERT INTO typing_logs VALUES (?, ?, ?, ?, ?, ?, ?)",
+        ((v.id("log", i), rng.choice(user_ids),
+          None if rng.random() < 0.05 else rng.choice(question_ids),
+          "fast" if v.is_dirty() else rng.randint(10, 140), v.accuracy(),
+          rng.randint(500, 60_000), v.timestamp())
+         for i in range(typing_logs)),
+    )
+    conn.executemany(
+        "INSERT INTO learning_events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        ((v.id("ev", i), rng.choice(user_ids), rng.choice(APPS), rng.choice(ACTIONS),
+          rng.choice(question_ids) if question_ids and rng.random() < 0.8 else None,
+          None if rng.random() < 0.3 else round(rng.uniform(0, 1000), 2),
+          None if rng.random() < 0.1 else rng.randint(100, 600_000), v.timestamp())
+         for i in range(events)),
+    )
+    conn.execute("COMMIT")
+    counts = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+              for t in ("users", "study_books", "questions", "typing_logs", "learning_events")}
+    conn.close()
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--questions", type=int, default=100_000)
+    parser.add_argument("--typing-logs", type=int, default=100_000)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--users", type=int, default=100)
+    parser.add_argument("--books", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--dirty", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    counts = generate(args.out, questions=args.questions, typing_logs=args.typing_logs,
+                      events=args.events, users=args.users, books=args.books, seed=args.seed,
+                      dirty=args.dirty)
+    print(f"{args.out}: " + ", ".join(f"{t} {n}" for t, n in counts.items()), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

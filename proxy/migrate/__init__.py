@@ -1,0 +1,1 @@
+"""Bulk paths between the two stores: backfill, verify and reconcile."""

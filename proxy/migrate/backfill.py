@@ -1,0 +1,829 @@
+"""`cutover backfill`: stream a legacy SQLite database into PostgreSQL, safely beside dual writes.
+
+How a batch lands (one PostgreSQL transaction, checkpoint included, so a killed run resumes with
+no gap and no duplicate):
+- rows are read from the source (read-only) in id order, `batch_size` at a time, with a flag per
+  reference telling whether the parent exists in the source;
+- each value is checked against its target column (`proxy.legacy.column_check`); a row with any
+  problem is rejected whole and every problem is recorded; values that land changed (rounded,
+  truncated, an orphan reference set to NULL) are recorded too;
+- the good rows go in with `row_version` 0: by COPY straight into the table while it was empty at
+  the start and nothing conflicts (the fast path), else by COPY into a temp table and
+  `INSERT ... SELECT ... ON CONFLICT DO NOTHING` skipping tombstoned rows and rows whose parent
+  is gone. A row the repository wrote (version > 0) is never overwritten: dual writes win.
+- the problems go to `cutover_backfill_rejects`, ids that were not UUIDs to `legacy_ids`, the last
+  id read to `cutover_backfill_progress`.
+
+Parents load before children (users, study_books, questions, typing_logs); learning_events has no
+parent and loads beside them. The search indexes are dropped when `questions` is empty at the
+start and built as soon as it is loaded, while the other tables still load; a table that already
+holds rows keeps its indexes (live searches may be using them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from proxy.errors import CutoverError, StoreUnavailable
+from proxy.legacy import _CANONICAL, Change, Rejected, column_check, legacy_uuid
+from proxy.models import BY_TABLE, ENTITIES, Entity
+from proxy.stores import postgres_schema
+
+DEFAULT_BATCH_SIZE = 2000  # rows per transaction; a 2000-row batch of questions is ~3 MB
+REJECTS_TABLE = "cutover_backfill_rejects"
+PROGRESS_TABLE = "cutover_backfill_progress"
+# Parents before children; learning_events has no parent and runs on its own lane.
+LANES: tuple[tuple[str, ...], ...] = (
+    ("users", "study_books", "questions", "typing_logs"),
+    ("learning_events",),
+)
+ORDER = tuple(e.table for e in ENTITIES)
+_LOCK_KEY = 7715002
+
+DDL = f"""
+CREATE TABLE IF NOT EXISTS {PROGRESS_TABLE} (
+    table_name TEXT NOT NULL,
+    part INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    last_id TEXT,
+    done BOOLEAN NOT NULL DEFAULT false,
+    read BIGINT NOT NULL DEFAULT 0,
+    inserted BIGINT NOT NULL DEFAULT 0,
+    present BIGINT NOT NULL DEFAULT 0,
+    skipped BIGINT NOT NULL DEFAULT 0,
+    rejected BIGINT NOT NULL DEFAULT 0,
+    changed BIGINT NOT NULL DEFAULT 0,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (table_name, part)
+);
+CREATE TABLE IF NOT EXISTS {REJECTS_TABLE} (
+    seq BIGSERIAL PRIMARY KEY,
+    table_name TEXT NOT NULL,
+    row_id TEXT,
+    mapped_id UUID,
+    column_name TEXT,
+    value JSONB,
+    new_value JSONB,
+    reason TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('rejected', 'changed', 'skipped')),
+    at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS idx_{REJECTS_TABLE}_mapped ON {REJECTS_TABLE} (table_name, mapped_id);
+"""
+
+
+class BadSource(CutoverError):
+    """Raised when the `--from` file is missing or is not a legacy app.db."""
+
+
+# -- what a run reports ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TableReport:
+    """Counts for one table over the whole pass (resumed runs included)."""
+
+    read: int = 0
+    inserted: int = 0
+    present: int = 0  # already in PostgreSQL (written by the repository or an earlier pass)
+    skipped: int = 0  # deleted through the repository since dual writes began
+    rejected: int = 0
+    changed: int = 0  # landed with a reported change
+
+
+@dataclass(frozen=True, slots=True)
+class BackfillReport:
+    source: str
+    seconds: float
+    resumed: bool
+    tables: dict[str, TableReport]
+    rejects_file: str
+    problems: int
+    indexes_built: tuple[str, ...]
+    fast_path: tuple[str, ...]  # tables loaded by COPY straight in
+    fk_checked_after: tuple[str, ...]  # of those, tables whose foreign keys were checked once,
+    # at the end, instead of per row
+    timings: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["tables"] = {t: asdict(r) for t, r in self.tables.items()}
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One line of the rejects report."""
+
+    table: str
+    row_id: Any
+    mapped_id: str | None
+    column: str | None
+    value: Any
+    reason: str
+    kind: str  # rejected | changed | skipped
+    new_value: Any = None
+
+
+Progress = Callable[[str, int], None]  # (table, rows just read)
+
+
+# -- reading the source -----------------------------------------------------------------------
+
+
+def open_source(path: Path) -> sqlite3.Connection:
+    """The legacy database, read-only; `BadSource` when it is missing or not an app.db."""
+    if not path.is_file():
+        raise BadSource(f"--from {path}: no such file")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                               check_same_thread=False, isolation_level=None)
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as exc:
+        raise BadSource(f"--from {path}: not a SQLite database ({exc})") from None
+    missing = [t for t in ORDER if t not in names]
+    if missing:
+        conn.close()
+        raise BadSource(f"--from {path}: not a legacy app.db (no table {missing[0]})")
+    return conn
+
+
+def _select(entity: Entity, where: str) -> str:
+    """The source query: the seed's columns, then one parent-exists flag per reference."""
+    cols = [f"t.{c}" for c in entity.column_names]
+    flags = [f"EXISTS (SELECT 1 FROM {c.references} p WHERE p.id = t.{c.name})"
+             for c in entity.columns if c.references]
+    return f"SELECT {', '.join(cols + flags)} FROM {entity.table} t WHERE {where}"
+
+
+def _fetch(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+    try:
+        return conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "decode" not in str(exc).lower():
+            raise
+    # text that is not UTF-8: read it with the bad bytes kept as surrogates, so the check
+    # rejects the row instead of the whole batch failing
+    conn.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.text_factory = str
+
+
+# -- checking rows ----------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """One batch after the checks: the rows that go in and everything to report."""
+
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    mappings: list[tuple[str, str, str]] = field(default_factory=list)
+    rejected: int = 0
+    changed_ids: set[str] = field(default_factory=set)
+
+
+class RowChecker:
+    """Checks one table's source rows; remembers rejected ids so children follow them."""
+
+    def __init__(self, entity: Entity, rejected: dict[str, set[str]]) -> None:
+        self.entity = entity
+        self.rejected = rejected
+        cols = entity.columns
+        self.checks = [(i, c.name, column_check(c)) for i, c in enumerate(cols) if i > 0]
+        self.refs = [
+            (i, c.name, c.references, c.nullable, len(cols) + k)
+            for k, (i, c) in enumerate((i, c) for i, c in enumerate(cols) if c.references)
+        ]
+
+    def check(self, raw_rows: Sequence[Sequence[Any]]) -> Batch:
+        out = Batch()
+        table = self.entity.table
+        mine = self.rejected.setdefault(table, set())
+        for raw in raw_rows:
+            rid = raw[0]
+            problems: list[tuple[str | None, Any, str]] = []
+            changes: list[Change] = []
+            mapped: str | None = None
+            if type(rid) is str:
+                mapped = rid if _CANONICAL.fullmatch(rid) else str(legacy_uuid(rid))
+            elif rid is None:
+                problems.append(("id", None, "NOT NULL column is NULL"))
+            else:
+                problems.append(("id", rid, f"not an id (a {type(rid).__name__})"))
+            values: list[Any] = [mapped]
+            for i, name, check in self.checks:
+                try:
+                    values.append(check(raw[i], changes))
+                except Rejected as exc:
+                    problems.append((name, raw[i], exc.reason))
+                    values.append(None)
+            for i, name, parent, nullable, flag in self.refs:
+                ref = raw[i]
+                if ref is None or values[i] is None:
+                    continue
+                if not raw[flag]:
+                    why = f"orphan: {parent} {ref} missing"
+                elif ref in self.rejected.get(parent or "", ()):
+                    why = f"orphan: {parent} {ref} rejected"
+                else:
+                    continue
+                if nullable:
+                    values[i] = None
+                    changes.append(Change(name, ref, None, f"{why}; reference set to NULL"))
+                else:
+                    problems.append((name, ref, why))
+            if problems:
+                out.rejected += 1
+                if type(rid) is str:
+                    mine.add(rid)
+                out.problems.extend(
+                    Problem(table, rid, mapped, col, value, reason, "rejected")
+                    for col, value, reason in problems
+                )
+                continue
+            if mapped != rid:
+                out.mappings.append((table, rid, mapped))  # type: ignore[arg-type]
+            if changes:
+                assert mapped is not None
+                out.changed_ids.add(mapped)
+                out.problems.extend(
+                    Problem(table, rid, mapped, c.column, c.value, c.reason, "changed",
+                            c.new_value)
+                    for c in changes
+                )
+            out.rows.append(tuple(values))
+        return out
+
+
+# -- writing to PostgreSQL --------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    """A legacy value as JSON; text PostgreSQL cannot hold (NUL, bad UTF-8) as x'hex'."""
+    if isinstance(value, str):
+        return _safe_text(value)
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else repr(value)
+    if isinstance(value, bytes):
+        return "x'" + value.hex() + "'"
+    return str(value)
+
+
+def _safe_text(text: str) -> str:
+    if "\x00" in text or (not text.isascii() and _surrogates(text)):
+        return "x'" + text.encode("utf-8", "surrogateescape").hex() + "'"
+    return text
+
+
+def _surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+PROBLEM_COLUMNS = ["table_name", "row_id", "mapped_id", "column_name", "value", "new_value",
+                   "reason", "kind"]
+
+
+def _problem_records(problems: Sequence[Problem]) -> list[tuple[Any, ...]]:
+    return [
+        (p.table, None if p.row_id is None else str(_jsonable(p.row_id)), p.mapped_id,
+         p.column, json.dumps(_jsonable(p.value)),
+         None if p.new_value is None else json.dumps(_jsonable(p.new_value)), p.reason, p.kind)
+        for p in problems
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """A slice of one table's source rows that one loader copies, with its own checkpoint."""
+
+    table: str
+    index: int
+    lo: str | None = None  # first id (inclusive); None: from the start
+    hi: str | None = None  # last id (exclusive); None: to the end
+    odd: bool = False  # the rows whose id is not text (NULL, a BLOB): they are all rejected
+
+
+def plan_parts(table: str, n: int) -> list[Part]:
+    """`n` id ranges split at hex digits (balanced for random UUIDs; any text id falls in one),
+    then the part for ids that are not text."""
+    cuts = [format(16 * i // n, "x") for i in range(1, n)]
+    bounds = [None, *cuts, None]
+    parts = [Part(table, i, bounds[i], bounds[i + 1]) for i in range(n)]
+    return [*parts, Part(table, n, odd=True)]
+
+
+class PartLoader:
+    """Copies one part batch by batch; each batch is one transaction with its checkpoint."""
+
+    def __init__(self, part: Part, pool: asyncpg.Pool, source_path: Path,
+                 checker: RowChecker, *, batch_size: int, fast: FastPath,
+                 progress: Progress) -> None:
+        self.part = part
+        self.entity = BY_TABLE[part.table]
+        self.pool = pool
+        self.source_path = source_path
+        self.checker = checker
+        self.batch_size = batch_size
+        self.fast = fast
+        self.progress = progress
+        self.cols = list(self.entity.column_names)
+        self.required = [c for c in self.entity.columns if c.references and not c.nullable]
+        self.optional = [c for c in self.entity.columns if c.references and c.nullable]
+
+    async def run(self, last_id: str | None) -> None:
+        source = await asyncio.to_thread(open_source, self.source_path)
+        try:
+            if self.part.odd:
+                await self._run_odd(source)
+            else:
+                await self._run_range(source, last_id)
+        finally:
+            source.close()
+
+    async def _run_range(self, source: sqlite3.Connection, last_id: str | None) -> None:
+        p = self.part
+        # ids that are not text sort outside the text range: the odd part takes them
+        where, params = ["typeof(t.id) = 'text'"], []
+        if p.hi is not None:
+            where.append("t.id < ?")
+            params.append(p.hi)
+        first = " AND ".join([*where, "t.id >= ?"] if p.lo is not None else where)
+        first_params = [*params, p.lo] if p.lo is not None else params
+        after = " AND ".join([*where, "t.id > ?"])
+        first_sql = _select(self.entity, first + " ORDER BY t.id LIMIT ?")
+        after_sql = _select(self.entity, after + " ORDER BY t.id LIMIT ?")
+
+        def read(key: str | None) -> asyncio.Future[list[Any]]:
+            sql, args = ((first_sql, [*first_params, self.batch_size]) if key is None
+                         else (after_sql, [*params, key, self.batch_size]))
+            return asyncio.ensure_future(asyncio.to_thread(_fetch, source, sql, args))
+
+        pending = read(last_id)
+        while True:
+            raw = await pending
+            if not raw:
+                break
+            last_id = raw[-1][0]
+            pending = read(last_id)  # read the next batch while this one is checked and written
+            batch = await asyncio.to_thread(self.checker.check, raw)
+            await self._write(batch, len(raw), last_id)
+            self.progress(self.entity.table, len(raw))
+        await self._write(Batch(), 0, None, done=True)
+
+    async def _run_odd(self, source: sqlite3.Connection) -> None:
+        raw = await asyncio.to_thread(
+            _fetch, source, _select(self.entity, "t.id IS NULL OR typeof(t.id) <> 'text'"), ())
+        batch = self.checker.check(raw)
+        batch.rows.clear()  # the id is required: none of them can land
+        await self._write(batch, len(raw), None, done=True)
+        self.progress(self.entity.table, len(raw))
+
+    async def _write(self, batch: Batch, read: int, last_id: str | None,
+                     *, done: bool = False) -> None:
+        counts = {"inserted": 0, "present": 0, "skipped": 0}
+        async with self.pool.acquire() as conn:
+            if self.fast.on and batch.rows:
+                try:
+                    async with conn.transaction():
+                        if self.fast.unchecked:
+                            # foreign keys are checked for the whole table at its end instead
+                            # (`check_references`): one anti-join beats a lookup per row
+                            await conn.execute("SET LOCAL session_replication_role = replica")
+                        await conn.copy_records_to_table(
+                            self.entity.table, records=batch.rows, columns=self.cols)
+                        counts["inserted"] = len(batch.rows)
+                        await self._bookkeep(conn, batch, read, last_id, counts, done)
+                    self.fast.used = True
+                    return
+                except (asyncpg.UniqueViolationError, asyncpg.ForeignKeyViolationError):
+                    # a concurrent write got there first: from now on go through staging
+                    self.fast.on = False
+            async with conn.transaction():
+                if batch.rows:
+                    await self._stage_insert(conn, batch, counts)
+                await self._bookkeep(conn, batch, read, last_id, counts, done)
+
+    async def _stage_insert(self, conn: asyncpg.Connection, batch: Batch,
+                            counts: dict[str, int]) -> None:
+        e = self.entity
+        stage = f"_stage_{e.table}"
+        cols = ", ".join(self.cols)
+        await conn.execute(f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS "
+                           f"SELECT {cols} FROM {e.table} WITH NO DATA")
+        await conn.copy_records_to_table(stage, records=batch.rows, columns=self.cols)
+        for c in self.optional:
+            # the parent was deleted through the repository since: ON DELETE SET NULL would
+            # have cleared the reference, so clear it here too, and say so
+            gone = await conn.fetch(
+                f"SELECT id, {c.name} AS old FROM {stage} s WHERE {c.name} IS NOT NULL AND "
+                f"NOT EXISTS (SELECT 1 FROM {c.references} p WHERE p.id = s.{c.name})")
+            if not gone:
+                continue
+            await conn.execute(f"UPDATE {stage} SET {c.name} = NULL WHERE id = ANY($1::uuid[])",
+                               [r["id"] for r in gone])
+            for r in gone:
+                batch.changed_ids.add(str(r["id"]))
+                batch.problems.append(Problem(
+                    e.table, str(r["id"]), str(r["id"]), c.name, str(r["old"]),
+                    f"{c.references} {r['old']} deleted through the repository since dual "
+                    "writes began; reference set to NULL", "changed"))
+        parents = "".join(
+            f" AND EXISTS (SELECT 1 FROM {c.references} p WHERE p.id = s.{c.name})"
+            for c in self.required)
+        inserted = await conn.fetch(
+            f"INSERT INTO {e.table} ({cols}) SELECT {cols} FROM {stage} s "
+            "WHERE NOT EXISTS (SELECT 1 FROM cutover_tombstones d "
+            f"WHERE d.entity = '{e.name}' AND d.row_id = s.id){parents} "
+            "ON CONFLICT DO NOTHING RETURNING id")
+        counts["inserted"] = len(inserted)
+        if len(inserted) == len(batch.rows):
+            return
+        orphaned = " OR ".join(
+            f"NOT EXISTS (SELECT 1 FROM {c.references} p WHERE p.id = s.{c.name})"
+            for c in self.required) or "false"
+        left = await conn.fetch(
+            f"SELECT s.id, EXISTS (SELECT 1 FROM {e.table} t WHERE t.id = s.id) AS present, "
+            "EXISTS (SELECT 1 FROM cutover_tombstones d "
+            f"WHERE d.entity = '{e.name}' AND d.row_id = s.id) AS deleted, "
+            f"({orphaned}) AS orphaned "
+            f"FROM {stage} s WHERE s.id <> ALL($1::uuid[])", [r["id"] for r in inserted])
+        for r in left:
+            rid = str(r["id"])
+            if r["present"]:
+                counts["present"] += 1  # the repository's row (or an earlier pass's) stays
+            elif r["deleted"] or r["orphaned"]:
+                counts["skipped"] += 1
+                why = ("deleted through the repository since dual writes began" if r["deleted"]
+                       else "parent deleted through the repository since dual writes began")
+                batch.problems.append(Problem(e.table, rid, rid, None, None, why, "skipped"))
+            else:
+                batch.rejected += 1
+                batch.problems.append(Problem(e.table, rid, rid, None, None,
+                                              "unique constraint in PostgreSQL", "rejected"))
+
+    async def _bookkeep(self, conn: asyncpg.Connection, batch: Batch, read: int,
+                        last_id: str | None, counts: dict[str, int], done: bool) -> None:
+        if batch.problems:
+            await conn.copy_records_to_table(
+                REJECTS_TABLE, records=_problem_records(batch.problems), columns=PROBLEM_COLUMNS)
+        if batch.mappings:
+            await conn.executemany(
+                "INSERT INTO legacy_ids (table_name, legacy_id, id) VALUES ($1, $2, $3) "
+                "ON CONFLICT DO NOTHING", batch.mappings)
+        await conn.execute(
+            f"UPDATE {PROGRESS_TABLE} SET last_id = coalesce($3, last_id), done = $4, "
+            "read = read + $5, inserted = inserted + $6, present = present + $7, "
+            "skipped = skipped + $8, rejected = rejected + $9, changed = changed + $10, "
+            "updated_at = now() WHERE table_name = $1 AND part = $2",
+            self.part.table, self.part.index, last_id, done, read, counts["inserted"],
+            counts["present"], counts["skipped"], batch.rejected, len(batch.changed_ids))
+
+
+@dataclass
+class FastPath:
+    """Whether a table still takes COPY straight in (shared by its parts), and whether those
+    COPYs may skip the per-row foreign key lookups."""
+
+    on: bool
+    unchecked: bool = False
+    used: bool = False
+
+
+async def check_references(pool: asyncpg.Pool, entity: Entity) -> None:
+    """After an unchecked load: rows whose parent is not in PostgreSQL (deleted through the
+    repository while they were copied; the source had it) go, or lose the reference when it
+    is nullable, as ON DELETE would have done; each is reported."""
+    for c in (c for c in entity.columns if c.references):
+        async with pool.acquire() as conn, conn.transaction():
+            # waits for deletes of parents in flight, whose cascade may have run before these
+            # rows were committed, and keeps new ones out for the length of one anti-join
+            await conn.execute("SET LOCAL lock_timeout = '10s'")
+            await conn.execute(f"LOCK TABLE {c.references} IN SHARE MODE")
+            orphan = (f"{c.name} IS NOT NULL AND NOT EXISTS "
+                      f"(SELECT 1 FROM {c.references} p WHERE p.id = t.{c.name})")
+            if c.nullable:
+                rows = await conn.fetch(
+                    f"UPDATE {entity.table} t SET {c.name} = NULL FROM (SELECT id, {c.name} AS old"
+                    f" FROM {entity.table} t WHERE {orphan}) o WHERE t.id = o.id "
+                    "RETURNING t.id, o.old")
+                problems: list[tuple[Any, ...]] = [(entity.table, str(r["id"]), r["id"], c.name,
+                             json.dumps(str(r["old"])), "null",
+                             f"{c.references} {r['old']} deleted through the repository since "
+                             "dual writes began; reference set to NULL", "changed") for r in rows]
+                column = "changed"
+            else:
+                rows = await conn.fetch(
+                    f"DELETE FROM {entity.table} t WHERE {orphan} RETURNING t.id, t.{c.name}")
+                problems = [(entity.table, str(r["id"]), r["id"], c.name,
+                             json.dumps(str(r[c.name])), None,
+                             "parent deleted through the repository since dual writes began",
+                             "skipped") for r in rows]
+                column = "skipped"
+            if rows:
+                await conn.copy_records_to_table(REJECTS_TABLE, records=problems,
+                                                 columns=PROBLEM_COLUMNS)
+                minus = "" if c.nullable else ", inserted = inserted - $2"
+                await conn.execute(
+                    f"UPDATE {PROGRESS_TABLE} SET {column} = {column} + $2{minus} "
+                    "WHERE table_name = $1 AND part = 0", entity.table, len(rows))
+
+
+async def sweep_tombstoned(pool: asyncpg.Pool, entity: Entity) -> int:
+    """Delete rows this pass copied that were deleted through the repository meanwhile (their
+    tombstone is newer); return how many."""
+    async with pool.acquire() as conn, conn.transaction():
+        # waits for deletes in flight, so none commits its tombstone unseen after this
+        await conn.execute("SET LOCAL lock_timeout = '10s'")
+        await conn.execute("LOCK TABLE cutover_tombstones IN SHARE ROW EXCLUSIVE MODE")
+        gone = await conn.fetch(
+            f"DELETE FROM {entity.table} t USING cutover_tombstones d "
+            f"WHERE d.entity = '{entity.name}' AND d.row_id = t.id "
+            "AND t.row_version < d.version RETURNING t.id")
+        if gone:
+            await conn.copy_records_to_table(REJECTS_TABLE, records=[
+                (entity.table, str(r["id"]), r["id"], None, "null", None,
+                 "deleted through the repository while being copied", "skipped")
+                for r in gone], columns=PROBLEM_COLUMNS)
+            await conn.execute(
+                f"UPDATE {PROGRESS_TABLE} SET inserted = inserted - $2, skipped = skipped + $2 "
+                "WHERE table_name = $1 AND part = 0", entity.table, len(gone))
+    return len(gone)
+
+
+# -- indexes ----------------------------------------------------------------------------------
+
+_INDEX = re.compile(r"CREATE INDEX IF NOT EXISTS (\w+)\s+ON (\w+)[^;]*;", re.S)
+
+
+@dataclass(frozen=True, slots=True)
+class Index:
+    name: str
+    table: str
+    statement: str  # CREATE INDEX IF NOT EXISTS ...
+
+
+def deferrable_indexes() -> list[Index]:
+    """The secondary indexes the schema defines (search indexes included): the ones a load
+    into an empty table may build afterwards. Primary keys and unique constraints stay."""
+    ddl = postgres_schema.DDL + postgres_schema.SEARCH_INDEXES
+    return [Index(m.group(1), m.group(2), m.group(0)) for m in _INDEX.finditer(ddl)
+            if m.group(2) in BY_TABLE]
+
+
+async def build_index(pool: asyncpg.Pool, index: Index) -> float:
+    """Build one index; return the seconds it took.
+
+    A plain CREATE INDEX, not CONCURRENTLY: it only runs on a table that was empty when the pass
+    began, its builds on one table run side by side (CONCURRENTLY ones would queue, and take two
+    scans each), and writes to the table wait for it (a mirror write that waits too long goes
+    to the outbox and is replayed).
+    """
+    started = time.perf_counter()
+    async with pool.acquire() as conn:
+        await conn.execute("SET maintenance_work_mem = '256MB'")
+        try:
+            await conn.execute(index.statement)
+        finally:
+            await conn.execute("RESET maintenance_work_mem")
+    return time.perf_counter() - started
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+PARTS = {"users": 1, "study_books": 1, "questions": 2, "typing_logs": 2, "learning_events": 2}
+
+
+async def _prepare(conn: asyncpg.Connection, source: str, restart: bool) -> bool:
+    """Create the bookkeeping tables; start a fresh pass or resume one. True when resuming."""
+    async with conn.transaction():
+        # the same lock as PostgresStore.init_schema: one schema change at a time
+        await conn.execute("SELECT pg_advisory_xact_lock(7715001)")
+        await conn.execute(postgres_schema.DDL)
+        await conn.execute(DDL)
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+        rows = await conn.fetch(f"SELECT table_name, part, source, done FROM {PROGRESS_TABLE}")
+        planned = {(p.table, p.index) for t in ORDER for p in plan_parts(t, PARTS[t])}
+        resumable = (not restart and {(r["table_name"], r["part"]) for r in rows} == planned
+                     and all(r["source"] == source for r in rows)
+                     and not all(r["done"] for r in rows))
+        if resumable:
+            return True
+        # a fresh pass checks every row again, so the last pass's findings go
+        await conn.execute(f"DELETE FROM {PROGRESS_TABLE}")
+        await conn.execute(f"DELETE FROM {REJECTS_TABLE}")
+        await conn.executemany(
+            f"INSERT INTO {PROGRESS_TABLE} (table_name, part, source) VALUES ($1, $2, $3)",
+            [(t, i, source) for t, i in sorted(planned)])
+    return False
+
+
+async def _copy_source_legacy_ids(conn: asyncpg.Connection, path: Path) -> None:
+    """An upgraded SQLite store keeps the original ids in its own legacy_ids: carry them over."""
+    def read() -> list[Any]:
+        src = open_source(path)
+        try:
+            if not src.execute("SELECT 1 FROM sqlite_master WHERE name = 'legacy_ids'").fetchone():
+                return []
+            return src.execute("SELECT table_name, legacy_id, id FROM legacy_ids").fetchall()
+        finally:
+            src.close()
+
+    rows = await asyncio.to_thread(read)
+    if rows:
+        await conn.executemany(
+            "INSERT INTO legacy_ids (table_name, legacy_id, id) VALUES ($1, $2, $3::uuid) "
+            "ON CONFLICT DO NOTHING", rows)
+
+
+async def open_pool(dsn: str, *, max_size: int = 6,
+                    init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
+                    ) -> asyncpg.Pool:
+    """A pool for bulk work; `StoreUnavailable` (exit 3) when the server cannot be reached."""
+    try:
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, timeout=10,
+                                         init=init)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise StoreUnavailable("postgres", f"{type(exc).__name__}: {exc}"[:200]) from None
+    assert pool is not None
+    return pool
+
+
+async def _init_conn(conn: asyncpg.Connection) -> None:
+    # A server crash may lose the last commits, checkpoint included, so a resumed pass stays
+    # exact; nothing has to wait for every batch's fsync.
+    await conn.execute("SET synchronous_commit = off")
+
+
+async def run_backfill(
+    source_path: Path, dsn: str, *, rejects_path: Path, batch_size: int = DEFAULT_BATCH_SIZE,
+    restart: bool = False, progress: Progress | None = None,
+    totals: Callable[[dict[str, int]], None] | None = None,
+) -> BackfillReport:
+    """Run (or resume) a backfill pass from `source_path` into the database at `dsn`."""
+    started = time.perf_counter()
+    open_source(source_path).close()  # fail early, with one line, on a bad file
+    source = str(await asyncio.to_thread(source_path.resolve))
+    timings: dict[str, float] = {}
+    pool = await open_pool(dsn, max_size=8, init=_init_conn)
+    try:
+        async with pool.acquire() as conn:
+            resumed = await _prepare(conn, source, restart)
+            await _copy_source_legacy_ids(conn, source_path)
+            state = {(r["table_name"], r["part"]): r for r in await conn.fetch(
+                f"SELECT table_name, part, last_id, done FROM {PROGRESS_TABLE}")}
+            rejected: dict[str, set[str]] = {t: set() for t in ORDER}
+            for r in await conn.fetch(
+                    f"SELECT DISTINCT table_name, row_id FROM {REJECTS_TABLE} "
+                    "WHERE kind = 'rejected' AND row_id IS NOT NULL"):
+                rejected[r["table_name"]].add(r["row_id"])
+            fast: dict[str, FastPath] = {}
+            for e in ENTITIES:
+                empty = await conn.fetchval(f"SELECT NOT EXISTS (SELECT 1 FROM {e.table})")
+                tombs = await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM cutover_tombstones WHERE entity = $1)", e.name)
+                fast[e.table] = FastPath(bool(empty and not tombs))
+                if fast[e.table].on and any(c.references for c in e.columns):
+                    fast[e.table].unchecked = await _may_skip_fk_checks(conn, e.table)
+            # Building an index once over loaded rows beats maintaining it row by row, but only
+            # an empty table may lose its indexes: one with rows may be serving live searches.
+            deferred = [ix for ix in deferrable_indexes() if fast[ix.table].on]
+            for ix in deferred:
+                await conn.execute(f"DROP INDEX IF EXISTS {ix.name}")
+        if totals is not None:
+            totals(await asyncio.to_thread(_source_counts, source_path, state))
+        index_tasks: list[asyncio.Task[float]] = []
+
+        def build(table: str) -> None:
+            index_tasks.extend(asyncio.ensure_future(build_index(pool, ix))
+                               for ix in deferrable_indexes() if ix.table == table)
+
+        async def load(table: str) -> None:
+            t0 = time.perf_counter()
+            checker = RowChecker(BY_TABLE[table], rejected)
+            loaders = [
+                PartLoader(p, pool, source_path, checker, batch_size=batch_size,
+                           fast=fast[table], progress=progress or _no_progress)
+                for p in plan_parts(table, PARTS[table]) if not state[(table, p.index)]["done"]
+            ]
+            await asyncio.gather(*(ld.run(state[(table, ld.part.index)]["last_id"])
+                                   for ld in loaders))
+            if fast[table].unchecked and fast[table].used:
+                await check_references(pool, BY_TABLE[table])
+            await sweep_tombstoned(pool, BY_TABLE[table])
+            timings[table] = round(time.perf_counter() - t0, 3)
+            build(table)  # beside the tables still loading
+
+        async def lane(tables: tuple[str, ...]) -> None:
+            for table in tables:
+                await load(table)
+
+        try:
+            await asyncio.gather(*(lane(t) for t in LANES))
+            index_seconds = await asyncio.gather(*index_tasks)
+        finally:
+            for task in index_tasks:
+                task.cancel()
+        timings["indexes"] = round(max(index_seconds, default=0.0), 3)
+        async with pool.acquire() as conn:
+            report_rows = await conn.fetch(
+                f"SELECT table_name, sum(read) AS read, sum(inserted) AS inserted, "
+                "sum(present) AS present, sum(skipped) AS skipped, sum(rejected) AS rejected, "
+                f"sum(changed) AS changed FROM {PROGRESS_TABLE} GROUP BY table_name")
+            problems = await write_rejects(conn, rejects_path)
+        tables = {r["table_name"]: TableReport(int(r["read"]), int(r["inserted"]),
+                                               int(r["present"]), int(r["skipped"]),
+                                               int(r["rejected"]), int(r["changed"]))
+                  for r in report_rows}
+        return BackfillReport(
+            source=source, seconds=round(time.perf_counter() - started, 3), resumed=resumed,
+            tables={t: tables[t] for t in ORDER}, rejects_file=str(rejects_path),
+            problems=problems, indexes_built=tuple(ix.name for ix in deferred),
+            fast_path=tuple(t for t, f in fast.items() if f.used),
+            fk_checked_after=tuple(t for t, f in fast.items() if f.used and f.unchecked),
+            timings=timings)
+    finally:
+        await pool.close()
+
+
+async def _may_skip_fk_checks(conn: asyncpg.Connection, table: str) -> bool:
+    """True when this session may load `table` with its per-row foreign key checks off: it may
+    set session_replication_role (a superuser, or granted it), and the table has no triggers of
+    its own that the setting would skip too."""
+    own = await conn.fetchval(
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = $1::regclass AND NOT tgisinternal",
+        table)
+    if own:
+        return False
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")
+    except asyncpg.InsufficientPrivilegeError:
+        return False
+    return True
+
+
+def _no_progress(table: str, n: int) -> None:
+    return None
+
+
+def _source_counts(path: Path, state: dict[tuple[str, int], Any]) -> dict[str, int]:
+    src = open_source(path)
+    try:
+        return {t: src.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ORDER
+                if not all(r["done"] for k, r in state.items() if k[0] == t)}
+    finally:
+        src.close()
+
+
+async def write_rejects(conn: asyncpg.Connection, path: Path) -> int:
+    """Write the JSON Lines report from `cutover_backfill_rejects` (streamed); return lines."""
+    tmp = path.with_name(path.name + ".tmp")
+    n = 0
+    order = "CASE table_name " + " ".join(f"WHEN '{t}' THEN {i}" for i, t in enumerate(ORDER))
+    with tmp.open("w", encoding="utf-8") as out:
+        async with conn.transaction():
+            async for r in conn.cursor(
+                    f"SELECT table_name, row_id, mapped_id, column_name, value, new_value, "
+                    f"reason, kind FROM {REJECTS_TABLE} ORDER BY {order} END, seq"):
+                line: dict[str, Any] = {
+                    "table": r["table_name"], "id": r["row_id"], "column": r["column_name"],
+                    "value": None if r["value"] is None else json.loads(r["value"]),
+                    "reason": r["reason"], "kind": r["kind"],
+                }
+                if r["mapped_id"] is not None and str(r["mapped_id"]) != r["row_id"]:
+                    line["mapped_id"] = str(r["mapped_id"])
+                if r["new_value"] is not None:
+                    line["new_value"] = json.loads(r["new_value"])
+                out.write(json.dumps(line, ensure_ascii=False) + "\n")
+                n += 1
+    tmp.replace(path)
+    return n
+
+
+def iter_lines(path: Path) -> Iterator[dict[str, Any]]:
+    """The rejects report's objects (tests and tools read it back with this)."""
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+

@@ -1,0 +1,236 @@
+"""The `backfill`, `verify` and `reconcile` verbs of `cutover` (registered on `proxy.cli.app`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from config import Settings
+from proxy.cli import EXIT_DIFFER, EXIT_USAGE, app, fail, load_settings, run
+
+
+@contextmanager
+def _progress(quiet: bool) -> Iterator[tuple[Any, Any]]:
+    """(on_rows, on_totals) callbacks driving a rich progress bar on stderr (off when quiet or
+    when stderr is not a terminal)."""
+    err = Console(stderr=True)
+    if quiet or not err.is_terminal:
+        yield (lambda table, n: None), (lambda totals: None)
+        return
+    bar = Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), console=err, transient=False)
+    tasks: dict[str, Any] = {}
+
+    def on_totals(totals: dict[str, int]) -> None:
+        for table, total in totals.items():
+            tasks[table] = bar.add_task(table, total=total)
+
+    def on_rows(table: str, n: int) -> None:
+        if table in tasks:
+            bar.advance(tasks[table], n)
+
+    with bar:
+        yield on_rows, on_totals
+
+
+async def _dsn(settings: Settings) -> str:
+    from proxy.connect import resolve_dsn
+
+    return await resolve_dsn(settings)
+
+
+@app.command()
+def backfill(
+    source: Path | None = typer.Option(
+        None, "--from", help="Legacy SQLite database to copy (default: SQLITE_PATH)."),
+    rejects: Path = typer.Option(
+        Path("backfill-rejects.jsonl"), "--rejects",
+        help="JSON Lines report of rejected and changed rows."),
+    batch_size: int = typer.Option(2000, "--batch-size", min=10, max=100_000,
+                                   help="Rows per batch (one transaction each)."),
+    restart: bool = typer.Option(False, "--restart",
+                                 help="Start a fresh pass even if the last one was cut short."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON document."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Copy an existing SQLite database into PostgreSQL (resumable, safe beside dual writes)."""
+    from proxy.migrate.backfill import BadSource, run_backfill
+
+    settings = load_settings()
+    path = source or settings.sqlite_path
+    if not path.is_file():
+        given = f"--from {path}" if source else f"SQLITE_PATH={path} (or give --from PATH)"
+        raise fail(f"{given}: no such file", EXIT_USAGE)
+    if not rejects.parent.is_dir():
+        raise fail(f"--rejects {rejects}: directory {rejects.parent} does not exist", EXIT_USAGE)
+
+    async def main() -> Any:
+        dsn = await _dsn(settings)
+        with _progress(quiet) as (on_rows, on_totals):
+            return await run_backfill(path, dsn, rejects_path=rejects, batch_size=batch_size,
+                                      restart=restart, progress=on_rows, totals=on_totals)
+
+    try:
+        with _logs_to_stderr():
+            report = run(main)
+    except BadSource as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    if as_json:
+        doc = report.to_json()
+        doc["postgres"] = settings.safe_dsn
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    table = Table(title=f"backfill {'(resumed) ' if report.resumed else ''}"
+                        f"from {report.source} in {report.seconds:.1f} s")
+    for col in ("table", "read", "inserted", "already there", "skipped (deleted)", "rejected",
+                "changed"):
+        table.add_column(col, justify="left" if col == "table" else "right")
+    for name, t in report.tables.items():
+        table.add_row(name, str(t.read), str(t.inserted), str(t.present), str(t.skipped),
+                      str(t.rejected), str(t.changed))
+    Console().print(table)
+    typer.echo(f"{report.problems} problem(s) reported in {report.rejects_file}")
+
+
+def _check_sqlite(settings: Settings) -> Path:
+    path = settings.sqlite_path
+    if not path.is_file():
+        raise fail(f"SQLITE_PATH={path}: no such file", EXIT_USAGE)
+    return path
+
+
+@app.command()
+def verify(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    sample_queries: int = typer.Option(20, "--sample-queries", min=0, max=1000,
+                                       help="Searches compared on both stores (informational)."),
+) -> None:
+    """Compare the two stores: counts, every row, foreign keys; search parity on a sample.
+
+    Exit 0 when they agree, 1 when they differ. Rows in the backfill's rejects and rows with a
+    mirror write still pending are listed apart and are not differences.
+    """
+    from proxy.migrate.verify import SQLiteNotUpgraded, run_verify
+
+    settings = load_settings()
+    path = _check_sqlite(settings)
+
+    async def main() -> Any:
+        return await run_verify(path, await _dsn(settings), queries=sample_queries)
+
+    try:
+        with _logs_to_stderr():
+            report = run(main)
+    except SQLiteNotUpgraded as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    doc = report.to_json()
+    doc["postgres"] = settings.safe_dsn
+    doc["sqlite"] = str(path)
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+    else:
+        _print_verify(doc)
+    if not report.ok:
+        raise typer.Exit(EXIT_DIFFER)
+
+
+@app.command()
+def reconcile(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+) -> None:
+    """Replay pending mirror writes, then repair every row verify finds different, copying it
+    from the primary (READ_PRIMARY, or READ_PRIMARY_FILE when set). Exit 1 if differences
+    remain afterwards."""
+    from proxy.migrate.reconcile import PrimaryUnknown, current_primary, run_reconcile
+    from proxy.migrate.verify import SQLiteNotUpgraded
+
+    settings = load_settings()
+    path = _check_sqlite(settings)
+    try:
+        primary = current_primary(settings)
+    except PrimaryUnknown as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+
+    async def main() -> Any:
+        return await run_reconcile(path, await _dsn(settings), primary)
+
+    try:
+        with _logs_to_stderr():
+            report = run(main)
+    except SQLiteNotUpgraded as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    if as_json:
+        doc = report.to_json()
+        doc["postgres"] = settings.safe_dsn
+        typer.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+    else:
+        out = Console()
+        out.print(f"primary: [bold]{report.primary}[/bold]")
+        for direction, counts in report.drained.items():
+            out.print(f"outbox {direction}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        repaired = ", ".join(f"{k} {v}" for k, v in report.repaired.items()) or "nothing"
+        out.print(f"repaired: {repaired}")
+        for f in report.failed[:50]:
+            out.print(f"[red]not repaired[/red] {f['table']} {f['id']}: {f['error']}")
+        _print_verify({**report.after.to_json(), "postgres": settings.safe_dsn,
+                       "sqlite": str(path)}, title="after reconcile")
+    if not report.after.ok:
+        raise typer.Exit(EXIT_DIFFER)
+
+
+@contextmanager
+def _logs_to_stderr() -> Iterator[None]:
+    """Log lines go to stderr while a command runs, so stdout stays one document."""
+    import structlog
+
+    saved = structlog.get_config()
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+
+
+def _print_verify(doc: dict[str, Any], title: str = "verify") -> None:
+    out = Console()
+    table = Table(title=f"{title}: sqlite {doc['sqlite']} vs postgres {doc['postgres']} "
+                        f"({doc['seconds']:.1f} s)")
+    for col in ("table", "sqlite rows", "postgres rows", "differences", "pending",
+                "backfill findings"):
+        table.add_column(col, justify="left" if col == "table" else "right")
+    for name, t in doc["tables"].items():
+        table.add_row(name, str(t["sqlite"]), str(t["postgres"]),
+                      f"[red]{t['differences']}[/red]" if t["differences"] else "0",
+                      str(t["pending"]), str(t["backfill"]))
+    out.print(table)
+    for title_, key in (("differences", "differences"), ("pending mirror writes", "pending")):
+        rows = doc[key]
+        if rows:
+            out.print(f"[bold]{title_}[/bold] ({doc['totals'][key]}, first {len(rows)} listed)")
+            for r in rows[:50]:
+                cols = f" ({', '.join(r['columns'])})" if r.get("columns") else ""
+                out.print(f"  {r['table']} {r['id']} {r['kind']}{cols}")
+    if doc["backfill"]:
+        out.print(f"[bold]backfill rejects and changes[/bold] ({doc['totals']['backfill']})")
+        for r in doc["backfill"][:50]:
+            out.print(f"  {r['table']} {r['id']} {r['kind']}: {r['reason']}")
+    orphans = {k: v for k, v in doc["foreign_keys"]["orphans"].items() if v}
+    out.print("foreign keys on postgres: " + (
+        ", ".join(f"[red]{k} {v} orphans[/red]" for k, v in orphans.items()) or "intact"))
+    s = doc["search"]
+    if s["queries"]:
+        out.print(f"search parity (informational): {s['queries']} queries, "
+                  f"mean Jaccard@10 {s['mean_jaccard']}")
+    elif s.get("error"):
+        out.print(f"search parity not measured: {s['error']}")
+    out.print("[green]the stores agree[/green]" if doc["ok"]
+              else "[red]the stores differ[/red]")

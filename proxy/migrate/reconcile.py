@@ -1,0 +1,170 @@
+"""`cutover reconcile`: replay pending mirror writes, then repair what verify finds, from the
+primary.
+
+A repair copies the primary's row to the other store as a new write: `Store.apply` of a
+`Mutation` whose version is taken *before* the primary's row is read, so a write the repository
+makes after that read carries a newer version and is never overwritten by the repair. A row the
+primary does not hold becomes a delete (and a tombstone) on the other store.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from config import Settings
+from proxy.clock import next_version
+from proxy.errors import CutoverError
+from proxy.migrate.verify import RowDiff
+from proxy.models import BY_TABLE
+from proxy.stores.base import ApplyOutcome, Mutation, Store
+
+MAX_ATTEMPTS = 5  # a mirror write that failed this often is a dead letter (kept, listed)
+DRAIN_BATCH = 200
+
+
+class PrimaryUnknown(CutoverError):
+    """Raised when READ_PRIMARY_FILE is set but does not name a store."""
+
+
+def current_primary(settings: Settings) -> str:
+    """READ_PRIMARY, or the word in READ_PRIMARY_FILE when that is set (it is the authority)."""
+    path = settings.read_primary_file
+    if path is None:
+        return settings.read_primary
+    try:
+        word = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise PrimaryUnknown(f"READ_PRIMARY_FILE={path}: cannot read it ({exc.strerror})") from None
+    if word not in ("sqlite", "postgres"):
+        raise PrimaryUnknown(
+            f"READ_PRIMARY_FILE={path} holds {word[:40]!r}: allowed values are sqlite or postgres")
+    return word
+
+
+async def drain_outboxes(sqlite_store: Store, pg_store: Store, *,
+                         batch: int = DRAIN_BATCH, max_attempts: int = MAX_ATTEMPTS
+                         ) -> dict[str, dict[str, int]]:
+    """Apply every pending mirror write of both outboxes once; return counts per direction.
+
+    Applied and superseded entries are acknowledged; a failure is retried on a later run and
+    becomes a dead letter when it is permanent or has failed `max_attempts` times.
+    """
+    report: dict[str, dict[str, int]] = {}
+    for source, target in ((sqlite_store, pg_store), (pg_store, sqlite_store)):
+        counts = {"applied": 0, "superseded": 0, "failed": 0, "dead": 0}
+        failed: set[int] = set()  # stay at the head of the queue until a later run
+        while True:
+            entries = [e for e in await source.outbox_pending(target.backend,
+                                                              batch + len(failed))
+                       if e.seq not in failed]
+            if not entries:
+                break
+            results = await target.apply([e.mutation for e in entries])
+            done = []
+            for entry, result in zip(entries, results, strict=True):
+                if result.outcome is ApplyOutcome.FAILED:
+                    dead = result.permanent or entry.attempts + 1 >= max_attempts
+                    await source.outbox_retry(entry.seq, result.error or "failed", dead=dead)
+                    failed.add(entry.seq)
+                    counts["dead" if dead else "failed"] += 1
+                else:
+                    done.append(entry.seq)
+                    counts[result.outcome.value] += 1
+            await source.outbox_ack(done)
+        report[f"{source.backend}->{target.backend}"] = counts
+    return report
+
+
+@dataclass
+class RepairReport:
+    repaired: dict[str, int] = field(default_factory=dict)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, kind: str) -> None:
+        self.repaired[kind] = self.repaired.get(kind, 0) + 1
+
+
+class Repairer:
+    """Makes the mirror's rows equal to the primary's, one verify batch at a time."""
+
+    def __init__(self, primary: Store, mirror: Store, report: RepairReport) -> None:
+        self.primary = primary
+        self.mirror = mirror
+        self.report = report
+
+    async def __call__(self, diffs: list[RowDiff]) -> None:
+        mutations, kinds = [], []
+        for d in diffs:
+            entity = BY_TABLE[d.table]
+            rid = uuid.UUID(d.id)
+            version = next_version()  # before the read: a later write must win over this copy
+            try:
+                row = await self.primary.get_row(entity, rid)
+            except (ValueError, TypeError) as exc:
+                self.report.failed.append({"table": d.table, "id": d.id,
+                                           "error": f"cannot read on {self.primary.backend}: "
+                                                    f"{exc}"})
+                continue
+            if row is None:
+                mutations.append(Mutation(entity.name, "delete", rid, version))
+                kinds.append(f"deleted on {self.mirror.backend}")
+            else:
+                mutations.append(Mutation(entity.name, "update", rid, version, row))
+                kinds.append(f"copied to {self.mirror.backend}")
+        results = await self.mirror.apply(mutations) if mutations else []
+        for m, kind, result in zip(mutations, kinds, results, strict=True):
+            if result.outcome is ApplyOutcome.FAILED:
+                self.report.failed.append({"table": BY_TABLE_NAME[m.entity], "id": str(m.row_id),
+                                           "error": result.error or "failed"})
+            else:
+                self.report.add(kind)
+
+
+BY_TABLE_NAME = {e.name: e.table for e in BY_TABLE.values()}
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileReport:
+    primary: str
+    drained: dict[str, dict[str, int]]
+    repaired: dict[str, int]
+    failed: list[dict[str, Any]]
+    after: Any  # the VerifyReport of the check that follows the repairs
+
+    def to_json(self) -> dict[str, Any]:
+        return {"primary": self.primary, "drained": self.drained, "repaired": self.repaired,
+                "failed": self.failed, "ok": bool(self.after.ok),
+                "verify": self.after.to_json()}
+
+
+async def run_reconcile(sqlite_path: Path, dsn: str, primary: str) -> ReconcileReport:
+    """Drain both outboxes, repair every difference from `primary`, then verify again."""
+    from proxy.migrate.backfill import open_pool
+    from proxy.migrate.verify import compare_stores, pending_rows
+    from proxy.stores.postgres import PostgresStore
+    from proxy.stores.sqlite import SQLiteStore
+
+    pool = await open_pool(dsn)
+    sqlite_store = SQLiteStore(sqlite_path)
+    pg_store = PostgresStore(dsn, min_size=1, max_size=2)
+    try:
+        drained = await drain_outboxes(sqlite_store, pg_store)
+        main, other = ((sqlite_store, pg_store) if primary == "sqlite"
+                       else (pg_store, sqlite_store))
+        repairs = RepairReport()
+
+        def pending() -> Any:
+            return pending_rows(sqlite_store, pg_store)
+
+        # parents before children, so a copied child finds its parent already there
+        await compare_stores(sqlite_path, pool, pending=pending,
+                             on_diffs=Repairer(main, other, repairs), sequential=True)
+        after = await compare_stores(sqlite_path, pool, pending=pending)
+        return ReconcileReport(primary, drained, repairs.repaired, repairs.failed, after)
+    finally:
+        await pool.close()
+        await sqlite_store.close()
+        await pg_store.close()

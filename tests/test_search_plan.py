@@ -1,0 +1,193 @@
+"""The PostgreSQL search really uses its indexes: on 100k questions owned by one user, the plan of
+the store's own SQL (with its real parameters) for a selective query is a BitmapOr of the
+full-text and trigram GIN indexes with no sequential scan of questions; a common word never runs
+the fuzzy branch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from proxy import PostgresStore
+from proxy.stores.postgres import FTS_ONLY_SQL, search_statement
+from proxy.stores.postgres_schema import SEARCH_INDEXES
+from proxy.stores.searchtext import parse_query
+
+ROWS = 100_000
+USER = uuid.UUID("00000000-0000-4000-8000-0000000000a1")
+BOOK = uuid.UUID("00000000-0000-4000-8000-0000000000b1")
+WORDS = ["python", "json", "encoder", "decoder", "string", "list", "dict", "tuple", "function",
+         "class", "module", "import", "socket", "thread", "process", "async", "await",
+         "generator", "iterator", "file", "path", "regex", "pattern", "number", "integer",
+         "float", "decimal", "unicode", "bytes", "buffer", "queue", "stack", "heap", "tree",
+         "graph", "parser", "lexer", "token", "stream", "reader", "writer", "logger", "handler",
+         "config", "option", "socket", "server", "client", "request", "response", "cache"]
+LOAD_SQL = """
+INSERT INTO questions (study_book_id, language, category, difficulty, question, answer,
+                       created_at, updated_at)
+SELECT $1, 'en', 'python', 'easy',
+       'How does the ' || w[1 + i % $3] || ' ' || w[1 + (i / $3) % $3] || ' work with '
+           || md5(i::text) || '?',
+       'Use ' || w[1 + (i * 7) % $3] || ' and ' || w[1 + (i * 13) % $3] || ' with the '
+           || w[1 + (i * 31) % $3] || ' carefully.',
+       now(), now()
+FROM generate_series(1, $2) AS i, (SELECT $4::text[] AS w) AS words
+"""
+SELECTIVE = "c4ca4238a0b923820dcc509a6f75849b"  # md5('1'): in exactly one question
+
+
+@pytest.fixture(scope="module")
+def big_dsn(pg_server_dsn: str) -> Iterator[str]:
+    """A database with 100k questions of one user, loaded in SQL (not through the store)."""
+    name = f"cutover_plan_{uuid.uuid4().hex[:12]}"
+    dsn = urlunsplit(urlsplit(pg_server_dsn)._replace(path="/" + name))
+
+    async def setup() -> float:
+        admin = await asyncpg.connect(pg_server_dsn)
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.close()
+        store = PostgresStore(dsn)
+        await store.init_schema()
+        await store.create_user(id=USER, name="Big", email="big@example.com")
+        await store.create_study_book(id=BOOK, user_id=USER, title="All of them")
+        await store.close()
+        conn = await asyncpg.connect(dsn)
+        try:
+            started = time.perf_counter()
+            # like the backfill: GIN indexes are built once after the bulk load
+            await conn.execute("DROP INDEX idx_questions_search_vector, idx_questions_trigram")
+            await conn.execute("SET maintenance_work_mem = '256MB'")
+            await conn.execute(LOAD_SQL, BOOK, ROWS, len(WORDS), WORDS)
+            await conn.execute(SEARCH_INDEXES)
+            await conn.execute("VACUUM ANALYZE questions")
+            return time.perf_counter() - started
+        finally:
+            await conn.close()
+
+    async def teardown() -> None:
+        admin = await asyncpg.connect(pg_server_dsn)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+    loop = asyncio.new_event_loop()
+    try:
+        seconds = loop.run_until_complete(setup())
+        assert seconds < 60, f"bulk load took {seconds:.1f} s"
+        yield dsn
+    finally:
+        loop.run_until_complete(teardown())
+        loop.close()
+
+
+def _statement(query: str, limit: int = 20) -> tuple[str, tuple[Any, ...]]:
+    """Exactly the SQL and parameters PostgresStore.search runs for `query`."""
+    return search_statement(parse_query(query), USER, limit)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _nodes(child)
+
+
+def _explain_nodes(raw: str) -> list[dict[str, Any]]:
+    return list(_nodes(json.loads(raw)[0]["Plan"]))
+
+
+def _assert_uses_both_indexes(nodes: list[dict[str, Any]]) -> None:
+    bitmap = {n.get("Index Name") for n in nodes if n["Node Type"] == "Bitmap Index Scan"}
+    assert {"idx_questions_search_vector", "idx_questions_trigram"} <= bitmap, bitmap
+    seq = [n for n in nodes if n["Node Type"] == "Seq Scan"
+           and n.get("Relation Name") == "questions"]
+    assert seq == [], seq
+
+
+async def test_selective_query_plan_uses_both_gin_indexes(big_dsn: str) -> None:
+    conn = await asyncpg.connect(big_dsn)
+    try:
+        await conn.execute("SET pg_trgm.word_similarity_threshold = 0.4")  # as the store does
+        assert await conn.fetchval("SELECT count(*) FROM questions") == ROWS
+        for query in (SELECTIVE, f"{SELECTIVE} parser"):
+            sql, args = _statement(query)
+            assert "<%" in sql and "@@" in sql  # the hybrid statement, not the full-text one
+            # planned with the parameter values (a custom plan: what the first runs get)
+            raw = await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, *args)
+            _assert_uses_both_indexes(_explain_nodes(raw))
+            # and as a generic plan (asyncpg prepares statements; PostgreSQL switches to a
+            # generic plan after five runs)
+            terms, text, user, limit, *fuzzy = args
+            types = ", ".join(["text[]", "text", "uuid", "int"] + ["text"] * len(fuzzy))
+            await conn.execute(f"PREPARE s({types}) AS {sql}")
+            await conn.execute("SET plan_cache_mode = force_generic_plan")
+            values = ["ARRAY[" + ", ".join(_literal(t) for t in terms) + "]::text[]",
+                      _literal(text), f"'{user}'", str(limit), *map(_literal, fuzzy)]
+            raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE s({', '.join(values)})")
+            _assert_uses_both_indexes(_explain_nodes(raw))
+            await conn.execute("DEALLOCATE s")
+            await conn.execute("RESET plan_cache_mode")
+    finally:
+        await conn.close()
+
+
+async def test_short_query_plan_uses_the_full_text_index(big_dsn: str) -> None:
+    conn = await asyncpg.connect(big_dsn)
+    try:
+        sql, args = _statement("lex")
+        assert sql == FTS_ONLY_SQL  # too short for trigrams to mean anything
+        raw = await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, *args)
+        nodes = _explain_nodes(raw)
+        assert "idx_questions_search_vector" in {n.get("Index Name") for n in nodes}
+        assert not [n for n in nodes if n["Node Type"] == "Seq Scan"
+                    and n.get("Relation Name") == "questions"]
+    finally:
+        await conn.close()
+
+
+async def test_common_word_never_runs_the_fuzzy_branch(big_dsn: str) -> None:
+    conn = await asyncpg.connect(big_dsn)
+    try:
+        await conn.execute("SET pg_trgm.word_similarity_threshold = 0.4")
+        sql, args = _statement("parser")
+        raw = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *args)
+        nodes = _explain_nodes(raw)
+        fts_scans = [n for n in nodes if n.get("Index Name") == "idx_questions_search_vector"]
+        assert fts_scans and all(n["Actual Loops"] == 1 for n in fts_scans)
+        assert sum(n["Actual Rows"] for n in fts_scans) > 2000  # a common word indeed
+        # the full-text branch filled the page, so no row was compared by word similarity
+        trigram = [n for n in nodes if n.get("Index Name") == "idx_questions_trigram"]
+        assert all(n["Actual Loops"] == 0 for n in trigram), trigram
+        assert not [n for n in nodes if n["Node Type"] in ("Seq Scan", "Parallel Seq Scan")
+                    and n.get("Relation Name") == "questions" and n["Actual Loops"] > 0]
+    finally:
+        await conn.close()
+
+
+async def test_search_answers_correctly_on_the_big_table(big_dsn: str) -> None:
+    store = PostgresStore(big_dsn)
+    try:
+        hits = await store.search_questions(SELECTIVE, user_id=USER)
+        assert [h.match_kind for h in hits] == ["fts"]
+        assert SELECTIVE in hits[0].question
+        hits = await store.search_questions("parser", user_id=USER)
+        assert len(hits) == 20 and {h.match_kind for h in hits} == {"fts"}
+        # a misspelling of the selective token still finds it through the trigram index
+        typo = SELECTIVE[:10] + SELECTIVE[11:]
+        hits = await store.search_questions(typo, user_id=USER, limit=5)
+        assert hits and hits[0].match_kind == "fuzzy" and SELECTIVE in hits[0].question
+        hits = await store.search_questions(f"{typo} jsno", user_id=USER, limit=5)  # row 1: json
+        assert hits and hits[0].match_kind == "fuzzy" and SELECTIVE in hits[0].question
+        assert await store.search_questions(SELECTIVE, user_id=uuid.uuid4()) == []
+    finally:
+        await store.close()
