@@ -142,6 +142,7 @@ class Repository(EntityMethods):
         self._outbox: dict[str, OutboxStats] = {}
         self._replay_interval_s = replay_interval_s
         self._drain_timeout_s = 15.0
+        self._batch = {b: REPLAY_BATCH for b in BACKENDS}
         self._mirror_writes = 0
         self.verdict: Verdict | None = None
         self._wake = asyncio.Event()
@@ -360,7 +361,7 @@ class Repository(EntityMethods):
     async def _replay_pass(self, source: AnyStore, target: Backend) -> int:
         generation = self._failures[target]
         try:
-            entries = await source.outbox_pending(target, REPLAY_BATCH)
+            entries = await source.outbox_pending(target, self._batch[target])
         except StoreUnavailable:
             return 0
         # skip entries a live write is mirroring right now (it acknowledges them itself)
@@ -372,14 +373,17 @@ class Repository(EntityMethods):
         try:
             results = await self._bounded(
                 self._stores[target].apply([e.mutation for e in entries]),
-                max(self._mirror_timeout_s, 1.0) * 5,
+                max(self._mirror_timeout_s, 1.0) * 5 + 0.02 * len(entries),
             )
         except Exception as exc:
+            # a slow store gets smaller batches, so a pass can finish within its time
+            self._batch[target] = max(10, self._batch[target] // 2)
             self._failures[target] += 1
             self.metrics.store_error(target, "replay")
             log.warning("outbox.retry", backend=target, pending=len(entries),
                         reason=f"{type(exc).__name__}: {exc}"[:300])
             return 0
+        self._batch[target] = min(REPLAY_BATCH, self._batch[target] * 2)
         done: list[int] = []
         for entry, result in zip(entries, results, strict=True):
             if result.outcome is ApplyOutcome.FAILED:

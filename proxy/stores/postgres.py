@@ -259,8 +259,12 @@ class PostgresStore(StoreMethods):
         results = []
         try:
             async with pool.acquire(timeout=10) as conn:
-                for m in mutations:
-                    results.append(await _apply_one(conn, m))
+                if len(mutations) == 1:
+                    return [await _apply_one(conn, mutations[0])]
+                # a replayed batch commits once (one WAL flush), not once per row
+                async with conn.transaction():
+                    for m in mutations:
+                        results.append(await _apply_one(conn, m))
         except UNAVAILABLE as exc:
             raise StoreUnavailable("postgres", _reason(exc)) from exc
         return results
@@ -440,8 +444,9 @@ _UPSERT = {e.name: _upsert_sql(e) for e in ENTITIES}
 async def _apply_one(conn: asyncpg.Connection, m: Mutation) -> ApplyResult:
     entity = BY_NAME[m.entity]
     try:
-        if m.op == "delete":
-            async with conn.transaction():
+        # a savepoint per mutation: one failing leaves the others of the batch applied
+        async with conn.transaction():
+            if m.op == "delete":
                 status = await conn.execute(
                     f"DELETE FROM {entity.table} WHERE id = $1 AND row_version < $2",
                     m.row_id, m.version,
@@ -452,13 +457,12 @@ async def _apply_one(conn: asyncpg.Connection, m: Mutation) -> ApplyResult:
                     "GREATEST(cutover_tombstones.version, EXCLUDED.version)",
                     entity.name, m.row_id, m.version,
                 )
-            applied = not status.endswith(" 0")
-        else:
-            assert m.row is not None
-            status = await conn.execute(
-                _UPSERT[entity.name], *(m.row.get(c) for c in entity.column_names), m.version
-            )
-            applied = not status.endswith(" 0")
+            else:
+                assert m.row is not None
+                status = await conn.execute(
+                    _UPSERT[entity.name], *(m.row.get(c) for c in entity.column_names), m.version
+                )
+        applied = not status.endswith(" 0")
         return ApplyResult(ApplyOutcome.APPLIED if applied else ApplyOutcome.SUPERSEDED)
     except asyncpg.ForeignKeyViolationError as exc:
         if m.row is not None and await _parent_deleted(conn, entity, m):

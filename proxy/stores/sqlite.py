@@ -244,7 +244,15 @@ class SQLiteStore(StoreMethods):
     # -- as a mirror --
     async def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
         def tx(conn: sqlite3.Connection) -> list[ApplyResult]:
-            return [_apply_one(conn, m) for m in mutations]
+            # one transaction for the batch (one commit), a savepoint per mutation inside it
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                results = [_apply_one(conn, m) for m in mutations]
+                conn.execute("COMMIT")
+                return results
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
         return await self._run(tx, write=True)
 
