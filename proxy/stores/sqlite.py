@@ -431,12 +431,14 @@ def _parent_deleted(conn: sqlite3.Connection, entity: Entity, m: Mutation) -> bo
 
 
 # The full-text candidates, in the order the PostgreSQL store computes too: rows whose question
-# column matches every term first (the correlated FTS5 lookup is a rowid seek, see EXPLAIN), then
-# the shorter question (or answer, for answer matches), then the id.
+# column matches every term first, then the shorter question (or answer, for answer matches),
+# then the id. The question-column match is one uncorrelated subquery, evaluated once: a
+# correlated MATCH per hit re-reads the term's whole doclist for every hit (O(hits^2): 241 s for
+# `the` on 100k questions, 164 ms this way).
 FTS_CANDIDATES_SQL = (
     "SELECT id, question, answer FROM ("
-    "SELECT q.id, q.question, q.answer, EXISTS (SELECT 1 FROM questions_search s "
-    "WHERE s.questions_search MATCH ?3 AND s.rowid = questions_search.rowid) AS in_question "
+    "SELECT q.id, q.question, q.answer, questions_search.rowid IN (SELECT s.rowid "
+    "FROM questions_search s WHERE s.questions_search MATCH ?3) AS in_question "
     "FROM questions_search "
     "JOIN question_search_rowids m ON m.rowid = questions_search.rowid "
     "JOIN questions q ON q.id = m.question_id "
