@@ -260,11 +260,11 @@ class PostgresStore(StoreMethods):
         try:
             async with pool.acquire(timeout=10) as conn:
                 if len(mutations) == 1:
-                    return [await _apply_one(conn, mutations[0])]
+                    return [await _apply_one(conn, mutations[0], savepoint=False)]
                 # a replayed batch commits once (one WAL flush), not once per row
                 async with conn.transaction():
                     for m in mutations:
-                        results.append(await _apply_one(conn, m))
+                        results.append(await _apply_one(conn, m, savepoint=True))
         except UNAVAILABLE as exc:
             raise StoreUnavailable("postgres", _reason(exc)) from exc
         return results
@@ -441,28 +441,23 @@ def _upsert_sql(entity: Entity) -> str:
 _UPSERT = {e.name: _upsert_sql(e) for e in ENTITIES}
 
 
-async def _apply_one(conn: asyncpg.Connection, m: Mutation) -> ApplyResult:
+async def _apply_one(conn: asyncpg.Connection, m: Mutation, *, savepoint: bool) -> ApplyResult:
+    """Apply one mutation in one statement; inside a batch, within its own savepoint."""
     entity = BY_NAME[m.entity]
+    if m.op == "delete":
+        sql, args = _DELETE[entity.name], (m.row_id, m.version)
+    else:
+        assert m.row is not None
+        sql = _UPSERT[entity.name]
+        args = (*(m.row.get(c) for c in entity.column_names), m.version)
     try:
-        # a savepoint per mutation: one failing leaves the others of the batch applied
-        async with conn.transaction():
-            if m.op == "delete":
-                status = await conn.execute(
-                    f"DELETE FROM {entity.table} WHERE id = $1 AND row_version < $2",
-                    m.row_id, m.version,
-                )
-                await conn.execute(
-                    "INSERT INTO cutover_tombstones (entity, row_id, version) VALUES ($1, $2, $3)"
-                    " ON CONFLICT (entity, row_id) DO UPDATE SET version = "
-                    "GREATEST(cutover_tombstones.version, EXCLUDED.version)",
-                    entity.name, m.row_id, m.version,
-                )
-            else:
-                assert m.row is not None
-                status = await conn.execute(
-                    _UPSERT[entity.name], *(m.row.get(c) for c in entity.column_names), m.version
-                )
-        applied = not status.endswith(" 0")
+        run = conn.fetchval if m.op == "delete" else conn.execute  # a delete reports its count
+        if savepoint:  # one failing mutation leaves the others of the batch applied
+            async with conn.transaction():
+                status = await run(sql, *args)
+        else:
+            status = await run(sql, *args)
+        applied = not str(status).endswith(" 0")
         return ApplyResult(ApplyOutcome.APPLIED if applied else ApplyOutcome.SUPERSEDED)
     except asyncpg.ForeignKeyViolationError as exc:
         if m.row is not None and await _parent_deleted(conn, entity, m):
@@ -470,6 +465,20 @@ async def _apply_one(conn: asyncpg.Connection, m: Mutation) -> ApplyResult:
         return ApplyResult(ApplyOutcome.FAILED, str(exc))
     except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
         return ApplyResult(ApplyOutcome.FAILED, f"{type(exc).__name__}: {exc}", permanent=True)
+
+
+def _delete_sql(entity: Entity) -> str:
+    """Delete if older than the version, and leave a tombstone: one atomic statement."""
+    return (
+        f"WITH d AS (DELETE FROM {entity.table} WHERE id = $1 AND row_version < $2 "
+        "RETURNING id), t AS (INSERT INTO cutover_tombstones (entity, row_id, version) "
+        f"VALUES ('{entity.name}', $1, $2) ON CONFLICT (entity, row_id) DO UPDATE SET version = "
+        "GREATEST(cutover_tombstones.version, EXCLUDED.version)) "
+        "SELECT 'DELETE ' || count(*) FROM d"
+    )
+
+
+_DELETE = {e.name: _delete_sql(e) for e in ENTITIES}
 
 
 async def _parent_deleted(conn: asyncpg.Connection, entity: Entity, m: Mutation) -> bool:
