@@ -445,7 +445,8 @@ async def _apply_one(conn: asyncpg.Connection, m: Mutation, *, savepoint: bool) 
     """Apply one mutation in one statement; inside a batch, within its own savepoint."""
     entity = BY_NAME[m.entity]
     if m.op == "delete":
-        sql, args = _DELETE[entity.name], (m.row_id, m.version)
+        sql = _DELETE[entity.name]
+        args: tuple[Any, ...] = (m.row_id, m.version)
     else:
         assert m.row is not None
         sql = _UPSERT[entity.name]
