@@ -7,6 +7,7 @@ import json
 import logging
 import socket
 import sys
+import warnings
 from typing import Any
 
 import structlog
@@ -44,7 +45,48 @@ def is_loopback(host: str) -> bool:
         return False  # a name that could resolve to anything counts as reachable from outside
 
 
-@app.command("demo")
+def refuse_unupgraded_legacy_db(settings: Settings) -> None:
+    """Stop (exit 2) when SQLITE_PATH is a legacy app.db `cutover schema init` has not upgraded.
+
+    Opening a repository would upgrade it in place without the backup `schema init` writes.
+    """
+    import sqlite3
+
+    from proxy.stores.sqlite_schema import is_legacy_database
+
+    path = settings.sqlite_path
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            legacy = is_legacy_database(conn)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise fail(f"SQLITE_PATH={path}: cannot read it ({exc})", EXIT_USAGE) from None
+    if legacy:
+        raise fail(f"SQLITE_PATH={path} is a legacy app.db: run `cutover schema init` first "
+                   "(it writes a backup before upgrading it)", EXIT_USAGE)
+
+
+DEMO_HELP = (
+    "Run the cutover on this machine: both schemas, sample data, a mixed workload with every "
+    "search shadowed, a flip of the primary and the rollback, then a summary (writes and mirror "
+    "failures per store, shadow agreement, discrepancies by reason, latencies, where /metrics "
+    "is served).\n\nUses the environment's settings: by default SQLite at ./data/app.db and an "
+    "embedded PostgreSQL under ./data/postgres. /metrics is served on METRICS_PORT, or on a "
+    "free port on 127.0.0.1, for the whole run."
+)
+SERVE_HELP = (
+    "Serve the HTTP API: JSON CRUD, /search, /healthz, /metrics, /admin/read-primary, OpenAPI "
+    "at /openapi.json.\n\nData endpoints need 'Authorization: Bearer $API_TOKEN' when API_TOKEN "
+    "is set, and a non-loopback --host needs it set. The admin endpoints need $ADMIN_TOKEN and "
+    "are off without it."
+)
+
+
+@app.command("demo", help=DEMO_HELP)
 def demo(
     duration: float = typer.Option(25.0, "--duration", min=1.0, max=86_400.0,
                                    help="Seconds of mixed workload (the whole run adds ~5 s)."),
@@ -54,15 +96,13 @@ def demo(
     questions: int = typer.Option(240, "--questions", min=20, max=600,
                                   help="Sample questions to load (from Python docstrings)."),
 ) -> None:
-    """Run the cutover on this machine: both schemas, sample data, a mixed workload with every
-    search shadowed, a flip of the primary and the rollback, then a summary.
-
-    Uses the environment's settings (default: SQLite at ./data/app.db and an embedded PostgreSQL
-    under ./data/postgres). /metrics is served on METRICS_PORT, or on a free port on 127.0.0.1.
-    """
+    """`cutover demo` (see DEMO_HELP)."""
     from proxy.demo import DemoOptions, format_summary, run_demo
 
     settings = load_settings()
+    refuse_unupgraded_legacy_db(settings)
+    # platformdirs warns when XDG_RUNTIME_DIR is unset; the embedded server then uses /tmp
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     # mismatches are expected here and summed up at the end: only errors interrupt the output
     configure_logging(logging.ERROR, json_lines=False)
     options = DemoOptions(duration_s=duration, questions=questions, keep_serving=keep_serving)
@@ -85,19 +125,18 @@ def demo(
     show(summary)
 
 
-@app.command("serve")
+@app.command("serve", help=SERVE_HELP)
 def serve(
     host: str = typer.Option("127.0.0.1", "--host",
                              help="Address to listen on (non-loopback needs API_TOKEN)."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port (0: any free)."),
 ) -> None:
-    """Serve the HTTP API: CRUD, search, /healthz, /metrics, /admin/read-primary, OpenAPI at
-    /openapi.json. Data endpoints need `Authorization: Bearer $API_TOKEN` when it is set; the
-    admin endpoints need $ADMIN_TOKEN and are off without it."""
+    """`cutover serve` (see SERVE_HELP)."""
     settings = load_settings()
     if not is_loopback(host) and settings.api_token is None:
         raise fail(f"refusing to listen on non-loopback address {host} without API_TOKEN: "
                    "set API_TOKEN or use --host 127.0.0.1", EXIT_USAGE)
+    refuse_unupgraded_legacy_db(settings)
     try:
         sock = _bind(host, port)
     except OSError as exc:
@@ -137,7 +176,8 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
     async with open_repository(settings, registry=CollectorRegistry()) as repo:
         host, port = sock.getsockname()[:2]
         structlog.get_logger("cutover.service").info(
-            "service.listening", url=f"http://{host}:{port}", read_primary=repo.read_primary,
+            "service.listening", url=f"http://{f'[{host}]' if ':' in host else host}:{port}",
+            read_primary=repo.read_primary,
             api_token=settings.api_token is not None, admin=settings.admin_token is not None)
         config = uvicorn.Config(create_app(settings, repo), log_level="info",
                                 access_log=False, lifespan="on")

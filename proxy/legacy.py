@@ -53,6 +53,15 @@ def is_uuid_text(value: str) -> bool:
 
 def parse_timestamp(value: str | int | float) -> datetime:
     """Parse a legacy timestamp to an aware UTC datetime; `ValueError` if it is not one."""
+    if type(value) is str and not value.isdigit():
+        try:  # the common case first: ISO 8601 as it is (with Z, an offset, or none)
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if parsed.tzinfo is UTC:
+                return parsed
+            return _to_utc(parsed)
     if isinstance(value, bool):
         raise ValueError("not a timestamp")
     if isinstance(value, int):
@@ -68,9 +77,12 @@ def parse_timestamp(value: str | int | float) -> datetime:
         return _from_epoch(int(text))
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
-    parsed = datetime.fromisoformat(text)
+    return _to_utc(datetime.fromisoformat(text))
+
+
+def _to_utc(parsed: datetime) -> datetime:
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
+        return parsed.replace(tzinfo=UTC)  # no offset: UTC, as the legacy application wrote
     try:
         return parsed.astimezone(UTC)
     except OverflowError:
@@ -246,6 +258,39 @@ def _uuid_check(col: Column) -> Check:
             return str(legacy_uuid(str(raw)))
         raise Rejected(f"not an id (a {type(raw).__name__})")
     return ident
+
+
+# -- the common case, quickly -----------------------------------------------------------------
+
+NOT_CLEAN = object()  # returned by a quick check: the full `column_check` must decide
+
+
+def quick_timestamp(raw: Any) -> Any:
+    """An ISO or epoch text that parses with nothing to report, else NOT_CLEAN."""
+    if type(raw) is not str or (len(raw) > 27 and truncated_fraction(raw)):
+        return NOT_CLEAN
+    try:
+        return parse_timestamp(raw)
+    except (ValueError, OverflowError):
+        return NOT_CLEAN
+
+
+def quick_decimal(col: Column) -> Callable[[Any], Any]:
+    """A REAL that fits the column exactly (nothing to round, in range), else NOT_CLEAN."""
+    q = Decimal(1).scaleb(-(col.scale or 0))
+    limit = Decimal(10) ** ((col.precision or 38) - (col.scale or 0))
+    lo = Decimal(col.minimum) if col.minimum is not None else -limit
+    hi = Decimal(col.maximum) if col.maximum is not None else limit
+
+    def quick(raw: Any) -> Any:
+        if type(raw) is not float or not math.isfinite(raw):
+            return NOT_CLEAN
+        number = Decimal(repr(raw))
+        value = number.quantize(q)
+        if value != number or not lo <= value <= hi or abs(value) >= limit:
+            return NOT_CLEAN
+        return value
+    return quick
 
 
 # -- upgrading a legacy SQLite database's ids in place ----------------------------------------

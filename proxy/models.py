@@ -181,8 +181,10 @@ QUESTIONS = Entity(
         Column("language", Kind.TEXT, max_length=50),
         Column("category", Kind.TEXT, max_length=100),
         Column("difficulty", Kind.TEXT, max_length=50),
-        Column("question", Kind.TEXT),
-        Column("answer", Kind.TEXT),
+        # TEXT in the seed; bounded here because PostgreSQL's tsvector cannot index more than
+        # 1 MB of text, and a question that only one store can hold would never converge
+        Column("question", Kind.TEXT, max_length=100_000),
+        Column("answer", Kind.TEXT, max_length=100_000),
         _ts("created_at"), _ts("updated_at"),
     ),
     owner="study_book_id", order_by="created_at",

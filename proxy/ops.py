@@ -22,6 +22,8 @@ from proxy.stores.searchtext import parse_query
 from shadow.store import ShadowStore
 from shadow.verdict import OutboxFigures, Verdict, evaluate
 
+STUCK_AFTER_S = 5.0  # a mirror write pending longer than this is a backlog, not traffic
+
 shadow_app = typer.Typer(help="Recent shadow mismatches, and re-running them.",
                          no_args_is_help=True)
 app.add_typer(shadow_app, name="shadow")
@@ -104,10 +106,13 @@ def read_primary(
                    "set it (or restart them with READ_PRIMARY)", EXIT_USAGE)
     if not force:
         outbox = run(lambda: _outbox(settings))
-        pending = outbox[backend].pending
-        if pending:
-            raise fail(f"refused: {pending} mirror writes to {backend} are still pending "
-                       "(run `cutover reconcile`, or --force)", EXIT_USAGE)
+        figures = outbox[backend]
+        # Under live traffic a few writes are always in flight; what blocks a flip is a
+        # backlog: writes waiting longer than a replay pass takes, or dead letters.
+        if figures.dead_letters or (figures.pending and figures.oldest_age_s > STUCK_AFTER_S):
+            raise fail(f"refused: {figures.pending} mirror writes to {backend} are pending "
+                       f"(oldest {figures.oldest_age_s:.0f} s, {figures.dead_letters} dead "
+                       "letters); run `cutover reconcile`, or use --force", EXIT_USAGE)
         if backend == "postgres":
             verdict = _verdict(settings, outbox)
             if not verdict.go:

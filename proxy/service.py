@@ -318,9 +318,10 @@ def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
              "type": str(e.get("type", ""))}
             for e in exc.errors()
         ]
-        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request", "type": ""}
         loc = [p for p in first["loc"] if p not in ("body", "query", "path", "header")]
-        field = ".".join(loc) if loc else None
+        # a JSON syntax error's location is a character offset, not a field
+        field = ".".join(loc) if loc and first["type"] != "json_invalid" else None
         return _error(422, str(first["msg"]), field, detail=errors)
 
     async def on_http(request: Request, exc: Exception) -> Response:

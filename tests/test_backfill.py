@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -25,7 +26,7 @@ from typer.testing import CliRunner
 
 from proxy.cli import app
 from proxy.legacy import legacy_uuid
-from proxy.migrate.backfill import deferrable_indexes, iter_lines, run_backfill
+from proxy.migrate.backfill import RowChecker, deferrable_indexes, iter_lines, run_backfill
 from proxy.models import QUESTIONS
 from proxy.stores.base import Mutation
 from proxy.stores.postgres import PostgresStore
@@ -355,40 +356,57 @@ async def test_a_killed_run_resumes_without_gaps_or_duplicates(
 
 
 async def test_writes_made_through_the_repository_during_the_backfill_win(
-        legacy: LegacyDB, pg_dsn: str, pg_store: PostgresStore, tmp_path: Path) -> None:
+        legacy: LegacyDB, pg_dsn: str, pg_store: PostgresStore, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     legacy.bulk(users=4, questions=600, logs=300, events=100)
     ids = sorted(r[0] for r in legacy.conn.execute("SELECT id FROM questions"))
     early, late, doomed = ids[:5], ids[-5:], [ids[-6], ids[10]]
-    started = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    copying, written = asyncio.Event(), threading.Event()
+    batches = 0
+    check = RowChecker.check
 
-    def on_rows(table: str, n: int) -> None:
-        if table == "questions":
-            started.set()
+    def paused_check(self: RowChecker, raw: Any) -> Any:
+        # from the third batch of questions on, the copy waits for the repository's writes
+        # (this runs on a worker thread, so the writes go on meanwhile)
+        nonlocal batches
+        if self.entity.table == "questions":
+            batches += 1
+            if batches >= 3:
+                loop.call_soon_threadsafe(copying.set)
+                assert written.wait(30)
+        return check(self, raw)
+
+    monkeypatch.setattr(RowChecker, "check", paused_check)
 
     async def repository() -> int:
-        await started.wait()  # the backfill is copying questions now
-        version = 10**15
-        for i, qid in enumerate(early + late):
-            row = await pg_store.get_row(QUESTIONS, uuid.UUID(qid))
-            if row is None:  # not copied yet: the mirror write inserts it whole
-                source = legacy.conn.execute(
-                    "SELECT study_book_id FROM questions WHERE id = ?", (qid,)).fetchone()
-                row = {"id": uuid.UUID(qid), "study_book_id": uuid.UUID(source[0]),
-                       "language": "en", "category": "python", "difficulty": "easy",
-                       "question": "q", "answer": "a", "created_at": TS_DT,
-                       "updated_at": TS_DT}
-            row = {**row, "answer": f"written by the repository {i}"}
-            await pg_store.apply([Mutation("question", "update", uuid.UUID(qid),
-                                           version + i, row)])
-        for qid in doomed:
-            await pg_store.apply([Mutation("question", "delete", uuid.UUID(qid), version)])
-        await pg_store.create_user(name="New", email="new@example.com")
-        copied = await pg_rows(pg_dsn, "SELECT count(*) AS n FROM questions WHERE row_version = 0")
-        return int(copied[0]["n"])
+        await copying.wait()
+        try:
+            version = 10**15
+            for i, qid in enumerate(early + late):
+                row = await pg_store.get_row(QUESTIONS, uuid.UUID(qid))
+                if row is None:  # not copied yet: the mirror write inserts it whole
+                    source = legacy.conn.execute(
+                        "SELECT study_book_id FROM questions WHERE id = ?", (qid,)).fetchone()
+                    row = {"id": uuid.UUID(qid), "study_book_id": uuid.UUID(source[0]),
+                           "language": "en", "category": "python", "difficulty": "easy",
+                           "question": "q", "answer": "a", "created_at": TS_DT,
+                           "updated_at": TS_DT}
+                row = {**row, "answer": f"written by the repository {i}"}
+                await pg_store.apply([Mutation("question", "update", uuid.UUID(qid),
+                                               version + i, row)])
+            for qid in doomed:
+                await pg_store.apply([Mutation("question", "delete", uuid.UUID(qid), version)])
+            await pg_store.create_user(name="New", email="new@example.com")
+            copied = await pg_rows(pg_dsn,
+                                   "SELECT count(*) AS n FROM questions WHERE row_version = 0")
+            return int(copied[0]["n"])
+        finally:
+            written.set()
 
     writer = asyncio.create_task(repository())
-    report = await backfill(legacy, pg_dsn, tmp_path, batch_size=20, progress=on_rows)
-    assert await writer < 600 - 12  # the writes were made while questions were being copied
+    report = await backfill(legacy, pg_dsn, tmp_path, batch_size=20)
+    assert 0 < await writer < 600 - len(late)  # the writes landed in the middle of the copy
     answers = {str(r["id"]): r["answer"] for r in await pg_rows(
         pg_dsn, "SELECT id, answer FROM questions WHERE row_version > 0")}
     assert answers == {qid: f"written by the repository {i}"

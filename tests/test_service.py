@@ -326,7 +326,7 @@ async def test_cutover_serve_answers_over_http(settings: Settings, tmp_path: Pat
     env = {**os.environ, "SQLITE_PATH": str(settings.sqlite_path),
            "POSTGRES_DSN": settings.postgres_dsn, "API_TOKEN": API}
     env.pop("METRICS_PORT", None)
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(  # noqa: ASYNC220 - started once; the test then talks HTTP to it
         [sys.executable, "-c", "from proxy.cli import app; app()", "serve", "--port", "0"],
         env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=tmp_path)
     try:
@@ -351,3 +351,25 @@ async def test_cutover_serve_answers_over_http(settings: Settings, tmp_path: Pat
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("command", ["serve", "demo"])
+def test_a_legacy_app_db_must_go_through_schema_init_first(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Opening a repository would upgrade it in place, without the backup `schema init` writes."""
+    import sqlite3
+
+    from proxy.stores.sqlite_schema import LEGACY_TABLES
+
+    legacy = tmp_path / "app.db"
+    conn = sqlite3.connect(legacy)
+    conn.executescript(LEGACY_TABLES)
+    conn.close()
+    monkeypatch.setenv("SQLITE_PATH", str(legacy))
+    monkeypatch.setenv("POSTGRES_DSN", "postgresql://nobody@127.0.0.1:1/none")
+    result = CliRunner().invoke(cli_app, [command, "--port", "0"] if command == "serve"
+                                else [command])
+    assert result.exit_code == 2
+    assert "schema init" in result.output and result.output.count("\n") == 1
+    assert not list(tmp_path.glob("*.bak-*")) and not (tmp_path / "shadow.db").exists()

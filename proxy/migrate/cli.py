@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -91,8 +92,9 @@ def backfill(
         return
     table = Table(title=f"backfill {'(resumed) ' if report.resumed else ''}"
                         f"from {report.source} in {report.seconds:.1f} s")
-    for col in ("table", "read", "inserted", "already there", "skipped (deleted)", "rejected",
-                "changed"):
+    table.caption = ("present: already in PostgreSQL (the repository's rows win); skipped: "
+                     "deleted through the repository since dual writes began")
+    for col in ("table", "read", "inserted", "present", "skipped", "rejected", "changed"):
         table.add_column(col, justify="left" if col == "table" else "right")
     for name, t in report.tables.items():
         table.add_row(name, str(t.read), str(t.inserted), str(t.present), str(t.skipped),
@@ -147,9 +149,12 @@ def verify(
 def reconcile(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
 ) -> None:
-    """Replay pending mirror writes, then repair every row verify finds different, copying it
-    from the primary (READ_PRIMARY, or READ_PRIMARY_FILE when set). Exit 1 if differences
-    remain afterwards."""
+    """Replay pending mirror writes, then repair what verify finds, from the primary.
+
+    The primary is READ_PRIMARY, or the word in READ_PRIMARY_FILE when that is set. Each
+    differing row is copied from it as a new write (or deleted where it has none). Exit 1 if
+    differences remain afterwards.
+    """
     from proxy.migrate.reconcile import PrimaryUnknown, current_primary, run_reconcile
     from proxy.migrate.verify import SQLiteNotUpgraded
 
@@ -180,7 +185,7 @@ def reconcile(
         repaired = ", ".join(f"{k} {v}" for k, v in report.repaired.items()) or "nothing"
         out.print(f"repaired: {repaired}")
         for f in report.failed[:50]:
-            out.print(f"[red]not repaired[/red] {f['table']} {f['id']}: {f['error']}")
+            out.print(f"[red]not repaired[/red] {f['table']} {f['id']}: {escape(f['error'])}")
         _print_verify({**report.after.to_json(), "postgres": settings.safe_dsn,
                        "sqlite": str(path)}, title="after reconcile")
     if not report.after.ok:
@@ -218,11 +223,11 @@ def _print_verify(doc: dict[str, Any], title: str = "verify") -> None:
             out.print(f"[bold]{title_}[/bold] ({doc['totals'][key]}, first {len(rows)} listed)")
             for r in rows[:50]:
                 cols = f" ({', '.join(r['columns'])})" if r.get("columns") else ""
-                out.print(f"  {r['table']} {r['id']} {r['kind']}{cols}")
+                out.print(f"  {r['table']} {r['id']} {r['kind']}{cols}", markup=False)
     if doc["backfill"]:
         out.print(f"[bold]backfill rejects and changes[/bold] ({doc['totals']['backfill']})")
         for r in doc["backfill"][:50]:
-            out.print(f"  {r['table']} {r['id']} {r['kind']}: {r['reason']}")
+            out.print(f"  {r['table']} {r['id']} {r['kind']}: {r['reason']}", markup=False)
     orphans = {k: v for k, v in doc["foreign_keys"]["orphans"].items() if v}
     out.print("foreign keys on postgres: " + (
         ", ".join(f"[red]{k} {v} orphans[/red]" for k, v in orphans.items()) or "intact"))
@@ -231,6 +236,6 @@ def _print_verify(doc: dict[str, Any], title: str = "verify") -> None:
         out.print(f"search parity (informational): {s['queries']} queries, "
                   f"mean Jaccard@10 {s['mean_jaccard']}")
     elif s.get("error"):
-        out.print(f"search parity not measured: {s['error']}")
+        out.print(f"search parity not measured: {s['error']}", markup=False)
     out.print("[green]the stores agree[/green]" if doc["ok"]
               else "[red]the stores differ[/red]")

@@ -25,13 +25,13 @@ import re
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -51,6 +51,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
 
 Normal = tuple[str | None, ...]
+T = TypeVar("T")
 
 
 class SQLiteNotUpgraded(ValueError):
@@ -236,17 +237,17 @@ class SQLiteSide:
         cols = ", ".join(spec.entity.column_names)
         return f"SELECT {cols} FROM {spec.entity.table} WHERE {' AND '.join(where)}", args
 
-    def _rows(self, spec: TableSpec, prefix: str,
-              rowids: tuple[int, int] | None = None) -> list[Any]:
-        """All rows of a range (at most one leaf or one scan slice of them)."""
+    def _read(self, spec: TableSpec, prefix: str, rowids: tuple[int, int] | None,
+              consume: Callable[[Iterator[Any]], T]) -> T:
+        """`consume` the rows of a range as they stream from SQLite."""
         sql, args = self._query(spec, prefix, rowids)
         for tolerant in (False, True):
             conn = self._connect(tolerant)
             try:
-                return conn.execute(sql, args).fetchall()
+                return consume(iter(conn.execute(sql, args)))
             except sqlite3.OperationalError as exc:
-                # text that is not UTF-8: read it with the bad bytes kept as surrogates; it then
-                # differs from PostgreSQL (which cannot hold it) instead of failing the verify
+                # text that is not UTF-8: read it again with the bad bytes kept as surrogates;
+                # it then differs from PostgreSQL (which cannot hold it) instead of failing
                 if tolerant or "decode" not in str(exc).lower():
                     raise
             finally:
@@ -257,33 +258,41 @@ class SQLiteSide:
              rowids: tuple[int, int] | None = None) -> tuple[Sums, int]:
         """Checksums per id prefix of `width` digits within `prefix` (and a slice of rowids),
         and the number of rows without a text id (they cannot be compared)."""
-        out: dict[str, list[int]] = {}
         normal = spec.normal
-        unkeyed = 0
-        for raw in self._rows(spec, prefix, rowids):
-            values = normal(raw)
-            rid = values[0]
-            if rid is None or rid.startswith("raw:"):
-                unkeyed += 1
-                continue
-            if rid != raw[0]:
-                raise SQLiteNotUpgraded(
-                    f"{spec.entity.table} id {raw[0]!r} is not a canonical UUID: run "
-                    "`cutover schema init` to upgrade the SQLite database first")
-            acc = out.get(rid[:width])
-            if acc is None:
-                acc = out[rid[:width]] = [0, 0]
-            acc[0] += 1
-            acc[1] += row_hash(values)
-        return {k: (v[0], v[1]) for k, v in out.items()}, unkeyed
+
+        def consume(rows: Iterator[Any]) -> tuple[Sums, int]:
+            out: dict[str, list[int]] = {}
+            unkeyed = 0
+            for raw in rows:
+                values = normal(raw)
+                rid = values[0]
+                if rid is None or rid.startswith("raw:"):
+                    unkeyed += 1
+                    continue
+                if rid != raw[0]:
+                    raise SQLiteNotUpgraded(
+                        f"{spec.entity.table} id {raw[0]!r} is not a canonical UUID: run "
+                        "`cutover schema init` to upgrade the SQLite database first")
+                acc = out.get(rid[:width])
+                if acc is None:
+                    acc = out[rid[:width]] = [0, 0]
+                acc[0] += 1
+                acc[1] += row_hash(values)
+            return {k: (v[0], v[1]) for k, v in out.items()}, unkeyed
+
+        return self._read(spec, prefix, rowids, consume)
 
     def rows(self, spec: TableSpec, prefix: str) -> dict[str, Normal]:
-        out = {}
-        for raw in self._rows(spec, prefix):
-            values = spec.normal(raw)
-            if values[0] is not None and not values[0].startswith("raw:"):
-                out[values[0]] = values
-        return out
+        """The normal rows of one group (a leaf: at most a few thousand)."""
+        def consume(rows: Iterator[Any]) -> dict[str, Normal]:
+            out = {}
+            for raw in rows:
+                values = spec.normal(raw)
+                if values[0] is not None and not values[0].startswith("raw:"):
+                    out[values[0]] = values
+            return out
+
+        return self._read(spec, prefix, None, consume)
 
 
 def _scan_job(path: Path, table: str, width: int, lo: int, hi: int) -> tuple[Sums, int]:

@@ -431,10 +431,10 @@ def _parent_deleted(conn: sqlite3.Connection, entity: Entity, m: Mutation) -> bo
 
 
 # The full-text candidates, in the order the PostgreSQL store computes too: rows whose question
-# column matches every term first, then the shorter question (or answer, for answer matches),
-# then the id. The question-column match is one uncorrelated subquery, evaluated once: a
-# correlated MATCH per hit re-reads the term's whole doclist for every hit (O(hits^2): 241 s for
-# `the` on 100k questions, 164 ms this way).
+# column matches every term first, then the shorter question (or answer, for answer matches; in
+# UTF-8 bytes, as PostgreSQL's octet_length counts them), then the id. The question-column match
+# is one uncorrelated subquery, evaluated once: a correlated MATCH per hit re-reads the term's
+# whole doclist for every hit (O(hits^2): 241 s for `the` on 100k questions, 164 ms this way).
 FTS_CANDIDATES_SQL = (
     "SELECT id, question, answer FROM ("
     "SELECT q.id, q.question, q.answer, questions_search.rowid IN (SELECT s.rowid "
@@ -444,8 +444,8 @@ FTS_CANDIDATES_SQL = (
     "JOIN questions q ON q.id = m.question_id "
     "JOIN study_books b ON b.id = q.study_book_id "
     "WHERE questions_search MATCH ?1 AND b.user_id = ?2) "
-    "ORDER BY in_question DESC, "
-    "CASE WHEN in_question THEN length(question) ELSE length(answer) END, id LIMIT ?4"
+    "ORDER BY in_question DESC, CASE WHEN in_question THEN length(CAST(question AS BLOB)) "
+    "ELSE length(CAST(answer AS BLOB)) END, id LIMIT ?4"
 )
 
 
