@@ -11,7 +11,8 @@
   database holding the seed document's schema (seed/000_8bcb5f4eb90dbcb9.txt §2.1, with its
   indexes; `uuid_generate_v4()` is `gen_random_uuid()`), `data only, drop indexes`: its fastest
   mode, which also ends with every index built. Whatever pgloader rejects, it rejects;
-- verify: `cutover verify --sample-queries 0` on our database against the file.
+- verify: `cutover verify --sample-queries 0` on our database against the file as the store
+  holds it (a copy upgraded by `cutover schema init`: ids that were not UUIDs rewritten).
 
 Wall time and peak resident memory (ru_maxrss from wait4: the loading process alone, the server
 excluded) are measured for each child. The two loaders alternate when `--repeat` > 1 and the
@@ -242,6 +243,16 @@ async def main(argv: list[str] | None = None) -> int:
         while f.read(1 << 20):
             pass
 
+    # verify compares the live SQLite store, which `cutover schema init` upgraded in place (ids
+    # that were not UUIDs rewritten): an upgraded copy of the file stands in for it
+    app_db = work / "app.db"
+    shutil.copyfile(db, app_db)
+    from proxy.stores.sqlite import SQLiteStore
+
+    store = SQLiteStore(app_db)
+    await store.init_schema()
+    await store.close()
+
     server = None
     server_dsn = args.dsn
     if server_dsn is None:
@@ -269,7 +280,7 @@ async def main(argv: list[str] | None = None) -> int:
                     runs["pgloader"].append(Run("pgloader", seconds, rss, code, rows))
                 else:
                     dsn = await create_database(server_dsn, name)
-                    env = {**os.environ, "POSTGRES_DSN": dsn, "SQLITE_PATH": str(db)}
+                    env = {**os.environ, "POSTGRES_DSN": dsn, "SQLITE_PATH": str(app_db)}
                     seconds, rss, code = measure(
                         [cutover, "backfill", "--from", str(db), "--rejects",
                                      str(work / "rejects.jsonl"), "--quiet", "--json"],
@@ -286,6 +297,10 @@ async def main(argv: list[str] | None = None) -> int:
                 await drop_database(server_dsn, name)
             if server is not None:
                 server.cleanup()
+            for path in (app_db, *app_db.parent.glob("app.db-*")):
+                path.unlink(missing_ok=True)
+            if args.db is None:
+                db.unlink(missing_ok=True)  # generated here: the logs stay, the data goes
     return report(runs, source_rows, db, work, args.json)
 
 

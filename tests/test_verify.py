@@ -3,6 +3,7 @@ reads; backfill findings and pending mirror writes are listed apart."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import uuid
@@ -53,6 +54,14 @@ async def both(sqlite_store: SQLiteStore, sqlite_path: Path, pg_dsn: str,
     pg = PostgresStore(pg_dsn)
     yield sqlite_store, pg
     await pg.close()
+
+
+async def init_postgres(dsn: str) -> None:
+    store = PostgresStore(dsn)
+    try:
+        await store.init_schema()
+    finally:
+        await store.close()
 
 
 async def pg_exec(dsn: str, sql: str, *args: Any) -> None:
@@ -228,3 +237,21 @@ def test_the_command_exits_0_or_1_and_prints_one_json_document(
     missing = CliRunner().invoke(app, ["verify"], env={**env, "SQLITE_PATH": "/nonexistent.db"})
     assert missing.exit_code == 2
     assert missing.output.strip() == "error: SQLITE_PATH=/nonexistent.db: no such file"
+
+
+def test_a_sqlite_file_whose_ids_were_never_upgraded_is_refused(tmp_path: Path,
+                                                                pg_dsn: str) -> None:
+    db = LegacyDB(tmp_path / "app.db")
+    db.user(id="user-1")
+    db.conn.close()
+    env = {"POSTGRES_DSN": pg_dsn, "SQLITE_PATH": str(db.path)}
+    result = CliRunner().invoke(app, ["verify"], env=env)
+    assert result.exit_code == 2  # PostgreSQL has no schema yet
+    assert result.output.strip() == ("error: postgres has no table learning_events: run "
+                                     "`cutover schema init` first")
+    asyncio.run(init_postgres(pg_dsn))
+    result = CliRunner().invoke(app, ["verify"], env=env)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: users id 'user-1' is not a canonical UUID: run `cutover schema init` to "
+        "upgrade the SQLite database first"]

@@ -9,6 +9,7 @@ primary does not hold becomes a delete (and a tombstone) on the other store.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,14 +144,24 @@ class ReconcileReport:
 async def run_reconcile(sqlite_path: Path, dsn: str, primary: str) -> ReconcileReport:
     """Drain both outboxes, repair every difference from `primary`, then verify again."""
     from proxy.migrate.backfill import open_pool
-    from proxy.migrate.verify import compare_stores, pending_rows
+    from proxy.migrate.verify import (
+        SchemaMissing,
+        compare_stores,
+        is_upgraded,
+        pending_rows,
+        require_tables,
+    )
     from proxy.stores.postgres import PostgresStore
     from proxy.stores.sqlite import SQLiteStore
 
+    if not await asyncio.to_thread(is_upgraded, sqlite_path):
+        raise SchemaMissing(f"SQLITE_PATH={sqlite_path} has no outbox: run `cutover schema init` "
+                            "first")
     pool = await open_pool(dsn)
     sqlite_store = SQLiteStore(sqlite_path)
     pg_store = PostgresStore(dsn, min_size=1, max_size=2)
     try:
+        await require_tables(sqlite_path, pool)
         drained = await drain_outboxes(sqlite_store, pg_store)
         main, other = ((sqlite_store, pg_store) if primary == "sqlite"
                        else (pg_store, sqlite_store))

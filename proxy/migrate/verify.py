@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from proxy.codec import quantum
+from proxy.errors import CutoverError
 from proxy.legacy import _CANONICAL, parse_timestamp
 from proxy.migrate.backfill import REJECTS_TABLE, open_pool
 from proxy.models import BY_TABLE, ENTITIES, Column, Entity, Kind
@@ -56,6 +57,10 @@ T = TypeVar("T")
 
 class SQLiteNotUpgraded(ValueError):
     """Raised when the SQLite database still holds ids that are not canonical UUIDs."""
+
+
+class SchemaMissing(CutoverError):
+    """Raised when a store lacks the tables to compare (schema init never ran on it)."""
 
 
 # -- normalising a row ------------------------------------------------------------------------
@@ -264,15 +269,17 @@ class SQLiteSide:
             out: dict[str, list[int]] = {}
             unkeyed = 0
             for raw in rows:
+                if type(raw[0]) is not str:
+                    unkeyed += 1  # NULL or a BLOB: the backfill rejected it
+                    continue
                 values = normal(raw)
                 rid = values[0]
-                if rid is None or rid.startswith("raw:"):
-                    unkeyed += 1
-                    continue
                 if rid != raw[0]:
+                    # range reads by id text would miss it: the ids must be upgraded first
                     raise SQLiteNotUpgraded(
                         f"{spec.entity.table} id {raw[0]!r} is not a canonical UUID: run "
                         "`cutover schema init` to upgrade the SQLite database first")
+                assert rid is not None
                 acc = out.get(rid[:width])
                 if acc is None:
                     acc = out[rid[:width]] = [0, 0]
@@ -585,6 +592,7 @@ async def compare_stores(
     `on_diffs` gets each batch of real differences as it is found (reconcile repairs them);
     `sequential` compares parents before children instead of all tables at once."""
     started = time.perf_counter()
+    await require_tables(sqlite_path, pool)
     lite, pg = SQLiteSide(sqlite_path, processes), PostgresSide(pool)
     ex = Exclusions(await load_backfill_findings(pool), set(await pending()))
     report = VerifyReport({}, [], [], [], {}, [])
@@ -647,6 +655,29 @@ async def compare_stores(
 # -- opening the stores -----------------------------------------------------------------------
 
 
+async def require_tables(sqlite_path: Path, pool: asyncpg.Pool) -> None:
+    tables = [e.table for e in ENTITIES]
+    missing = await pool.fetchval(
+        "SELECT min(t) FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NULL", tables)
+    if missing:
+        raise SchemaMissing(f"postgres has no table {missing}: run `cutover schema init` first")
+
+    def sqlite_missing() -> str | None:
+        conn = sqlite3.connect(f"{sqlite_path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        except sqlite3.DatabaseError as exc:
+            return f"is not a SQLite database ({exc})"
+        finally:
+            conn.close()
+        gone = [t for t in tables if t not in names]
+        return f"has no table {gone[0]}" if gone else None
+
+    problem = await asyncio.to_thread(sqlite_missing)
+    if problem:
+        raise SchemaMissing(f"SQLITE_PATH={sqlite_path} {problem}")
+
+
 async def pending_rows(sqlite_store: Any, pg_store: Any) -> set[str]:
     """Ids with a mirror write waiting in either outbox (dead letters included)."""
     ids: set[str] = set()
@@ -665,6 +696,8 @@ def is_upgraded(path: Path) -> bool:
     try:
         return conn.execute(
             "SELECT 1 FROM sqlite_master WHERE name = 'cutover_outbox'").fetchone() is not None
+    except sqlite3.DatabaseError:
+        return False  # not a SQLite file: require_tables says so
     finally:
         conn.close()
 
