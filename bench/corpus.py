@@ -6,7 +6,7 @@ Questions come from the docstrings of standard-library modules that have no side
 import (see `MODULES`): one question per documented module, class, function, method and
 property, worded from its qualified name ("What does json.dumps do?", "What is the
 json.JSONEncoder class?", "When is json.JSONDecodeError raised?") with the first paragraph of its
-docstring as the answer. A few dozen Japanese questions (hand-written; nothing in the standard
+docstring as the answer. 100 Japanese questions (40 hand-written topics; nothing in the standard
 library is Japanese) give the CJK queries something to find. Each module is one study book; the
 books are dealt round-robin to `USERS` users.
 
@@ -31,7 +31,12 @@ import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from proxy.stores.searchtext import stem
 
 #: Imported for their docstrings only. Chosen for having no side effect on import; left out on
 #: purpose: antigravity (opens a browser), this (prints), idlelib, tkinter, turtle, turtledemo
@@ -399,9 +404,9 @@ def build_queries(corpus: Corpus, seed: int = 1, per_class: dict[str, int] | Non
     english = [q for q in corpus.questions if q.kind != "japanese"]
     japanese = [q for q in corpus.questions if q.kind == "japanese"]
     by_user = corpus.by_user()
-    # a user's vocabulary (folded words), so a misspelling is checked against what they hold
-    vocab: dict[int, set[str]] = {
-        u: {w.casefold() for q in qs for w in words(q.question + " " + q.answer)}
+    # a user's stems (as both engines index them), so a misspelling is checked against them
+    stems: dict[int, set[str]] = {
+        u: {stem(w) for q in qs for w in words(q.question + " " + q.answer)}
         for u, qs in by_user.items()
     }
     folded = {q.id: {w.casefold() for w in words(q.question + " " + q.answer)}
@@ -461,8 +466,8 @@ def build_queries(corpus: Corpus, seed: int = 1, per_class: dict[str, int] | Non
         if q.id not in matching or len(matching) > 10:
             return False
         typo = misspell(part, rng)
-        if typo.casefold() in vocab[q.user]:
-            return False  # the typo is a real word this user has: not a misspelling
+        if stem(typo) in stems[q.user]:
+            return False  # full text would find the typo: a word of its own, not a misspelling
         text = f"{context} {typo}" if with_context else typo
         return add("misspelling", text, q.user, q.id)
 

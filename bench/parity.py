@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -112,8 +113,6 @@ async def run_queries(sqlite: AnyStore, postgres: AnyStore, corpus: Corpus,
 async def exact_wording(stores: dict[str, AnyStore], corpus: Corpus, sample: int | None,
                         limit: int) -> tuple[dict[str, tuple[int, int]], dict[str, list[str]]]:
     """Per store: how many questions come first when searched by their own wording."""
-    import random
-
     questions = corpus.questions
     if sample is not None and sample < len(questions):
         questions = random.Random(7).sample(questions, sample)
@@ -196,15 +195,15 @@ def build_report(report: Report) -> dict[str, Any]:
 
 def print_table(data: dict[str, Any]) -> None:
     print(f"\n{data['questions']} questions; limit 10; SQLite primary, PostgreSQL shadow\n")
-    print(f"| {'class':<14} | {'n':>4} | {'Jaccard@10':>10} | {'RBO':>6} | {'top-1':>6} | "
+    print(f"| {'class':<18} | {'n':>4} | {'Jaccard@10':>10} | {'RBO':>6} | {'top-1':>6} | "
           f"{'identical':>9} | discrepancies by reason |")
-    print(f"|{'-' * 16}|{'-' * 6}|{'-' * 12}|{'-' * 8}|{'-' * 8}|{'-' * 11}|{'-' * 25}|")
+    print(f"|{'-' * 20}|{'-' * 6}|{'-' * 12}|{'-' * 8}|{'-' * 8}|{'-' * 11}|{'-' * 25}|")
     rows = [*data["classes"].items(), ("plain keywords", data["plain_keywords"]),
             ("overall", data["overall"])]
     for name, s in rows:
         reasons = ", ".join(f"{k} {v}" for k, v in s["reasons"].items()) or "-"
         label = f"**{name}**" if name in ("plain keywords", "overall") else name
-        print(f"| {label:<14} | {s['queries']:>4} | {s['jaccard']:>10.3f} | {s['rbo']:>6.3f} | "
+        print(f"| {label:<18} | {s['queries']:>4} | {s['jaccard']:>10.3f} | {s['rbo']:>6.3f} | "
               f"{s['top1']:>6.3f} | {s['identical']:>9.3f} | {reasons} |")
     recall = data["misspelling_recall_at_10"]
     print(f"\nmisspellings, intended question in the top 10: PostgreSQL {recall['postgres']:.1%}"

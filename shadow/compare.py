@@ -267,6 +267,13 @@ _STEM_EXCEPTIONS_TEXT = (
     "bias andes inning outing canning herring earring proceed exceed succeed"
 )
 _STEM_EXCEPTIONS = frozenset(_STEM_EXCEPTIONS_TEXT.split())
+# Two-letter words Snowball's porter changes (FTS5's porter leaves tokens under 3 characters
+# alone), and what -ay/-oy... become; single letters are what the -s ones become.
+_SHORT_STEMMED_TEXT = (
+    "as bs cs ds es fs gs hs is js ks ls ms ns os ps qs rs ts us vs ws xs ys zs "
+    "ay ey iy oy uy ai ei ii oi ui"
+)
+_SHORT_STEMMED = frozenset(_SHORT_STEMMED_TEXT.split())
 
 
 def query_terms(query: str) -> tuple[str, ...]:
@@ -293,10 +300,11 @@ def analysis_hints(terms: Iterable[str]) -> frozenset[str]:
             or term.endswith(_STEM_SUFFIXES)
         ):
             hints.add("stem")
-        elif term.isalpha() and len(term) <= 2 and term not in PG_ENGLISH_STOP_WORDS:
-            # FTS5's porter leaves tokens under 3 characters unstemmed; Snowball's strips an s
-            # (os -> o, us -> u): `os` finds "I/O" on PostgreSQL only, `us` finds "used" (stem
-            # us) on FTS5 only (bench/parity.py). Stop words already carry their own hint.
+        elif term.isalpha() and (len(term) == 1 or term in _SHORT_STEMMED) and (
+            term not in PG_ENGLISH_STOP_WORDS  # those carry their own hint
+        ):
+            # FTS5's porter leaves tokens under 3 characters unstemmed, Snowball's does not:
+            # `os` finds "I/O" (o) on PostgreSQL only, `us` finds "used" (us) on FTS5 only
             hints.add("stem")
     return frozenset(hints)
 

@@ -193,7 +193,7 @@ _K1 = 1.2
 _B = 0.75
 _AVG_QUESTION_WORDS = 8.0
 _AVG_ANSWER_WORDS = 30.0
-_QUESTION_WEIGHT = 2.0  # as the question's 2:1 weight over the answer had in bm25 and ts_rank
+_QUESTION_WEIGHT = 2.0  # the question weighs twice the answer, as in bm25(..., 2.0, 1.0) before
 _ANSWER_WEIGHT = 1.0
 # the query's own words, unstemmed, in the question: "json.dumps" outranks "json.dump"
 _EXACT_WEIGHT = 0.5
@@ -201,7 +201,8 @@ _EXACT_WEIGHT = 0.5
 _WHOLE_WEIGHT = 1.0
 
 
-@lru_cache(maxsize=16384)
+# a search reads at most 2 x FTS_CANDIDATES texts; an answer's entry is a few kB
+@lru_cache(maxsize=4096)
 def _analyze(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """A text's folded words and their stems, in order (cached: hits repeat across searches).
 
