@@ -379,16 +379,14 @@ async def test_mirror_writes_to_rows_not_yet_backfilled_wait_for_the_backfill(
         assert (await repo.stores["postgres"].get_question(question)).difficulty == "hard"
 
 
-RUNBOOK_TEXTS = [Path(__file__).resolve().parents[1] / name
-                 for name in ("README.md", "docs_runbook_section.md")]
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def runbook_text() -> str:
-    """The runbook as published: README.md, or the section waiting to be merged into it."""
-    for path in RUNBOOK_TEXTS:
-        if path.is_file() and "## The runbook" in path.read_text(encoding="utf-8"):
-            return path.read_text(encoding="utf-8")
-    raise AssertionError("no runbook section in README.md or docs_runbook_section.md")
+    """The runbook as published in the README."""
+    text = README.read_text(encoding="utf-8")
+    assert "## The runbook" in text, "the README has no runbook section"
+    return text
 
 
 def test_the_runbook_names_real_panels_alerts_and_commands() -> None:

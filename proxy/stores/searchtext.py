@@ -181,7 +181,7 @@ def document(question: str, answer: str) -> str:
 # order both compute identically in SQL (`FTS_CANDIDATES` rows: the rows matching every term in
 # the question first, then the shorter field, then the id) and ranks them with `fts_score`, the
 # same Python on both stores. Same candidates in, same floats out: both stores return the same
-# list whenever their engines match the same rows. bench/PARITY_SECTION.md has the measurements.
+# list whenever their engines match the same rows. The README (search parity) has the measurements.
 
 #: Fixed, not a multiple of `limit`: a smaller limit returns a prefix of a larger one's list.
 FTS_CANDIDATES = 100
