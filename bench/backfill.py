@@ -39,72 +39,13 @@ import asyncpg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.seed_schema import seed_ddl  # noqa: E402
 
 TARGETS = {"speed": 2.0, "memory": 0.25, "verify": 0.5}
 TABLES = ("users", "study_books", "questions", "typing_logs", "learning_events")
 
 # The seed document's schema (§2.1, lines 75-148), its indexes included.
-SEED_DDL = """
-CREATE EXTENSION IF NOT EXISTS pg_trgm;
-CREATE TABLE users (
-    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
-    name VARCHAR(255) NOT NULL,
-    email VARCHAR(255) UNIQUE NOT NULL,
-    created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
-    updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
-);
-CREATE TABLE study_books (
-    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
-    user_id UUID NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-    title VARCHAR(500) NOT NULL,
-    description TEXT,
-    created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
-    updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
-);
-CREATE INDEX idx_study_books_user_id ON study_books(user_id);
-CREATE TABLE questions (
-    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
-    study_book_id UUID NOT NULL REFERENCES study_books(id) ON DELETE CASCADE,
-    language VARCHAR(50) NOT NULL,
-    category VARCHAR(100) NOT NULL,
-    difficulty VARCHAR(50) NOT NULL,
-    question TEXT NOT NULL,
-    answer TEXT NOT NULL,
-    created_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
-    updated_at TIMESTAMPTZ NOT NULL DEFAULT NOW(),
-    search_vector tsvector GENERATED ALWAYS AS (
-        to_tsvector('english', coalesce(question, '') || ' ' || coalesce(answer, ''))
-    ) STORED
-);
-CREATE INDEX idx_questions_study_book_id ON questions(study_book_id);
-CREATE INDEX idx_questions_search_vector ON questions USING GIN(search_vector);
-CREATE INDEX idx_questions_trigram ON questions
-    USING GIN(question gin_trgm_ops, answer gin_trgm_ops);
-CREATE TABLE typing_logs (
-    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
-    user_id UUID NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-    question_id UUID REFERENCES questions(id) ON DELETE SET NULL,
-    wpm INTEGER NOT NULL,
-    accuracy DECIMAL(5,2) NOT NULL,
-    took_ms INTEGER NOT NULL,
-    created_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
-);
-CREATE INDEX idx_typing_logs_user_id ON typing_logs(user_id);
-CREATE INDEX idx_typing_logs_question_id ON typing_logs(question_id);
-CREATE INDEX idx_typing_logs_created_at ON typing_logs(created_at);
-CREATE TABLE learning_events (
-    id UUID PRIMARY KEY DEFAULT gen_random_uuid(),
-    user_id VARCHAR(255) NOT NULL,
-    app_id VARCHAR(100) NOT NULL,
-    action VARCHAR(100) NOT NULL,
-    object_id VARCHAR(255),
-    score DECIMAL(10,2),
-    duration_ms INTEGER,
-    occurred_at TIMESTAMPTZ NOT NULL DEFAULT NOW()
-);
-CREATE INDEX idx_learning_events_user_occurred ON learning_events(user_id, occurred_at DESC);
-CREATE INDEX idx_learning_events_action ON learning_events(action);
-"""
+
 
 PGLOADER_COMMAND = """LOAD DATABASE
   FROM sqlite://{source}
@@ -269,7 +210,7 @@ async def main(argv: list[str] | None = None) -> int:
                 name = f"bench_{which}_{uuid.uuid4().hex[:8]}"
                 names.append(name)
                 if which == "pgloader":
-                    dsn = await create_database(server_dsn, name, SEED_DDL)
+                    dsn = await create_database(server_dsn, name, seed_ddl())
                     command = work / "load.load"
                     command.write_text(PGLOADER_COMMAND.format(
                         source=db.resolve(), target=pgloader_target(dsn)))
