@@ -24,6 +24,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from proxy.stores.sqlite_schema import LEGACY_SCHEMA
+
 # Imported for their docstrings only: none of them does anything on import.
 DOC_MODULES = (
     "abc", "argparse", "array", "ast", "asyncio", "base64", "bisect", "bz2", "calendar", "cmd",
@@ -47,66 +51,7 @@ APPS = ("typing-tutor", "flashcards", "quiz")
 ACTIONS = ("view", "answer", "skip", "review", "bookmark")
 START = datetime(2021, 1, 1, tzinfo=UTC)
 
-# legacy_schema.sql as the application created its app.db
-LEGACY_SCHEMA = """
-CREATE TABLE users (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    email TEXT UNIQUE NOT NULL,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
 
-CREATE TABLE study_books (
-    id TEXT PRIMARY KEY,
-    user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-    title TEXT NOT NULL,
-    description TEXT,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
-CREATE INDEX idx_study_books_user_id ON study_books(user_id);
-
-CREATE TABLE questions (
-    id TEXT PRIMARY KEY,
-    study_book_id TEXT NOT NULL REFERENCES study_books(id) ON DELETE CASCADE,
-    language TEXT NOT NULL,
-    category TEXT NOT NULL,
-    difficulty TEXT NOT NULL,
-    question TEXT NOT NULL,
-    answer TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
-CREATE INDEX idx_questions_study_book_id ON questions(study_book_id);
-
-CREATE TABLE typing_logs (
-    id TEXT PRIMARY KEY,
-    user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-    question_id TEXT REFERENCES questions(id) ON DELETE SET NULL,
-    wpm INTEGER NOT NULL,
-    accuracy REAL NOT NULL,
-    took_ms INTEGER NOT NULL,
-    created_at TEXT NOT NULL
-);
-
-CREATE TABLE learning_events (
-    id TEXT PRIMARY KEY,
-    user_id TEXT NOT NULL,
-    app_id TEXT NOT NULL,
-    action TEXT NOT NULL,
-    object_id TEXT,
-    score REAL,
-    duration_ms INTEGER,
-    occurred_at TEXT NOT NULL
-);
-
-CREATE VIRTUAL TABLE questions_fts USING fts5(
-    question_id UNINDEXED,
-    question,
-    answer
-);
-"""
 
 def sentences() -> list[str]:
     """Distinct sentences of 20-300 characters from the modules' docstrings, in a fixed order."""

@@ -30,7 +30,7 @@ from proxy.migrate.backfill import RowChecker, deferrable_indexes, iter_lines, r
 from proxy.models import QUESTIONS
 from proxy.stores.base import Mutation
 from proxy.stores.postgres import PostgresStore
-from proxy.stores.sqlite_schema import LEGACY_TABLES
+from proxy.stores.sqlite_schema import LEGACY_SCHEMA
 
 TS = "2024-03-05T12:34:56Z"
 TS_DT = datetime(2024, 3, 5, 12, 34, 56, tzinfo=UTC)
@@ -46,8 +46,7 @@ class LegacyDB:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.conn = sqlite3.connect(path, isolation_level=None)
-        self.conn.executescript(LEGACY_TABLES + "CREATE VIRTUAL TABLE questions_fts USING "
-                                                "fts5(question_id UNINDEXED, question, answer);")
+        self.conn.executescript(LEGACY_SCHEMA)
         self.n = 0
 
     def _add(self, table: str, **values: Any) -> Any:

@@ -29,7 +29,7 @@ from proxy import NotFoundError, Repository, ValidationError, open_repository
 from proxy.cli import app as cli_app
 from proxy.legacy import legacy_uuid
 from proxy.sample_data import sample_questions
-from proxy.stores.sqlite_schema import LEGACY_TABLES
+from proxy.stores.sqlite_schema import LEGACY_SCHEMA
 
 LEGACY_SCHEMA_FILES = [Path(__file__).resolve().parents[2] / "shared" / "legacy_schema.sql",
                        Path("/work/shared/legacy_schema.sql")]
@@ -43,8 +43,7 @@ def legacy_schema() -> str:
     for path in LEGACY_SCHEMA_FILES:
         if path.is_file():
             return path.read_text(encoding="utf-8")
-    return LEGACY_TABLES + (
-        "CREATE VIRTUAL TABLE questions_fts USING fts5(question_id UNINDEXED, question, answer);")
+    return LEGACY_SCHEMA
 
 
 def make_legacy_db(path: Path) -> dict[str, list[str]]:

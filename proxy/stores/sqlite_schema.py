@@ -68,6 +68,15 @@ CREATE TABLE IF NOT EXISTS learning_events (
 );
 """
 
+# The application's own search index in today's app.db: a standalone FTS5 table it filled beside
+# each question. The cutover leaves it as it is (see the module docstring).
+LEGACY_FTS = (
+    "CREATE VIRTUAL TABLE IF NOT EXISTS questions_fts USING fts5(\n"
+    "    question_id UNINDEXED,\n    question,\n    answer\n);\n"
+)
+# ../shared/legacy_schema.sql: the SQLite database the application runs on today
+LEGACY_SCHEMA = LEGACY_TABLES + LEGACY_FTS
+
 ADDED = """
 CREATE INDEX IF NOT EXISTS idx_typing_logs_user_id ON typing_logs(user_id);
 CREATE INDEX IF NOT EXISTS idx_typing_logs_question_id ON typing_logs(question_id);
