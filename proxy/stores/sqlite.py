@@ -135,9 +135,12 @@ class SQLiteStore(StoreMethods):
         outbox_targets: Sequence[str] = (),
     ) -> tuple[dict[str, Any], int | None]:
         cols = list(values)
+        # given every column, the stored row is the values themselves: skip reading it back
+        # (decoding timestamps and decimals costs more than the insert)
+        complete = set(entity.column_names) <= set(cols)
         sql = (
             f"INSERT INTO {entity.table} ({', '.join(cols)}, row_version) "
-            f"VALUES ({', '.join('?' * len(cols))}, ?) RETURNING *"
+            f"VALUES ({', '.join('?' * len(cols))}, ?)" + ("" if complete else " RETURNING *")
         )
         params = [*to_sqlite(entity, values).values(), version]
 
@@ -145,7 +148,9 @@ class SQLiteStore(StoreMethods):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 try:
-                    row = from_sqlite(entity, conn.execute(sql, params).fetchone())
+                    cur = conn.execute(sql, params)
+                    row = ({c: values[c] for c in entity.column_names} if complete
+                           else from_sqlite(entity, cur.fetchone()))
                 except sqlite3.IntegrityError as exc:
                     raise _integrity_error(conn, entity, values, exc) from exc
                 seq = _outbox_add(conn, outbox_targets, entity, "insert", row, version)
