@@ -174,9 +174,11 @@ class Repository(EntityMethods):
         if backend not in BACKENDS:
             raise ValueError(f"read primary must be sqlite or postgres, not {backend!r}")
         target: Backend = backend
-        if self.settings.read_primary_file is not None:
-            write_primary_file(self.settings.read_primary_file, target)
         await self._flip(target, force=force)
+        if self.settings.read_primary_file is not None:
+            # after the flip, never before: a refused flip must not reach the file, whose
+            # watchers (this process's included) would then force it
+            write_primary_file(self.settings.read_primary_file, target)
 
     async def _flip(self, target: Backend, *, force: bool) -> None:
         async with self._gate.flip():

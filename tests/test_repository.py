@@ -155,3 +155,37 @@ async def test_flip_is_refused_while_writes_for_the_target_cannot_be_replayed(
         repo._stores["postgres"] = pg
         await repo.set_read_primary("postgres")  # the drain now succeeds
         assert (await repo.get_user(user.id)).name == "Aiko 2"
+
+
+async def test_a_refused_flip_does_not_reach_the_primary_file(
+    sqlite_path: Path, pg_dsn: str, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from proxy import FlipRefused
+
+    flag = tmp_path / "primary"
+    flag.write_text("sqlite\n")
+    settings = Settings(sqlite_path=sqlite_path, postgres_dsn=pg_dsn, read_primary_file=flag)
+    async with open_repository(settings) as repo:
+        user = await repo.create_user(name="Aiko", email="aiko@example.com")
+        pg = repo._stores["postgres"]
+
+        class Down:
+            backend = "postgres"
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(pg, name)
+
+            async def apply(self, mutations: object) -> object:
+                raise ConnectionError("down")
+
+        repo._stores["postgres"] = Down()  # type: ignore[assignment]
+        await repo.update_user(user.id, name="Aiko 2")
+        repo._drain_timeout_s = 0.3
+        with pytest.raises(FlipRefused):
+            await repo.set_read_primary("postgres")
+        await asyncio.sleep(1.2)  # the file watcher polls every 0.5 s
+        assert flag.read_text().strip() == "sqlite"
+        assert repo.read_primary == "sqlite"
+        repo._stores["postgres"] = pg
