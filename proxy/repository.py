@@ -257,7 +257,7 @@ class Repository(EntityMethods):
         return None, seq
 
     async def _mirror(self, mutation: Mutation, seq: int, source: str, target: Backend) -> None:
-        """Apply the write to the mirror now if nothing is queued before it; never raises."""
+        """Apply the write to the mirror now unless the breaker is open; never raises."""
         if self._breaker_open[target]:
             self.metrics.observe_write(target, mutation.entity, mutation.op, "deferred", 0.0)
             self._wake.set()
@@ -278,7 +278,7 @@ class Repository(EntityMethods):
             outcome, reason = "error", f"{type(exc).__name__}: {exc}"[:300]
         finally:
             inline.discard(seq)
-        self._count(target, _entity(mutation), mutation.op, outcome, start)
+        self._count(target, mutation.entity, mutation.op, outcome, start)
         if outcome == "ok":
             self._acks[source].append(seq)
             return
@@ -548,10 +548,6 @@ def _forget(tasks: set[asyncio.Task[Any]]) -> Any:
 
 def _other(backend: str) -> Backend:
     return "postgres" if backend == "sqlite" else "sqlite"
-
-
-def _entity(mutation: Mutation) -> str:
-    return mutation.entity
 
 
 def default_shadow_path(settings: Settings) -> Path:
