@@ -13,16 +13,9 @@ import asyncpg
 
 
 @asynccontextmanager
-async def scratch_database(server_dsn: str | None) -> AsyncIterator[str]:
-    """A fresh database on `server_dsn` (or on an embedded server), dropped afterwards."""
-    server = None
-    if server_dsn is None:
-        from proxy.embedded import start_embedded
-
-        server = start_embedded(Path(tempfile.mkdtemp(prefix="bench-pg-")) / "data",
-                                cleanup="delete")
-        server_dsn = str(server.get_uri())
-    name = f"bench_{uuid.uuid4().hex[:10]}"
+async def database(server_dsn: str, label: str = "bench") -> AsyncIterator[str]:
+    """A fresh database named after `label` on `server_dsn`, dropped afterwards."""
+    name = f"{label}_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(server_dsn)
     await admin.execute(f'CREATE DATABASE "{name}"')
     await admin.close()
@@ -32,5 +25,21 @@ async def scratch_database(server_dsn: str | None) -> AsyncIterator[str]:
         admin = await asyncpg.connect(server_dsn)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@asynccontextmanager
+async def scratch_database(server_dsn: str | None) -> AsyncIterator[str]:
+    """A fresh database on `server_dsn` (or on an embedded server), dropped afterwards."""
+    server = None
+    if server_dsn is None:
+        from proxy.embedded import start_embedded
+
+        server = start_embedded(Path(tempfile.mkdtemp(prefix="bench-pg-")) / "data",
+                                cleanup="delete")
+        server_dsn = str(server.get_uri())
+    try:
+        async with database(server_dsn) as dsn:
+            yield dsn
+    finally:
         if server is not None:
             server.cleanup()

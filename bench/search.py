@@ -38,10 +38,10 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench._pg import database  # noqa: E402
 from bench.seed_schema import SEED_DDL, SEED_QUERY, seed_ddl  # noqa: E402
 
 USER_ID = uuid.UUID("5eed0000-0000-4000-8000-000000000001")
@@ -204,22 +204,6 @@ async def server(dsn: str | None) -> AsyncIterator[str]:
         shutil.rmtree(parent, ignore_errors=True)
 
 
-@asynccontextmanager
-async def database(server_dsn: str, label: str) -> AsyncIterator[str]:
-    import asyncpg
-
-    name = f"bench_search_{label}_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(server_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    try:
-        yield urlunsplit(urlsplit(server_dsn)._replace(path="/" + name))
-    finally:
-        admin = await asyncpg.connect(server_dsn)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
-
-
 def _records(rows: list[tuple[str, str]]) -> list[tuple[Any, ...]]:
     start = datetime(2024, 1, 1, tzinfo=UTC)
     rng = random.Random(1)
@@ -348,8 +332,9 @@ async def run(args: argparse.Namespace) -> None:
             line.strip() in text for line in SEED_DDL.splitlines() if line.strip()) else "NO"
     print(f"seed DDL and query verbatim from the seed document: {verbatim}")
 
-    async with server(args.dsn) as server_dsn, database(server_dsn, "ours") as ours_dsn, \
-            database(server_dsn, "seed") as seed_dsn:
+    async with server(args.dsn) as server_dsn, \
+            database(server_dsn, "bench_search_ours") as ours_dsn, \
+            database(server_dsn, "bench_search_seed") as seed_dsn:
         with tempfile.TemporaryDirectory() as tmp:
             sqlite_path = Path(tmp) / "app.db"
             print(f"load ours   {await load_ours(ours_dsn, records):6.1f} s", flush=True)

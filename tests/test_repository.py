@@ -13,6 +13,21 @@ from proxy.models import USERS
 from tests.convergence import assert_converged, count_rows
 
 
+class UnreachableMirror:
+    """A real store whose mirror writes all fail, as when the server cannot be reached."""
+
+    backend = "postgres"
+
+    def __init__(self, store: object) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    async def apply(self, mutations: object) -> object:
+        raise ConnectionError("down")
+
+
 @pytest.fixture
 def settings(sqlite_path: Path, pg_dsn: str) -> Settings:
     return Settings(sqlite_path=sqlite_path, postgres_dsn=pg_dsn, shadow_sample_rate=1.0)
@@ -136,17 +151,7 @@ async def test_flip_is_refused_while_writes_for_the_target_cannot_be_replayed(
     async with open_repository(settings) as repo:
         user = await repo.create_user(name="Aiko", email="aiko@example.com")
         pg = repo._stores["postgres"]
-
-        class Down:
-            backend = "postgres"
-
-            def __getattr__(self, name: str) -> object:
-                return getattr(pg, name)
-
-            async def apply(self, mutations: object) -> object:
-                raise ConnectionError("down")
-
-        repo._stores["postgres"] = Down()  # type: ignore[assignment]
+        repo._stores["postgres"] = UnreachableMirror(pg)  # type: ignore[assignment]
         await repo.update_user(user.id, name="Aiko 2")  # mirror fails: pending for postgres
         repo._drain_timeout_s = 0.5
         with pytest.raises(FlipRefused):
@@ -170,17 +175,7 @@ async def test_a_refused_flip_does_not_reach_the_primary_file(
     async with open_repository(settings) as repo:
         user = await repo.create_user(name="Aiko", email="aiko@example.com")
         pg = repo._stores["postgres"]
-
-        class Down:
-            backend = "postgres"
-
-            def __getattr__(self, name: str) -> object:
-                return getattr(pg, name)
-
-            async def apply(self, mutations: object) -> object:
-                raise ConnectionError("down")
-
-        repo._stores["postgres"] = Down()  # type: ignore[assignment]
+        repo._stores["postgres"] = UnreachableMirror(pg)  # type: ignore[assignment]
         await repo.update_user(user.id, name="Aiko 2")
         repo._drain_timeout_s = 0.3
         with pytest.raises(FlipRefused):

@@ -118,17 +118,6 @@ class SQLiteStore(StoreMethods):
                 conn.close()
             self._connections.clear()
 
-    def backup_to(self, target: Path) -> None:
-        """Copy the database (consistently, even while in use) to `target`."""
-        src = sqlite3.connect(self.path)
-        try:
-            dst = sqlite3.connect(target)
-            with dst:
-                src.backup(dst)
-            dst.close()
-        finally:
-            src.close()
-
     # -- writes as the primary --
     async def insert_row(
         self, entity: Entity, values: dict[str, Any], *, version: int,
