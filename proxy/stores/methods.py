@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, Protocol
+from typing import Any
 
 from proxy.api import EntityMethods, stamp_create, stamp_update
 from proxy.clock import next_version
@@ -15,41 +15,37 @@ from proxy.stores.searchtext import DEFAULT_LIMIT, check_limit
 from proxy.validation import parse_id
 
 
-class _StoreSelf(Store, Protocol):
-    pass
-
-
 class StoreMethods(EntityMethods):
     """Mixed into each store: validated named methods over the store's primitives."""
 
-    async def _create(self: _StoreSelf, entity: Entity, values: dict[str, Any]) -> Any:
+    async def _create(self: Store, entity: Entity, values: dict[str, Any]) -> Any:
         row, _ = await self.insert_row(entity, stamp_create(entity, values, now_utc()),
                                        version=next_version())
         return entity.make(row)
 
     async def _update(
-        self: _StoreSelf, entity: Entity, row_id: uuid.UUID, changes: dict[str, Any]
+        self: Store, entity: Entity, row_id: uuid.UUID, changes: dict[str, Any]
     ) -> Any:
         row, _ = await self.update_row(entity, row_id, stamp_update(entity, changes, now_utc()),
                                        version=next_version())
         return entity.make(row)
 
-    async def _delete(self: _StoreSelf, entity: Entity, row_id: uuid.UUID) -> None:
+    async def _delete(self: Store, entity: Entity, row_id: uuid.UUID) -> None:
         await self.delete_row(entity, row_id, version=next_version())
 
-    async def _get(self: _StoreSelf, entity: Entity, row_id: uuid.UUID) -> Any:
+    async def _get(self: Store, entity: Entity, row_id: uuid.UUID) -> Any:
         row = await self.get_row(entity, row_id)
         if row is None:
             raise NotFoundError(entity.name, row_id)
         return entity.make(row)
 
-    async def _list(self: _StoreSelf, entity: Entity, owner: Any, limit: int,
+    async def _list(self: Store, entity: Entity, owner: Any, limit: int,
                     offset: int) -> list[Any]:
         return [entity.make(r) for r in await self.list_rows(entity, owner, limit=limit,
                                                              offset=offset)]
 
     async def search_questions(
-        self: _StoreSelf, query: str, *, user_id: uuid.UUID | str, limit: int = DEFAULT_LIMIT
+        self: Store, query: str, *, user_id: uuid.UUID | str, limit: int = DEFAULT_LIMIT
     ) -> list[SearchResult]:
         """Search one user's questions (the contract's semantics)."""
         check_limit(limit)
