@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import Enum
@@ -120,14 +120,19 @@ class Entity:
     columns: tuple[Column, ...]
     owner: str | None  # column that `list_*` filters by
     order_by: str  # timestamp column that `list_*` orders by
+    # derived once: every write reads them
+    column_names: tuple[str, ...] = field(init=False, compare=False)
+    column_set: frozenset[str] = field(init=False, compare=False)
+    _by_name: dict[str, Column] = field(init=False, compare=False, repr=False)
 
-    @property
-    def column_names(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.columns)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "column_names", tuple(c.name for c in self.columns))
+        object.__setattr__(self, "column_set", frozenset(self.column_names))
+        object.__setattr__(self, "_by_name", {c.name: c for c in self.columns})
 
     @property
     def has_updated_at(self) -> bool:
-        return "updated_at" in self.column_names
+        return "updated_at" in self.column_set
 
     @property
     def timestamp_columns(self) -> tuple[str, ...]:
@@ -139,10 +144,7 @@ class Entity:
         return tuple(c for c in self.columns if c.name != "id" and c.kind is not Kind.TIMESTAMP)
 
     def column(self, name: str) -> Column:
-        for c in self.columns:
-            if c.name == name:
-                return c
-        raise KeyError(name)
+        return self._by_name[name]
 
     def make(self, values: dict[str, Any]) -> Any:
         return self.row_type(**{n: values[n] for n in self.column_names})

@@ -39,8 +39,9 @@ from proxy.clock import next_version
 from proxy.codec import now_utc
 from proxy.connect import resolve_dsn
 from proxy.errors import CutoverError, NotFoundError, StoreUnavailable
+from proxy.mirror import MirrorPipeline
 from proxy.models import Entity, SearchResult
-from proxy.stores.base import ApplyOutcome, Mutation, Op, OutboxStats
+from proxy.stores.base import ApplyOutcome, ApplyResult, Mutation, Op, OutboxStats
 from proxy.stores.postgres import PostgresStore
 from proxy.stores.searchtext import DEFAULT_LIMIT, check_limit
 from proxy.stores.sqlite import SQLiteStore
@@ -137,7 +138,10 @@ class Repository(EntityMethods):
         self._failures = {b: 0 for b in BACKENDS}
         self._breaker_open = {b: False for b in BACKENDS}
         self._abandoned: set[asyncio.Task[Any]] = set()
+        self._pipelines = {b: MirrorPipeline(store) for b, store in self._stores.items()}
         self._acks: dict[str, list[int]] = {b: [] for b in BACKENDS}
+        # acknowledged entries waiting for PostgreSQL's WAL to be flushed past the position
+        self._wal_fence: tuple[str | None, list[int]] = (None, [])
         self._inline: dict[str, set[int]] = {b: set() for b in BACKENDS}
         self._pending_rows: frozenset[uuid.UUID] = frozenset()
         self._outbox: dict[str, OutboxStats] = {}
@@ -215,15 +219,30 @@ class Repository(EntityMethods):
     ) -> dict[str, Any] | None:
         async with self._gate.write():
             primary = self._stores[self._primary]
-            mirror_backend = self.mirror_backend
-            targets = [mirror_backend] if self.settings.dual_write else []
+            target = self.mirror_backend
+            mirroring = self.settings.dual_write
             version = next_version()
+            # The SQLite primary stores a complete insert's values as given, and a delete needs
+            # no row: their mirror write can start now, beside the primary's commit (the mirror
+            # commits it only once the primary has). Other writes wait for the primary's row.
+            confirm: asyncio.Future[bool] | None = None
+            mirrored: asyncio.Future[ApplyResult | None] | None = None
+            if (mirroring and primary.backend == "sqlite" and not self._breaker_open[target]
+                    and (op == "delete" or (values is not None
+                                            and entity.column_set <= values.keys()))):
+                confirm = asyncio.get_running_loop().create_future()
+                row = None if values is None else {c: values[c] for c in entity.column_names}
+                mirrored = self._pipelines[target].submit(
+                    Mutation(entity.name, op, row_id, version, row), confirm)
             start = time.perf_counter()
+            committed = False
             try:
                 row, seq = await asyncio.wait_for(
-                    self._primary_write(primary, entity, op, row_id, values, version, targets),
+                    self._primary_write(primary, entity, op, row_id, values, version,
+                                        [target] if mirroring else []),
                     PRIMARY_TIMEOUT_S,
                 )
+                committed = True
             except TimeoutError as exc:
                 self._count(primary.backend, entity, op, "timeout", start)
                 self.metrics.store_error(primary.backend, "write")
@@ -236,10 +255,20 @@ class Repository(EntityMethods):
                 log.error("write.failed", backend=primary.backend, entity=entity.name, op=op,
                           reason=exc.reason)
                 raise
+            finally:
+                if confirm is not None:
+                    confirm.set_result(committed)
             self._count(primary.backend, entity, op, "ok", start)
-            if seq is not None:
-                mutation = Mutation(entity.name, op, row_id, version, row)
-                await self._mirror(mutation, seq, primary.backend, mirror_backend)
+            if seq is None:
+                return row
+            mutation = Mutation(entity.name, op, row_id, version, row)
+            if mirrored is None:
+                if self._breaker_open[target]:
+                    self.metrics.observe_write(target, entity.name, op, "deferred", 0.0)
+                    self._wake.set()
+                    return row
+                mirrored = self._pipelines[target].submit(mutation, _committed())
+            await self._mirror(mirrored, mutation, seq, primary.backend, target, start)
             return row
 
     async def _primary_write(
@@ -256,22 +285,20 @@ class Repository(EntityMethods):
         seq = await store.delete_row(entity, row_id, version=version, outbox_targets=targets)
         return None, seq
 
-    async def _mirror(self, mutation: Mutation, seq: int, source: str, target: Backend) -> None:
-        """Apply the write to the mirror now unless the breaker is open; never raises."""
-        if self._breaker_open[target]:
-            self.metrics.observe_write(target, mutation.entity, mutation.op, "deferred", 0.0)
-            self._wake.set()
-            return
-        mirror = self._stores[target]
-        start = time.perf_counter()
-        outcome = "ok"
+    async def _mirror(
+        self, mirrored: asyncio.Future[ApplyResult | None], mutation: Mutation, seq: int,
+        source: str, target: Backend, start: float,
+    ) -> None:
+        """Wait (bounded) for the mirror write; never raises. A failure or a timeout leaves the
+        outbox entry to the replay loop and opens the breaker."""
         self._mirror_writes += 1
         inline = self._inline[source]
         inline.add(seq)
+        outcome = "ok"
         try:
-            result = (await self._bounded(mirror.apply([mutation]), self._mirror_timeout_s))[0]
-            if result.outcome is ApplyOutcome.FAILED:
-                outcome, reason = "error", result.error or "failed"
+            result = await asyncio.wait_for(mirrored, self._mirror_timeout_s)
+            if result is None or result.outcome is ApplyOutcome.FAILED:
+                outcome, reason = "error", (result.error if result else None) or "failed"
         except TimeoutError:
             outcome, reason = "timeout", f"no answer within {self.settings.mirror_timeout_ms} ms"
         except Exception as exc:
@@ -427,10 +454,29 @@ class Repository(EntityMethods):
             if seqs:
                 batch, self._acks[backend] = seqs, []
                 try:
+                    if _other(backend) == "postgres":
+                        batch = await self._flushed_on_postgres(batch)
                     await self._stores[backend].outbox_ack(batch)
                 except Exception:
                     # unacknowledged entries are replayed again: harmless, they are idempotent
                     self._acks[backend].extend(batch)
+
+    async def _flushed_on_postgres(self, seqs: list[int]) -> list[int]:
+        """The entries whose mirror commit PostgreSQL has flushed to disk.
+
+        Inline mirror commits to PostgreSQL skip the WAL flush (see `apply_when`): an entry is
+        acknowledged once the WAL is flushed past a position read after its commit, or it
+        waits for the next pass, so a server crash never loses a write the outbox forgot.
+        """
+        fence, waiting = self._wal_fence
+        postgres = self._stores["postgres"]
+        assert isinstance(postgres, PostgresStore)
+        fence_flushed, all_flushed, position = await postgres.wal_flushed(fence)
+        if all_flushed:
+            self._wal_fence = (None, [])
+            return waiting + seqs
+        self._wal_fence = (position, seqs + ([] if fence_flushed else waiting))
+        return waiting if fence_flushed else []
 
     async def _refresh_outbox_metrics(self) -> None:
         rows: set[uuid.UUID] = set()
@@ -533,6 +579,8 @@ class Repository(EntityMethods):
         if self.shadow is not None:
             with contextlib.suppress(Exception):
                 await self.shadow.aclose()
+        for pipeline in self._pipelines.values():
+            await pipeline.aclose()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._flush_acks(), 5)
 
@@ -543,6 +591,12 @@ def _forget(tasks: set[asyncio.Task[Any]]) -> Any:
         if not task.cancelled():
             task.exception()  # retrieved: an abandoned call's failure is already in the outbox
 
+    return done
+
+
+def _committed() -> asyncio.Future[bool]:
+    done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    done.set_result(True)
     return done
 
 

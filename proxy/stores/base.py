@@ -13,7 +13,7 @@ newer data or brings a deleted row back.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -141,6 +141,12 @@ class Store(Protocol):
     # -- as a mirror --
     async def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
         """Apply each mutation if newer than what is held; idempotent, in the order given."""
+
+    async def apply_when(
+        self, mutations: Sequence[Mutation], confirmed: Awaitable[Sequence[bool]]
+    ) -> list[ApplyResult | None]:
+        """Apply mutations whose primary writes run now; only those `confirmed` (True) stay
+        applied (None for the others). A store may overlap its work with the primaries'."""
 
     # -- the outbox kept in this store for writes that must reach `target` --
     async def outbox_pending(self, target: str, limit: int) -> list[OutboxEntry]:

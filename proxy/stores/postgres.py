@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from itertools import groupby
 from typing import Any, Literal
 
 import asyncpg
@@ -256,18 +257,62 @@ class PostgresStore(StoreMethods):
     # -- as a mirror --
     async def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
         pool = await self._get_pool()
-        results = []
         try:
             async with pool.acquire(timeout=10) as conn:
                 if len(mutations) == 1:
                     return [await _apply_one(conn, mutations[0], savepoint=False)]
-                # a replayed batch commits once (one WAL flush), not once per row
-                async with conn.transaction():
-                    for m in mutations:
-                        results.append(await _apply_one(conn, m, savepoint=True))
+                return await _apply_each(conn, mutations)
         except UNAVAILABLE as exc:
             raise StoreUnavailable("postgres", _reason(exc)) from exc
-        return results
+
+    async def apply_when(
+        self, mutations: Sequence[Mutation], confirmed: Awaitable[Sequence[bool]]
+    ) -> list[ApplyResult | None]:
+        """Apply `mutations` beside their primary writes; commit only those that committed.
+
+        The batch is applied in one open transaction while the primaries commit, and committed
+        once `confirmed` says every primary did: the mirror's work overlaps the primary's, yet
+        a write whose primary failed (or whose process died) never becomes visible here. If a
+        primary failed, or a mutation cannot apply (a parent row not here yet), the transaction
+        is rolled back and the confirmed mutations are applied one by one. None marks a
+        mutation whose primary failed. The commit is asynchronous (no WAL flush): callers
+        acknowledge the outbox entries only once `wal_flushed` says it reached the disk.
+        """
+        pool = await self._get_pool()
+        try:
+            async with pool.acquire(timeout=10) as conn:
+                # one round trip opens the transaction; no WAL flush at its commit: the
+                # primary's outbox entry holds the write until `wal_flushed` says it is on disk
+                # (the pool rolls back a transaction left open by an error or a cancellation)
+                await conn.execute("BEGIN; SET LOCAL synchronous_commit TO off")
+                try:
+                    await _apply_all(conn, mutations)
+                    ok = list(await confirmed)
+                    if all(ok):
+                        await conn.execute("COMMIT")
+                        return [ApplyResult(ApplyOutcome.APPLIED) for _ in mutations]
+                except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError,
+                        asyncpg.ProgramLimitExceededError, asyncpg.DeadlockDetectedError):
+                    ok = list(await confirmed)
+                await conn.execute("ROLLBACK")
+                live = [m for m, good in zip(mutations, ok, strict=True) if good]
+                results = iter(await _apply_each(conn, live) if live else [])
+                return [next(results) if good else None for good in ok]
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable("postgres", _reason(exc)) from exc
+
+    async def wal_flushed(self, fence: str | None) -> tuple[bool, bool, str]:
+        """Whether the WAL is on disk up to `fence` and up to now, and the position now.
+
+        A mirror commit (see `apply_when`) happened before the position read after it, so once
+        the WAL is flushed past that position, the commit survives a server crash.
+        """
+        rows = await self._fetch(
+            "SELECT pg_current_wal_flush_lsn() >= coalesce($1::text, '0/0')::pg_lsn AS fence,"
+            " pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn() AS now,"
+            " pg_current_wal_insert_lsn()::text AS position", fence,
+        )
+        return rows[0]["fence"] and fence is not None, rows[0]["now"], rows[0]["position"]
 
     # -- outbox --
     async def outbox_pending(self, target: str, limit: int) -> list[OutboxEntry]:
@@ -445,6 +490,30 @@ def _upsert_sql(entity: Entity) -> str:
 
 
 _UPSERT = {e.name: _upsert_sql(e) for e in ENTITIES}
+
+
+async def _apply_all(conn: asyncpg.Connection, mutations: Sequence[Mutation]) -> None:
+    """Apply a batch in a few pipelined round trips: one `executemany` per run of mutations of
+    the same entity and op (runs keep the batch's order, so parents precede their children).
+    Raises on the first mutation that cannot apply."""
+    args: list[tuple[Any, ...]]
+    for (entity, op), run in groupby(mutations, key=lambda m: (m.entity, m.op)):
+        if op == "delete":
+            sql, args = _DELETE[entity], [(m.row_id, m.version) for m in run]
+        else:
+            cols = BY_NAME[entity].column_names
+            sql = _UPSERT[entity]
+            args = [(*(m.row.get(c) for c in cols), m.version) for m in run if m.row is not None]
+        if len(args) == 1:
+            await conn.execute(sql, *args[0])
+        else:
+            await conn.executemany(sql, args)
+
+
+async def _apply_each(conn: asyncpg.Connection, mutations: Sequence[Mutation]) -> list[ApplyResult]:
+    """One transaction (one commit), a savepoint per mutation: a failing one leaves the rest."""
+    async with conn.transaction():
+        return [await _apply_one(conn, m, savepoint=True) for m in mutations]
 
 
 async def _apply_one(conn: asyncpg.Connection, m: Mutation, *, savepoint: bool) -> ApplyResult:

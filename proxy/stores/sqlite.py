@@ -13,7 +13,7 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -249,6 +249,19 @@ class SQLiteStore(StoreMethods):
                 raise
 
         return await self._run(tx, write=True)
+
+    async def apply_when(
+        self, mutations: Sequence[Mutation], confirmed: Awaitable[Sequence[bool]]
+    ) -> list[ApplyResult | None]:
+        """Apply the mutations whose primaries committed, after they did (None for the others).
+
+        Unlike PostgreSQL, SQLite cannot hold a transaction open beside the primary's commit
+        without holding its only writer: the mirror write waits for the primary instead.
+        """
+        ok = list(await confirmed)
+        live = [m for m, good in zip(mutations, ok, strict=True) if good]
+        results = iter(await self.apply(live) if live else [])
+        return [next(results) if good else None for good in ok]
 
     # -- outbox --
     async def outbox_pending(self, target: str, limit: int) -> list[OutboxEntry]:

@@ -1,0 +1,117 @@
+"""The inline mirror write: concurrent writers' mirror writes coalesced into one transaction.
+
+Each write submits its mutation with a future that its primary write resolves (True once the
+primary committed, False if it failed). One worker per mirror store takes whatever has queued
+and hands the batch to `store.apply_when`, which may apply it while the primaries commit and
+commits only the confirmed ones (PostgreSQL), or waits for them first (SQLite). One worker, so
+batches to a store never interleave their row locks (no deadlocks between batches); while it
+runs, the next batch gathers, which is what makes the pipeline cheaper per write as writers
+multiply: one pool checkout, one transaction and one commit per batch, not per write.
+
+The caller waits for its result with a timeout and abandons it (never cancels it) when the
+mirror is slow: the primary's outbox entry covers the write, and replaying it later is
+idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from proxy.stores.base import ApplyOutcome, ApplyResult, Mutation
+
+MAX_BATCH = 64
+CONFIRM_TIMEOUT_S = 15.0  # longer than any primary write may take (the repository's 10 s cap)
+
+
+class MirrorStore(Protocol):
+    async def apply_when(
+        self, mutations: Sequence[Mutation], confirmed: Any
+    ) -> list[ApplyResult | None]: ...
+
+
+@dataclass(slots=True)
+class _Item:
+    mutation: Mutation
+    primary: asyncio.Future[bool]
+    result: asyncio.Future[ApplyResult | None]
+
+
+class MirrorPipeline:
+    """Batches the inline mirror writes to one store (see the module docstring)."""
+
+    def __init__(self, store: MirrorStore, *, max_batch: int = MAX_BATCH) -> None:
+        self._store = store
+        self._max_batch = max_batch
+        self._queue: list[_Item] = []
+        self._ready = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._queue_closed = False
+
+    def submit(
+        self, mutation: Mutation, primary: asyncio.Future[bool]
+    ) -> asyncio.Future[ApplyResult | None]:
+        """Queue `mutation`; the result is None if its primary failed.
+
+        `primary` must be resolved by the caller in every case (a finally), or the batch waits
+        for it until CONFIRM_TIMEOUT_S and then treats it as failed.
+        """
+        loop = asyncio.get_running_loop()
+        item = _Item(mutation, primary, loop.create_future())
+        self._queue.append(item)
+        self._ready.set()
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._run(), name="cutover-mirror")
+        return item.result
+
+    async def _run(self) -> None:
+        while True:
+            self._idle.set()
+            await self._ready.wait()
+            self._ready.clear()
+            self._idle.clear()
+            while self._queue and not self._queue_closed:
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                await self._flush(batch)
+
+    async def _flush(self, batch: list[_Item]) -> None:
+        confirmed = asyncio.ensure_future(_confirmations([i.primary for i in batch]))
+        try:
+            results = await self._store.apply_when([i.mutation for i in batch], confirmed)
+        except Exception as exc:  # the store is down: every write in the batch stays queued
+            failed = ApplyResult(ApplyOutcome.FAILED, f"{type(exc).__name__}: {exc}"[:300])
+            results = [failed] * len(batch)
+        finally:
+            if not confirmed.done():
+                confirmed.cancel()
+        for item, result in zip(batch, results, strict=True):
+            if not item.result.done():  # the caller may have stopped waiting (timeout)
+                item.result.set_result(result)
+
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        """Let the batch in flight finish (cancelling a driver mid-statement can poison its
+        connection), then stop; writes still queued are covered by the outbox."""
+        self._queue_closed = True
+        if self._worker is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._idle.wait()), timeout_s)
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._worker
+        for item in self._queue:
+            if not item.result.done():
+                item.result.cancel()
+        self._queue.clear()
+
+
+async def _confirmations(primaries: list[asyncio.Future[bool]]) -> list[bool]:
+    """Whether each primary committed; one not resolved in time counts as failed."""
+    if all(p.done() for p in primaries):
+        return [not p.cancelled() and p.result() for p in primaries]
+    done, _ = await asyncio.wait(primaries, timeout=CONFIRM_TIMEOUT_S)
+    return [p in done and not p.cancelled() and p.result() for p in primaries]
