@@ -3,10 +3,11 @@
 The caller searches the primary, hands the results to `ShadowRunner.submit` and returns them at
 once. `submit` samples, freezes the primary's ids and match kinds, and starts a task (held by a
 strong reference) that runs the shadow search under a timeout, compares, and publishes: metrics,
-one structlog event per discrepancy, and a row in the `ShadowStore` (written in batches from a
-worker thread). Nothing that goes wrong in there reaches the caller: the shadow's exception is
-an `error` comparison; a failure to read pending rows, compare, publish or store is logged and
-counted in `cutover_shadow_internal_errors_total{stage}`.
+one structlog event per discrepancy, and a row in the `ShadowStore` (in batches: a batch's first
+record waits `FLUSH_DELAY_S` for others, then a worker thread writes them in one transaction).
+Nothing that goes wrong in there reaches the caller: the shadow's exception is an `error`
+comparison; a failure to read pending rows, compare, publish or store is logged and counted in
+`cutover_shadow_internal_errors_total{stage}`.
 
 Log events: `shadow.mismatch` (outcome mismatch), `shadow.failed` (error or timeout; only the
 exception's type, since a message may quote the query), `shadow.internal_error`.
@@ -48,6 +49,8 @@ ShadowSearch = Callable[[], Awaitable[Sequence[RankedHit]]]
 
 #: records waiting for the store beyond this are dropped (oldest first) rather than grow memory
 MAX_BUFFERED_RECORDS = 10_000
+#: how long the first record of a batch waits for others before the store is written
+FLUSH_DELAY_S = 0.05
 
 
 def fingerprint(query: str, salt: bytes) -> str:
@@ -95,6 +98,7 @@ class ShadowRunner:
         log_query_text: bool = False,
         store_query_text: bool = True,
         rng: random.Random | None = None,
+        flush_delay_s: float = FLUSH_DELAY_S,
     ) -> None:
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError("sample_rate must be between 0.0 and 1.0")
@@ -109,6 +113,7 @@ class ShadowRunner:
         self.store = store
         self.log_query_text = log_query_text
         self.store_query_text = store_query_text
+        self.flush_delay_s = flush_delay_s
         self._pending_rows = pending_rows
         self._log = logger if logger is not None else structlog.get_logger("cutover.shadow")
         # the store's salt is shared by every process of the install, so fingerprints agree
@@ -246,11 +251,11 @@ class ShadowRunner:
         if self._pending_rows is None:
             return frozenset()
         try:
-            async with asyncio.timeout(self.timeout_s):
-                value = self._pending_rows()
-                if inspect.isawaitable(value):
+            value = self._pending_rows()
+            if inspect.isawaitable(value):  # only an awaitable can be timed out
+                async with asyncio.timeout(self.timeout_s):
                     value = await value
-                return frozenset(value)
+            return value if isinstance(value, frozenset) else frozenset(value)
         except Exception:
             # unknown pending rows only cost a clearer reason, never the comparison
             self._internal_error("pending", "pending_rows")
@@ -328,6 +333,9 @@ class ShadowRunner:
 
     async def _flush(self) -> None:
         store = self.store
+        if not self._closed and self.flush_delay_s > 0:
+            # let a batch form: one thread hop and one transaction for many comparisons
+            await asyncio.sleep(self.flush_delay_s)
         while self._buffer and store is not None:
             batch, self._buffer = self._buffer, []
             try:

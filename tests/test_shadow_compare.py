@@ -137,6 +137,23 @@ def test_identical_lists_match_without_a_reason() -> None:
     assert classify([], [], ctx()).outcome is Outcome.MATCH
 
 
+def test_identical_lists_have_the_figures_the_functions_compute() -> None:
+    for n in (0, 1, 2, 3, 20, 30):
+        same = [uuid.UUID(int=i + 100) for i in range(n)]
+        c = classify(hits(*same), hits(*same), ctx())
+        assert c.outcome is Outcome.MATCH and c.reason is None and not c.hints
+        assert c.jaccard == jaccard_at_k(same, same)
+        assert c.overlap == overlap_at_k(same, same)
+        assert c.rbo == pytest.approx(rbo(same, same)) and c.rbo == 1.0
+        assert (c.top1, c.kendall_tau) == (top1_agreement(same, same), kendall_tau(same, same))
+        assert c.only_primary == c.only_shadow == ()
+    # a list repeating an id is not a set: its figures are computed, not assumed
+    c = classify(hits(A, A, B), hits(A, A, B), ctx())
+    assert c.outcome is Outcome.MATCH
+    assert c.overlap == overlap_at_k([A, A, B], [A, A, B]) < 1.0
+    assert c.kendall_tau == kendall_tau([A, A, B], [A, A, B])
+
+
 def test_order_only() -> None:
     c = classify(hits(A, B, C), hits(B, A, C), ctx())
     assert (c.outcome, c.reason) == (Outcome.MISMATCH, Reason.ORDER_ONLY)

@@ -382,6 +382,39 @@ async def test_comparisons_reach_the_store_with_what_replay_needs(
     store.close()
 
 
+class CountingStore(ShadowStore):
+    """A real store that remembers the size of each batch it was asked to write."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.batches: list[int] = []
+
+    def add(self, records: Any) -> int:
+        batch = list(records)
+        self.batches.append(len(batch))
+        return super().add(batch)
+
+
+async def test_comparisons_finishing_together_are_stored_in_one_batch(
+    m: Metrics, tmp_path: Path
+) -> None:
+    store = CountingStore(tmp_path / "shadow.db")
+    r = ShadowRunner(m, sample_rate=1.0, timeout_s=5.0, store=store, flush_delay_s=1.0)
+    gates = [asyncio.Event() for _ in range(6)]
+    for i, gate in enumerate(gates):
+        submit(r, hits(A), FakeShadow(hits(A if i else X), gate=gate))
+    for gate in gates:  # one finishes (and is published) at a time, within the delay
+        gate.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+    assert outcome(m, "match") == 5 and store.batches == []
+    assert await r.drain(5.0) == 0  # drain waits for the delayed flush too
+    assert store.batches == [6]
+    assert store.counts() == (6, 1)
+    await r.aclose()
+    store.close()
+
+
 async def test_query_text_is_not_stored_when_told_not_to(m: Metrics, tmp_path: Path) -> None:
     store = ShadowStore(tmp_path / "shadow.db")
     r = ShadowRunner(m, sample_rate=1.0, timeout_s=1.0, store=store, store_query_text=False)
