@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -145,6 +145,7 @@ class Metrics:
         self._preinitialise()
 
     def _preinitialise(self) -> None:
+        self._write_series: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
         for backend in BACKENDS:
             self.read_primary.labels(backend=backend)
             self.outbox_pending.labels(backend=backend)
@@ -156,7 +157,12 @@ class Metrics:
                 self.mirror_failures.labels(backend=backend, entity=entity)
                 for op in WRITE_OPS:
                     for outcome in WRITE_OUTCOMES:
-                        self.writes.labels(backend=backend, entity=entity, op=op, outcome=outcome)
+                        # every write looks its two series up here: labels() costs more
+                        self._write_series[(backend, entity, op, outcome)] = (
+                            self.writes.labels(backend=backend, entity=entity, op=op,
+                                               outcome=outcome),
+                            self.write_duration.labels(backend=backend, op=op),
+                        )
             for store_op in STORE_OPS:
                 self.store_errors.labels(backend=backend, op=store_op)
             for role in SEARCH_ROLES:
@@ -174,15 +180,16 @@ class Metrics:
         self, backend: str, entity: str, op: str, outcome: str, seconds: float
     ) -> None:
         """Count one write to one store and record how long it took."""
-        backend = _check("backend", backend, BACKENDS)
-        op = _check("op", op, WRITE_OPS)
-        self.writes.labels(
-            backend=backend,
-            entity=_check("entity", entity, ENTITIES),
-            op=op,
-            outcome=_check("outcome", outcome, WRITE_OUTCOMES),
-        ).inc()
-        self.write_duration.labels(backend=backend, op=op).observe(max(seconds, 0.0))
+        try:
+            count, duration = self._write_series[(backend, entity, op, outcome)]
+        except KeyError:  # say which label is off
+            _check("backend", backend, BACKENDS)
+            _check("entity", entity, ENTITIES)
+            _check("op", op, WRITE_OPS)
+            _check("outcome", outcome, WRITE_OUTCOMES)
+            raise
+        count.inc()
+        duration.observe(max(seconds, 0.0))
 
     def mirror_failure(self, backend: str, entity: str) -> None:
         """Count a mirror write to `backend` that failed and was left to the outbox."""

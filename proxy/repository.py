@@ -69,34 +69,35 @@ class _WriteGate:
     """Writes share the gate; a flip takes it alone, after the writes in flight finish."""
 
     def __init__(self) -> None:
-        self._cond = asyncio.Condition()
         self._writers = 0
-        self._flipping = False
+        self._open = asyncio.Event()  # cleared while a flip holds the gate
+        self._open.set()
+        self._idle = asyncio.Event()  # set while no write is in flight
+        self._idle.set()
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[None]:
-        async with self._cond:
-            await self._cond.wait_for(lambda: not self._flipping)
-            self._writers += 1
+        while not self._open.is_set():
+            await self._open.wait()
+        self._writers += 1
+        self._idle.clear()
         try:
             yield
         finally:
-            async with self._cond:
-                self._writers -= 1
-                self._cond.notify_all()
+            self._writers -= 1
+            if self._writers == 0:
+                self._idle.set()
 
     @asynccontextmanager
     async def flip(self) -> AsyncIterator[None]:
-        async with self._cond:
-            await self._cond.wait_for(lambda: not self._flipping)
-            self._flipping = True
-            await self._cond.wait_for(lambda: self._writers == 0)
+        while not self._open.is_set():  # one flip at a time
+            await self._open.wait()
+        self._open.clear()
         try:
+            await self._idle.wait()
             yield
         finally:
-            async with self._cond:
-                self._flipping = False
-                self._cond.notify_all()
+            self._open.set()
 
 
 def read_primary_file(path: Path) -> Backend:
@@ -237,11 +238,9 @@ class Repository(EntityMethods):
             start = time.perf_counter()
             committed = False
             try:
-                row, seq = await asyncio.wait_for(
-                    self._primary_write(primary, entity, op, row_id, values, version,
-                                        [target] if mirroring else []),
-                    PRIMARY_TIMEOUT_S,
-                )
+                async with asyncio.timeout(PRIMARY_TIMEOUT_S):
+                    row, seq = await self._primary_write(primary, entity, op, row_id, values,
+                                                         version, [target] if mirroring else [])
                 committed = True
             except TimeoutError as exc:
                 self._count(primary.backend, entity, op, "timeout", start)
@@ -296,7 +295,8 @@ class Repository(EntityMethods):
         inline.add(seq)
         outcome = "ok"
         try:
-            result = await asyncio.wait_for(mirrored, self._mirror_timeout_s)
+            async with asyncio.timeout(self._mirror_timeout_s):
+                result = await mirrored  # on timeout only this future is cancelled
             if result is None or result.outcome is ApplyOutcome.FAILED:
                 outcome, reason = "error", (result.error if result else None) or "failed"
         except TimeoutError:
