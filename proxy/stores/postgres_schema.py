@@ -38,9 +38,13 @@ BEGIN
 END
 $$;
 
+-- Every run of characters other than letters, digits and spaces becomes a space. Plain spaces
+-- are left alone: the parser skips blanks without counting positions, so the words, and the
+-- tsvector, are the same as replacing every non-alphanumeric run, while the regexp matches only
+-- the punctuation instead of every space (a fifth of the search_vector cost of a COPY).
 CREATE OR REPLACE FUNCTION cutover_words(doc text) RETURNS text
     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-    RETURN regexp_replace(doc, '[^[:alnum:]]+', ' ', 'g');
+    RETURN regexp_replace(doc, '[^[:alnum:] ]+', ' ', 'g');
 
 -- every term a phrase of its words, all terms required: the FTS5 side's `"a b" "c"`
 CREATE OR REPLACE FUNCTION cutover_tsquery(terms text[]) RETURNS tsquery
