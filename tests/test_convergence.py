@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from config import Settings
 from proxy import NotFoundError, Repository, open_repository
+from proxy.mirror import MirrorPipeline
 from proxy.models import ENTITIES
 from proxy.stores.base import ApplyResult, Mutation
 from tests.convergence import assert_converged
@@ -153,21 +154,36 @@ async def test_sqlite_mirror_locked_with_postgres_primary(sqlite_path: Path, pg_
 
 
 class FlakyMirror:
-    """Wraps a real store; its `apply` fails at random (before or after really applying)."""
+    """Wraps a real store; its mirror writes (inline and replayed) fail at random, before or
+    after really applying."""
 
     def __init__(self, store: Any, rate: float, rng: random.Random) -> None:
         self._store, self._rate, self._rng = store, rate, rng
+        self.injected = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    async def apply(self, mutations: list[Mutation]) -> list[ApplyResult]:
+    def _roll(self) -> float:
         roll = self._rng.random()
+        if roll < self._rate:
+            self.injected += 1
         if roll < self._rate / 2:
             raise ConnectionError("injected failure before apply")
+        return roll
+
+    async def apply(self, mutations: list[Mutation]) -> list[ApplyResult]:
+        roll = self._roll()
         results = await self._store.apply(mutations)
         if roll < self._rate:
             raise ConnectionError("injected failure after apply (the ack is lost)")
+        return list(results)
+
+    async def apply_when(self, mutations: list[Mutation], confirmed: Any) -> list[Any]:
+        roll = self._roll()
+        results = await self._store.apply_when(mutations, confirmed)
+        if roll < self._rate:
+            raise ConnectionError("injected failure after commit (the ack is lost)")
         return list(results)
 
 
@@ -178,7 +194,9 @@ async def test_concurrent_writers_on_the_same_rows_with_random_mirror_failures(
     rng = random.Random(7)
     async with open_repository(settings, registry=CollectorRegistry()) as repo:
         pg = repo._stores["postgres"]
-        repo._stores["postgres"] = FlakyMirror(pg, 0.3, rng)  # type: ignore[assignment]
+        flaky = FlakyMirror(pg, 0.3, rng)
+        repo._stores["postgres"] = flaky  # type: ignore[assignment]
+        repo._pipelines["postgres"] = MirrorPipeline(flaky)
         owner = await repo.create_user(name="owner", email="owner@example.com")
         ids = [uuid.uuid4() for _ in range(50)]
         deadline = time.monotonic() + 20
@@ -205,6 +223,7 @@ async def test_concurrent_writers_on_the_same_rows_with_random_mirror_failures(
 
         await asyncio.gather(*(writer(i) for i in range(16)))
         assert not errors, errors[:3]
+        assert flaky.injected >= 10, flaky.injected  # the failures really happened
         repo._stores["postgres"] = pg
         await drain(repo)
         await assert_converged(repo.stores["sqlite"], pg)

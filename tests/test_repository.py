@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from config import Settings
 from proxy import NotFoundError, ValidationError, open_repository
+from proxy.mirror import MirrorPipeline
 from proxy.models import USERS
 from tests.convergence import assert_converged, count_rows
 
@@ -26,6 +28,15 @@ class UnreachableMirror:
 
     async def apply(self, mutations: object) -> object:
         raise ConnectionError("down")
+
+    async def apply_when(self, mutations: object, confirmed: object) -> object:
+        raise ConnectionError("down")
+
+
+def use_postgres(repo: Any, store: Any) -> None:
+    """Make `store` the repository's PostgreSQL store, for its inline mirror writes too."""
+    repo._stores["postgres"] = store
+    repo._pipelines["postgres"] = MirrorPipeline(store)
 
 
 @pytest.fixture
@@ -151,13 +162,13 @@ async def test_flip_is_refused_while_writes_for_the_target_cannot_be_replayed(
     async with open_repository(settings) as repo:
         user = await repo.create_user(name="Aiko", email="aiko@example.com")
         pg = repo._stores["postgres"]
-        repo._stores["postgres"] = UnreachableMirror(pg)  # type: ignore[assignment]
+        use_postgres(repo, UnreachableMirror(pg))
         await repo.update_user(user.id, name="Aiko 2")  # mirror fails: pending for postgres
         repo._drain_timeout_s = 0.5
         with pytest.raises(FlipRefused):
             await repo.set_read_primary("postgres")
         assert repo.read_primary == "sqlite"
-        repo._stores["postgres"] = pg
+        use_postgres(repo, pg)
         await repo.set_read_primary("postgres")  # the drain now succeeds
         assert (await repo.get_user(user.id)).name == "Aiko 2"
 
@@ -175,7 +186,7 @@ async def test_a_refused_flip_does_not_reach_the_primary_file(
     async with open_repository(settings) as repo:
         user = await repo.create_user(name="Aiko", email="aiko@example.com")
         pg = repo._stores["postgres"]
-        repo._stores["postgres"] = UnreachableMirror(pg)  # type: ignore[assignment]
+        use_postgres(repo, UnreachableMirror(pg))
         await repo.update_user(user.id, name="Aiko 2")
         repo._drain_timeout_s = 0.3
         with pytest.raises(FlipRefused):
@@ -183,4 +194,4 @@ async def test_a_refused_flip_does_not_reach_the_primary_file(
         await asyncio.sleep(1.2)  # the file watcher polls every 0.5 s
         assert flag.read_text().strip() == "sqlite"
         assert repo.read_primary == "sqlite"
-        repo._stores["postgres"] = pg
+        use_postgres(repo, pg)
