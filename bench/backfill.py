@@ -14,15 +14,18 @@
 - verify: `cutover verify --sample-queries 0` on our database against the file as the store
   holds it (a copy upgraded by `cutover schema init`: ids that were not UUIDs rewritten).
 
-Wall time and peak resident memory (ru_maxrss from wait4: the loading process alone, the server
-excluded) are measured for each child. The two loaders alternate when `--repeat` > 1 and the
-medians are printed. Exits 2 naming the Debian package when a tool is missing.
+Wall time, CPU time and peak resident memory (from wait4: the loading process alone, the server
+excluded) are measured for each child, and the server's CPU time over it when the server is the
+embedded one this bench started (its postmaster's own, its children's and its reaped children's
+time; background work such as autovacuum included). The two loaders alternate when `--repeat`
+> 1 and the medians are printed. Exits 2 naming the Debian package when a tool is missing.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -31,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -60,6 +63,8 @@ class Run:
     max_rss_mb: float
     exit_code: int
     rows: int
+    cpu_s: float = 0.0  # the child's user + system time
+    server_cpu_s: float | None = None  # the server's, over the child's run (embedded only)
 
 
 # Measures one child from a small trampoline process: a child forked straight from this process
@@ -70,16 +75,42 @@ with open(sys.argv[1], "wb") as out:
     started = time.perf_counter()
     child = subprocess.Popen(sys.argv[2:], stdout=out, stderr=subprocess.STDOUT)
     _, status, usage = os.wait4(child.pid, 0)
-    print(time.perf_counter() - started, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
+    print(time.perf_counter() - started, usage.ru_maxrss, os.waitstatus_to_exitcode(status),
+          usage.ru_utime + usage.ru_stime)
 """
 
 
-def measure(argv: list[str], env: dict[str, str], log: Path) -> tuple[float, float, int]:
-    """Run `argv`; return its wall seconds, its peak RSS in MB and its exit status."""
+def measure(name: str, argv: list[str], env: dict[str, str], log: Path, rows: int = 0,
+            server_pid: int | None = None) -> Run:
+    """Run `argv`: its wall seconds, CPU seconds, peak RSS in MB and exit status, and the
+    server's CPU seconds meanwhile when `server_pid` (its postmaster) is given."""
+    before = server_cpu(server_pid) if server_pid else None
     done = subprocess.run([sys.executable, "-c", TRAMPOLINE, str(log), *argv], env=env,
                           capture_output=True, text=True, check=True)
-    seconds, rss_kb, code = done.stdout.split()
-    return float(seconds), int(rss_kb) / 1024, int(code)
+    after = server_cpu(server_pid) if server_pid else None
+    seconds, rss_kb, code, cpu = done.stdout.split()
+    return Run(name, float(seconds), int(rss_kb) / 1024, int(code), rows, float(cpu),
+               None if before is None or after is None else after - before)
+
+
+def server_cpu(postmaster: int) -> float | None:
+    """The CPU seconds of a local server so far: the postmaster's, its reaped children's (exited
+    backends and workers) and its live children's. None when /proc cannot tell."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def stat(pid: int, fields: slice) -> float:
+        values = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(int(v) for v in values[fields]) / tick
+
+    try:
+        total = stat(postmaster, slice(11, 15))  # utime stime cutime cstime
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+    except OSError:
+        return None
+    for child in children:
+        with contextlib.suppress(OSError):  # exited meanwhile: now in the postmaster's cutime
+            total += stat(int(child), slice(11, 13))
+    return total
 
 
 def pgloader_target(dsn: str) -> str:
@@ -193,11 +224,13 @@ async def main(argv: list[str] | None = None) -> int:
 
     server = None
     server_dsn = args.dsn
+    server_pid: int | None = None
     if server_dsn is None:
         from proxy.embedded import start_embedded
 
         server = start_embedded(work / "pg", cleanup="delete")
         server_dsn = str(server.get_uri())
+        server_pid = int((work / "pg" / "postmaster.pid").read_text().split()[0])
     runs: dict[str, list[Run]] = {"cutover backfill": [], "pgloader": [], "cutover verify": []}
     names: list[str] = []
     try:
@@ -213,24 +246,22 @@ async def main(argv: list[str] | None = None) -> int:
                     command = work / "load.load"
                     command.write_text(PGLOADER_COMMAND.format(
                         source=db.resolve(), target=pgloader_target(dsn)))
-                    seconds, rss, code = measure(
-                        [pgloader, str(command)],
-                        dict(os.environ), work / f"pgloader-{i}.log")
+                    run = measure("pgloader", [pgloader, str(command)], dict(os.environ),
+                                  work / f"pgloader-{i}.log", server_pid=server_pid)
                     rows, _ = await count_rows(dsn)
-                    runs["pgloader"].append(Run("pgloader", seconds, rss, code, rows))
+                    runs["pgloader"].append(replace(run, rows=rows))
                 else:
                     dsn = await create_database(server_dsn, name)
                     env = {**os.environ, "POSTGRES_DSN": dsn, "SQLITE_PATH": str(app_db)}
-                    seconds, rss, code = measure(
-                        [cutover, "backfill", "--from", str(db), "--rejects",
-                                     str(work / "rejects.jsonl"), "--quiet", "--json"],
-                        env, work / f"backfill-{i}.log")
+                    run = measure("backfill", [cutover, "backfill", "--from", str(db),
+                                               "--rejects", str(work / "rejects.jsonl"),
+                                               "--quiet", "--json"],
+                                  env, work / f"backfill-{i}.log", server_pid=server_pid)
                     rows, _ = await count_rows(dsn)
-                    runs["cutover backfill"].append(Run("backfill", seconds, rss, code, rows))
-                    seconds, rss, code = measure(
-                        [cutover, "verify", "--json", "--sample-queries", "0"], env,
-                        work / f"verify-{i}.log")
-                    runs["cutover verify"].append(Run("verify", seconds, rss, code, rows))
+                    runs["cutover backfill"].append(replace(run, rows=rows))
+                    runs["cutover verify"].append(measure(
+                        "verify", [cutover, "verify", "--json", "--sample-queries", "0"], env,
+                        work / f"verify-{i}.log", rows, server_pid=server_pid))
     finally:
         if not args.keep:
             for name in names:
@@ -259,9 +290,13 @@ def report(runs: dict[str, list[Run]], source_rows: int, db: Path, work: Path,
     med = {k: (statistics.median(r.seconds for r in v), statistics.median(r.max_rss_mb for r in v),
                v[-1].rows, max(r.exit_code for r in v)) for k, v in runs.items()}
     print(f"\nlegacy database: {db} ({source_rows} rows); logs in {work}")
-    print(f"{'':18} {'wall s':>8} {'peak RSS MB':>12} {'rows':>8} {'exit':>5}")
+    print(f"{'':18} {'wall s':>8} {'CPU s':>7} {'server CPU s':>13} {'peak RSS MB':>12} "
+          f"{'rows':>8} {'exit':>5}")
     for name, (seconds, rss, rows, code) in med.items():
-        print(f"{name:18} {seconds:8.2f} {rss:12.1f} {rows:8d} {code:5d}")
+        cpu = statistics.median(r.cpu_s for r in runs[name])
+        known = [r.server_cpu_s for r in runs[name] if r.server_cpu_s is not None]
+        server = f"{statistics.median(known):13.2f}" if known else f"{'-':>13}"
+        print(f"{name:18} {seconds:8.2f} {cpu:7.2f} {server} {rss:12.1f} {rows:8d} {code:5d}")
     ours, theirs, verify = med["cutover backfill"], med["pgloader"], med["cutover verify"]
     ratios = {
         "speed": theirs[0] / ours[0],
