@@ -30,7 +30,7 @@ def now_utc() -> datetime:
 
 def iso(ts: datetime) -> str:
     """The canonical text form stored in SQLite: UTC, microseconds, explicit offset."""
-    return ts.astimezone(UTC).isoformat(timespec="microseconds")
+    return (ts if ts.tzinfo is UTC else ts.astimezone(UTC)).isoformat(timespec="microseconds")
 
 
 def parse_iso(text: str) -> datetime:
@@ -79,20 +79,19 @@ def decode_row(entity_name: str, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def to_sqlite(entity: Entity, values: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, value in values.items():
-        kind = entity.column(name).kind
-        if value is None:
-            out[name] = None
-        elif kind is Kind.UUID:
-            out[name] = str(value)
-        elif kind is Kind.TIMESTAMP:
-            out[name] = iso(value)
-        elif kind is Kind.DECIMAL:
-            out[name] = float(value)
-        else:
-            out[name] = value
-    return out
+    """Python values -> SQLite's (text for uuids and timestamps, REAL for decimals)."""
+    return sqlite_params(entity, encode_values(entity, values))
+
+
+def encode_values(entity: Entity, values: dict[str, Any]) -> dict[str, Any]:
+    """Python values -> JSON-safe text and numbers, in the order given (see `encode_row`)."""
+    return {name: _encode(entity.column(name).kind, value) for name, value in values.items()}
+
+
+def sqlite_params(entity: Entity, encoded: dict[str, Any]) -> dict[str, Any]:
+    """`encode_values` output -> SQLite's values (its legacy schema keeps decimals as REAL)."""
+    return {name: float(value) if value is not None and name in entity.decimal_columns
+            else value for name, value in encoded.items()}
 
 
 def from_sqlite(entity: Entity, row: Any) -> dict[str, Any]:

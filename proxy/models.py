@@ -123,11 +123,14 @@ class Entity:
     # derived once: every write reads them
     column_names: tuple[str, ...] = field(init=False, compare=False)
     column_set: frozenset[str] = field(init=False, compare=False)
+    decimal_columns: frozenset[str] = field(init=False, compare=False)
     _by_name: dict[str, Column] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "column_names", tuple(c.name for c in self.columns))
         object.__setattr__(self, "column_set", frozenset(self.column_names))
+        object.__setattr__(self, "decimal_columns", frozenset(
+            c.name for c in self.columns if c.kind is Kind.DECIMAL))
         object.__setattr__(self, "_by_name", {c.name: c for c in self.columns})
 
     @property

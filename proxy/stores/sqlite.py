@@ -18,7 +18,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from proxy.codec import encode_row, from_sqlite, iso, now_utc, parse_iso, to_sqlite
+from proxy.codec import (
+    encode_row,
+    encode_values,
+    from_sqlite,
+    iso,
+    now_utc,
+    parse_iso,
+    sqlite_params,
+    to_sqlite,
+)
 from proxy.errors import NotFoundError, StoreUnavailable, ValidationError
 from proxy.models import BY_NAME, BY_TABLE, Entity, SearchResult
 from proxy.stores import sqlite_schema
@@ -131,7 +140,8 @@ class SQLiteStore(StoreMethods):
             f"INSERT INTO {entity.table} ({', '.join(cols)}, row_version) "
             f"VALUES ({', '.join('?' * len(cols))}, ?)" + ("" if complete else " RETURNING *")
         )
-        params = [*to_sqlite(entity, values).values(), version]
+        encoded = encode_values(entity, values)
+        params = [*sqlite_params(entity, encoded).values(), version]
 
         def tx(conn: sqlite3.Connection) -> tuple[dict[str, Any], int | None]:
             conn.execute("BEGIN IMMEDIATE")
@@ -142,7 +152,8 @@ class SQLiteStore(StoreMethods):
                            else from_sqlite(entity, cur.fetchone()))
                 except sqlite3.IntegrityError as exc:
                     raise _integrity_error(conn, entity, values, exc) from exc
-                seq = _outbox_add(conn, outbox_targets, entity, "insert", row, version)
+                seq = _outbox_add(conn, outbox_targets, entity, "insert", row, version,
+                                  encoded=encoded if complete else None)
                 conn.execute("COMMIT")
                 return row, seq
             except BaseException:
@@ -325,13 +336,17 @@ def _is_unavailable(exc: sqlite3.OperationalError) -> bool:
 
 def _outbox_add(
     conn: sqlite3.Connection, targets: Sequence[str], entity: Entity, op: Op,
-    row: dict[str, Any] | None, version: int, row_id: uuid.UUID | None = None,
+    row: dict[str, Any] | None, version: int, row_id: uuid.UUID | None = None, *,
+    encoded: dict[str, Any] | None = None,
 ) -> int | None:
+    """Record the write for each target; `encoded` is the row already in `encode_row` form."""
+    if not targets:
+        return None
     seq = None
     rid = row["id"] if row is not None else row_id
-    payload = json.dumps(
-        {"row": None if row is None else encode_row(entity.name, row)}, separators=(",", ":")
-    )
+    if encoded is None and row is not None:
+        encoded = encode_row(entity.name, row)
+    payload = json.dumps({"row": encoded}, separators=(",", ":"))
     for target in targets:
         seq = conn.execute(
             "INSERT INTO cutover_outbox (target, entity, op, row_id, version, payload, created_at)"
