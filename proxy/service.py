@@ -41,6 +41,12 @@ from config.settings import redact_dsn
 from metrics import make_metrics_app
 from proxy.errors import CutoverError, NotFoundError, StoreUnavailable, ValidationError
 from proxy.models import (
+    LEARNING_EVENTS,
+    QUESTIONS,
+    STUDY_BOOKS,
+    TYPING_LOGS,
+    USERS,
+    Entity,
     LearningEvent,
     Question,
     SearchResult,
@@ -56,9 +62,8 @@ from proxy.validation import MAX_PAGE
 log = structlog.get_logger("cutover.service")
 
 INT32_MAX = 2**31 - 1
-#: question and answer feed PostgreSQL's tsvector, which holds at most 1 MB: stay well under it
-MAX_DOCUMENT_CHARS = 20_000
-MAX_DESCRIPTION_CHARS = 20_000
+#: the service takes a description up to the size of a question (the library sets no limit)
+MAX_DESCRIPTION_CHARS = QUESTIONS.column("question").max_length
 PING_TIMEOUT_S = 2.0
 
 Backend = Literal["sqlite", "postgres"]
@@ -83,27 +88,46 @@ _NOT_BLANK = r"\S"
 _EMAIL = r"^[^@\s]+@[^@\s]+$"
 
 
-def _required_text(max_length: int) -> Any:
-    return Field(min_length=1, max_length=max_length, pattern=_NOT_BLANK)
+def _required_text(entity: Entity, column: str) -> Any:
+    """A non-blank string within the column's limit (the repository's own, from the spec)."""
+    return Field(min_length=1, max_length=entity.column(column).max_length, pattern=_NOT_BLANK)
 
 
-Name = Annotated[str, _required_text(255), _Clean]
-Email = Annotated[str, Field(min_length=3, max_length=255, pattern=_EMAIL), _Clean]
-Title = Annotated[str, _required_text(500), _Clean]
-Language = Annotated[str, _required_text(50), _Clean]
-Category = Annotated[str, _required_text(100), _Clean]
-Difficulty = Annotated[str, _required_text(50), _Clean]
-Document = Annotated[str, _required_text(MAX_DOCUMENT_CHARS), _Clean]
+def _count(entity: Entity, column: str) -> Any:
+    spec = entity.column(column)
+    return Field(ge=spec.minimum, le=spec.maximum)
+
+
+def _decimal(entity: Entity, column: str) -> Any:
+    """Within the column's NUMERIC(precision, scale), and its range when it has one."""
+    spec = entity.column(column)
+    assert spec.precision is not None and spec.scale is not None
+    bound = 10 ** (spec.precision - spec.scale)
+    return Field(
+        ge=spec.minimum, le=spec.maximum,
+        gt=None if spec.minimum is not None else -bound,
+        lt=None if spec.maximum is not None else bound,
+        max_digits=spec.precision, decimal_places=spec.scale, allow_inf_nan=False,
+    )
+
+
+Name = Annotated[str, _required_text(USERS, "name"), _Clean]
+Email = Annotated[str, Field(min_length=3, max_length=USERS.column("email").max_length,
+                             pattern=_EMAIL), _Clean]
+Title = Annotated[str, _required_text(STUDY_BOOKS, "title"), _Clean]
+Language = Annotated[str, _required_text(QUESTIONS, "language"), _Clean]
+Category = Annotated[str, _required_text(QUESTIONS, "category"), _Clean]
+Difficulty = Annotated[str, _required_text(QUESTIONS, "difficulty"), _Clean]
+Document = Annotated[str, _required_text(QUESTIONS, "question"), _Clean]
 Description = Annotated[str, Field(max_length=MAX_DESCRIPTION_CHARS), _Clean]
-EventUser = Annotated[str, _required_text(255), _Clean]
-AppId = Annotated[str, _required_text(100), _Clean]
-Action = Annotated[str, _required_text(100), _Clean]
-ObjectId = Annotated[str, Field(max_length=255), _Clean]
-Count = Annotated[int, Field(ge=0, le=INT32_MAX)]
-Accuracy = Annotated[Decimal, Field(ge=0, le=100, max_digits=5, decimal_places=2,
-                                    allow_inf_nan=False)]
-Score = Annotated[Decimal, Field(gt=-10**8, lt=10**8, max_digits=10, decimal_places=2,
-                                 allow_inf_nan=False)]
+EventUser = Annotated[str, _required_text(LEARNING_EVENTS, "user_id"), _Clean]
+AppId = Annotated[str, _required_text(LEARNING_EVENTS, "app_id"), _Clean]
+Action = Annotated[str, _required_text(LEARNING_EVENTS, "action"), _Clean]
+ObjectId = Annotated[str, Field(max_length=LEARNING_EVENTS.column("object_id").max_length),
+                     _Clean]
+Count = Annotated[int, _count(TYPING_LOGS, "wpm")]  # every count column has the same range
+Accuracy = Annotated[Decimal, _decimal(TYPING_LOGS, "accuracy")]
+Score = Annotated[Decimal, _decimal(LEARNING_EVENTS, "score")]
 
 
 class _In(BaseModel):
