@@ -30,8 +30,7 @@ ordered by class, so what completes there is not the query mix.
    the event loop as a request from the network would (a wake-up of the loop, not an asyncio
    timer, whose millisecond rounding would pad both sides alike and flatter the ratio);
    latency runs from that arrival to the results, so waiting for an event loop busy with
-   shadow work is charged to the caller. "start lag" is
-   the arrival-to-started part of it.
+   shadow work is charged to the caller ("start lag" is the arrival-to-started part of it).
 
 Prints per load model and side: p50/p95 of the caller-visible search latency and the shadows
 shed (the runner's concurrency bound, 8), then the p50 and p95 ratios (100% / off). Target: the
