@@ -17,6 +17,8 @@ from typing import Literal
 
 Backend = Literal["sqlite", "postgres"]
 BACKENDS: tuple[Backend, ...] = ("sqlite", "postgres")
+ShadowWorker = Literal["inline", "process"]
+SHADOW_WORKERS: tuple[ShadowWorker, ...] = ("inline", "process")
 
 DEFAULT_MIRROR_TIMEOUT_MS = 2000
 DEFAULT_SHADOW_SAMPLE_RATE = 1.0
@@ -118,6 +120,10 @@ class Settings:
     mirror_timeout_ms: int = DEFAULT_MIRROR_TIMEOUT_MS
     shadow_sample_rate: float = DEFAULT_SHADOW_SAMPLE_RATE
     shadow_timeout_ms: int = DEFAULT_SHADOW_TIMEOUT_MS
+    # where shadow searches run: on the caller's event loop ("inline"), or in a child process
+    # with its own store connections ("process"); opt-in, since the library is embedded in
+    # applications that may not expect it to spawn a process
+    shadow_worker: ShadowWorker = "inline"
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     admin_token: str | None = field(default=None, repr=False)
@@ -140,6 +146,9 @@ class Settings:
             shadow_sample_rate=_rate(env, "SHADOW_SAMPLE_RATE", DEFAULT_SHADOW_SAMPLE_RATE),
             shadow_timeout_ms=_int_ms(
                 env, "SHADOW_TIMEOUT_MS", DEFAULT_SHADOW_TIMEOUT_MS, 1, 600_000
+            ),
+            shadow_worker=_choice(  # type: ignore[arg-type]
+                env, "SHADOW_WORKER", SHADOW_WORKERS, "inline"
             ),
             metrics_port=_port(env, "METRICS_PORT"),
             metrics_host=env.get("METRICS_HOST", "").strip() or "127.0.0.1",

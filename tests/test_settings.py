@@ -42,6 +42,7 @@ def test_defaults_when_nothing_is_set() -> None:
     assert s.mirror_timeout_ms == 2000
     assert s.shadow_sample_rate == 1.0
     assert s.shadow_timeout_ms == 1000
+    assert s.shadow_worker == "inline"  # spawning a process is opt-in
     assert s.metrics_port is None
     assert s.metrics_host == "127.0.0.1"
     assert s.admin_token is None
@@ -67,6 +68,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
         "MIRROR_TIMEOUT_MS": "250",
         "SHADOW_SAMPLE_RATE": "0.25",
         "SHADOW_TIMEOUT_MS": "75",
+        "SHADOW_WORKER": "process",
         "METRICS_PORT": "9464",
         "METRICS_HOST": "0.0.0.0",
         "ADMIN_TOKEN": "admin-token-123",
@@ -81,6 +83,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
     assert s.mirror_timeout_ms == 250
     assert s.shadow_sample_rate == 0.25
     assert s.shadow_timeout_ms == 75
+    assert s.shadow_worker == "process"
     assert s.metrics_port == 9464
     assert s.metrics_host == "0.0.0.0"
     assert s.admin_token == "admin-token-123"
@@ -92,6 +95,7 @@ def test_every_variable_is_read(tmp_path: Path) -> None:
     ("DUAL_WRITE", "on"), ("DUAL_WRITE", "off"),
     ("SHADOW_SAMPLE_RATE", "0"), ("SHADOW_SAMPLE_RATE", "1.0"),
     ("MIRROR_TIMEOUT_MS", "1"), ("SHADOW_TIMEOUT_MS", "600000"),
+    ("SHADOW_WORKER", "inline"), ("SHADOW_WORKER", " process "),
     ("METRICS_PORT", "1"), ("METRICS_PORT", "65535"),
     ("POSTGRES_DSN", "embedded"), ("POSTGRES_DSN", "postgres://u@h/db"),
 ])
@@ -118,6 +122,9 @@ BAD_VALUES = [
     ("SHADOW_SAMPLE_RATE", "half", ["0.0", "1.0"]),
     ("SHADOW_TIMEOUT_MS", "soon", ["integer", "1", "600000"]),
     ("SHADOW_TIMEOUT_MS", "0", ["integer", "1", "600000"]),
+    ("SHADOW_WORKER", "thread", ["inline", "process"]),
+    ("SHADOW_WORKER", "Process", ["inline", "process"]),
+    ("SHADOW_WORKER", "", ["inline", "process"]),
     ("METRICS_PORT", "0", ["port", "1", "65535"]),
     ("METRICS_PORT", "65536", ["port", "1", "65535"]),
     ("METRICS_PORT", "http", ["port", "1", "65535"]),
