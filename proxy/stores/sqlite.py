@@ -142,6 +142,8 @@ class SQLiteStore(StoreMethods):
         )
         encoded = encode_values(entity, values)
         params = [*sqlite_params(entity, encoded).values(), version]
+        outbox = (_outbox_rows(outbox_targets, entity, "insert", values["id"], version, encoded)
+                  if complete else [])
 
         def tx(conn: sqlite3.Connection) -> tuple[dict[str, Any], int | None]:
             conn.execute("BEGIN IMMEDIATE")
@@ -152,8 +154,9 @@ class SQLiteStore(StoreMethods):
                            else from_sqlite(entity, cur.fetchone()))
                 except sqlite3.IntegrityError as exc:
                     raise _integrity_error(conn, entity, values, exc) from exc
-                seq = _outbox_add(conn, outbox_targets, entity, "insert", row, version,
-                                  encoded=encoded if complete else None)
+                seq = _outbox_add(conn, outbox if complete else _outbox_rows(
+                    outbox_targets, entity, "insert", row["id"], version,
+                    encode_row(entity.name, row)))
                 conn.execute("COMMIT")
                 return row, seq
             except BaseException:
@@ -180,7 +183,8 @@ class SQLiteStore(StoreMethods):
                 if found is None:
                     raise NotFoundError(entity.name, row_id)
                 row = from_sqlite(entity, found)
-                seq = _outbox_add(conn, outbox_targets, entity, "update", row, version)
+                seq = _outbox_add(conn, _outbox_rows(outbox_targets, entity, "update", row_id,
+                                                     version, encode_row(entity.name, row)))
                 conn.execute("COMMIT")
                 return row, seq
             except BaseException:
@@ -193,6 +197,8 @@ class SQLiteStore(StoreMethods):
         self, entity: Entity, row_id: uuid.UUID, *, version: int,
         outbox_targets: Sequence[str] = (),
     ) -> int | None:
+        outbox = _outbox_rows(outbox_targets, entity, "delete", row_id, version, None)
+
         def tx(conn: sqlite3.Connection) -> int | None:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -200,7 +206,7 @@ class SQLiteStore(StoreMethods):
                 if cur.rowcount == 0:
                     raise NotFoundError(entity.name, row_id)
                 _tombstone(conn, entity, row_id, version)
-                seq = _outbox_add(conn, outbox_targets, entity, "delete", None, version, row_id)
+                seq = _outbox_add(conn, outbox)
                 conn.execute("COMMIT")
                 return seq
             except BaseException:
@@ -294,10 +300,13 @@ class SQLiteStore(StoreMethods):
             return
         ids = list(seqs)
 
+        listed = json.dumps(ids)  # one statement for the batch, built off the writer thread
+
         def tx(conn: sqlite3.Connection) -> None:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany("DELETE FROM cutover_outbox WHERE seq = ?", [(s,) for s in ids])
-            conn.execute("COMMIT")
+            conn.execute(
+                "DELETE FROM cutover_outbox WHERE seq IN (SELECT value FROM json_each(?))",
+                (listed,),
+            )
 
         await self._run(tx, write=True)
 
@@ -334,24 +343,27 @@ def _is_unavailable(exc: sqlite3.OperationalError) -> bool:
     return any(s in text for s in ("locked", "busy", "unable to open", "disk i/o", "readonly"))
 
 
-def _outbox_add(
-    conn: sqlite3.Connection, targets: Sequence[str], entity: Entity, op: Op,
-    row: dict[str, Any] | None, version: int, row_id: uuid.UUID | None = None, *,
-    encoded: dict[str, Any] | None = None,
-) -> int | None:
-    """Record the write for each target; `encoded` is the row already in `encode_row` form."""
+def _outbox_rows(
+    targets: Sequence[str], entity: Entity, op: Op, row_id: Any, version: int,
+    encoded: dict[str, Any] | None,
+) -> list[tuple[Any, ...]]:
+    """The outbox rows of one write (one per target); `encoded` is its `encode_row` form.
+
+    Built before the writer thread runs when the row is known, since that thread is the one
+    place every SQLite write waits for."""
     if not targets:
-        return None
-    seq = None
-    rid = row["id"] if row is not None else row_id
-    if encoded is None and row is not None:
-        encoded = encode_row(entity.name, row)
+        return []
     payload = json.dumps({"row": encoded}, separators=(",", ":"))
-    for target in targets:
+    created_at = iso(now_utc())
+    return [(t, entity.name, op, str(row_id), version, payload, created_at) for t in targets]
+
+
+def _outbox_add(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> int | None:
+    seq = None
+    for params in rows:
         seq = conn.execute(
             "INSERT INTO cutover_outbox (target, entity, op, row_id, version, payload, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (target, entity.name, op, str(rid), version, payload, iso(now_utc())),
+            " VALUES (?, ?, ?, ?, ?, ?, ?)", params,
         ).lastrowid
     return seq
 
