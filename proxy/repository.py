@@ -22,7 +22,7 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,8 +46,9 @@ from proxy.stores.postgres import PostgresStore
 from proxy.stores.searchtext import DEFAULT_LIMIT, check_limit
 from proxy.stores.sqlite import SQLiteStore
 from proxy.validation import parse_id
-from shadow import ShadowRunner, ShadowStore
+from shadow import RankedHit, ShadowRunner, ShadowStore
 from shadow.verdict import MirrorFigures, OutboxFigures, Verdict, refresh_ready
+from shadow.worker import SearchWorker
 
 log = structlog.get_logger("cutover.repository")
 T = TypeVar("T")
@@ -128,6 +129,11 @@ class Repository(EntityMethods):
         self.metrics = metrics
         self.shadow = shadow
         self._stores: dict[str, AnyStore] = {"sqlite": sqlite, "postgres": postgres}
+        #: runs a shadow search: (backend, query, user id, limit) -> ids and match kinds;
+        #: the store in this process unless open_repository set a worker process's
+        self.shadow_search: Callable[
+            [str, str, uuid.UUID, int], Awaitable[Sequence[RankedHit]]
+        ] = self._store_search
         self._primary: Backend = settings.read_primary
         if settings.read_primary_file is not None:
             with contextlib.suppress(OSError, ValueError):
@@ -364,14 +370,19 @@ class Repository(EntityMethods):
         finally:
             self.metrics.observe_search(primary.backend, "primary", time.perf_counter() - start)
         if self.shadow is not None:
-            other = self._stores[self.mirror_backend]
+            other, shadow_search = self.mirror_backend, self.shadow_search
             self.shadow.submit(
                 query, user_id=uid, limit=limit, primary_backend=primary.backend,
                 primary_results=results,
-                # comparisons read ids and match kinds only: skip the highlighting work
-                run_shadow=lambda: other.search(query, uid, limit, highlights=False),
+                run_shadow=lambda: shadow_search(other, query, uid, limit),
             )
         return results
+
+    async def _store_search(
+        self, backend: str, query: str, user_id: uuid.UUID, limit: int
+    ) -> list[SearchResult]:
+        # comparisons read ids and match kinds only: skip the highlighting work
+        return await self._stores[backend].search(query, user_id, limit, highlights=False)
 
     def pending_rows(self) -> frozenset[uuid.UUID]:
         """Rows with a mirror write still waiting (refreshed by the background loop)."""
@@ -622,6 +633,7 @@ async def open_repository(
     postgres = PostgresStore(dsn)
     server = None
     shadow_store: ShadowStore | None = None
+    worker: SearchWorker | None = None
     repo: Repository | None = None
     try:
         if init_schema:
@@ -634,6 +646,10 @@ async def open_repository(
             timeout_s=settings.shadow_timeout_ms / 1000, store=shadow_store,
             pending_rows=repo.pending_rows,
         )
+        if settings.shadow_worker == "process":
+            worker = SearchWorker(settings.sqlite_path, dsn)
+            await worker.start()
+            repo.shadow_search = worker.search
         repo.start()
         if settings.metrics_port is not None:
             from metrics import serve_metrics
@@ -643,6 +659,8 @@ async def open_repository(
     finally:
         if repo is not None:
             await repo.aclose()
+        if worker is not None:
+            await worker.aclose()
         if server is not None:
             server.close()
         await sqlite.close()

@@ -1,0 +1,376 @@
+"""Shadow searches in a child process, so the caller's process only sends and receives a little.
+
+`SearchWorker` spawns one child (the "spawn" start method: no copy of the caller's threads, locks
+or open connections) with its own event loop and its own `SQLiteStore` and `PostgresStore`. The
+parent sends `(request id, backend, query, user id, limit)` down a socket pair; the child runs
+`store.search(..., highlights=False)` for each request concurrently and answers
+`(request id, ids and match kinds)` or `(request id, error text)`. Comparison reads ids and match
+kinds only, so that is all that crosses back (a question's text can be 100,000 characters): the
+parent returns `shadow.compare.Hit`s, which satisfy `RankedHit`. The parent reads answers from a
+reader registered with `loop.add_reader` on the socket (no thread, no polling).
+
+Failures raise `ShadowWorkerError` from `search` (the runner records an `error` comparison):
+the child died (every request waiting fails with `WorkerUnavailable`, and the next request
+starts a new child, at most `MAX_RESTARTS` per `RESTART_WINDOW_S`), too many requests are
+unanswered (`WorkerBusy`, so a stuck child can never fill the socket and block the caller's
+loop on a send), or the store raised in the child (`WorkerSearchFailed`, naming the type).
+
+Log events: `shadow_worker.started`, `shadow_worker.died`, `shadow_worker.restart_refused`,
+`shadow_worker.killed` (did not stop within the close timeout).
+
+This module imports nothing of the project on the parent's side; the child imports the stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import multiprocessing
+import os
+import pickle
+import signal
+import time
+import uuid
+from multiprocessing.connection import Connection
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import structlog
+
+from shadow.compare import Hit
+
+#: child restarts allowed within RESTART_WINDOW_S; beyond, requests fail until the window frees
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
+#: requests sent and not answered (abandoned ones included) before new ones are refused: a few
+#: hundred bytes each, far below a socket buffer, so a send never blocks the caller's loop
+MAX_OUTSTANDING = 128
+#: how much the child lowers its priority (see `_child_main`)
+NICENESS = 5
+
+_CLOSE = b""  # the message that asks the child to finish and exit
+
+
+class ShadowWorkerError(Exception):
+    """A shadow search the worker could not answer."""
+
+
+class WorkerUnavailable(ShadowWorkerError):
+    """No child to answer: it died, is closed, or restarted too often."""
+
+
+class WorkerBusy(ShadowWorkerError):
+    """Too many requests are waiting for the child."""
+
+
+class WorkerSearchFailed(ShadowWorkerError):
+    """The store raised in the child (the message starts with the exception's type)."""
+
+
+class SearchWorker:
+    """One child process that runs shadow searches; see the module docstring.
+
+    `await start()` (or `async with`), then `await search(...)`; `await aclose()` stops the
+    child (asks, waits `close_timeout_s`, then kills it). Bound to the loop it was started on.
+    """
+
+    def __init__(
+        self, sqlite_path: Path | str, dsn: str, *, niceness: int = NICENESS,
+        max_outstanding: int = MAX_OUTSTANDING, max_restarts: int = MAX_RESTARTS,
+        restart_window_s: float = RESTART_WINDOW_S, close_timeout_s: float = 5.0,
+        logger: Any = None,
+    ) -> None:
+        self.sqlite_path = str(sqlite_path)
+        self._dsn = dsn
+        self.niceness = niceness
+        self.max_outstanding = max_outstanding
+        self.max_restarts = max_restarts
+        self.restart_window_s = restart_window_s
+        self.close_timeout_s = close_timeout_s
+        self._log = logger if logger is not None else structlog.get_logger("cutover.shadow")
+        self._ctx = multiprocessing.get_context("spawn")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._process: Any = None  # the spawn context's Process
+        self._conn: Connection | None = None
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[list[Hit]]] = {}
+        self._unanswered: set[int] = set()  # sent to the live child, not answered yet
+        self._starts: collections.deque[float] = collections.deque()
+        self._refused_logged = False
+        self._ready: asyncio.Future[None] | None = None
+        self._closed = False
+        self.restarts = 0
+
+    @property
+    def pid(self) -> int | None:
+        """The live child's process id (None when there is none)."""
+        return self._process.pid if self._conn is not None and self._process else None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self, ready_timeout_s: float = 30.0) -> None:
+        """Start the child and wait (up to `ready_timeout_s`) until it serves requests.
+
+        A child slow to start is not an error: requests queue until it reads them.
+        """
+        self._loop = asyncio.get_running_loop()
+        try:
+            self._spawn()
+        except Exception as exc:  # searches will try again (bounded) and fail until one works
+            self._log.error("shadow_worker.start_failed", reason=repr(exc)[:300])
+            return
+        if self._ready is not None:
+            # never raises: a child that dies first cancels `_ready`, which ends the wait too
+            await asyncio.wait({self._ready}, timeout=ready_timeout_s)
+
+    def _spawn(self) -> None:
+        assert self._loop is not None
+        old = self._process
+        if old is not None:  # a child whose pipe closed: make sure it is gone, and reap it
+            with contextlib.suppress(Exception):
+                if old.exitcode is None:
+                    old.kill()
+                    old.join(1.0)
+                old.close()
+            self._process = None
+        ours, theirs = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(
+            target=_child_main, args=(theirs, self.sqlite_path, self._dsn, self.niceness),
+            name="cutover-shadow-worker", daemon=True,
+        )
+        try:
+            process.start()
+        finally:
+            theirs.close()  # the child holds the only other end: its exit is our EOF
+        self._process, self._conn = process, ours
+        self._ready = self._loop.create_future()
+        self._starts.append(time.monotonic())
+        self._refused_logged = False
+        self._loop.add_reader(ours.fileno(), self._on_readable)
+        self._log.info("shadow_worker.started", pid=process.pid, restarts=self.restarts)
+
+    async def aclose(self) -> None:
+        """Ask the child to finish and exit; kill it if it has not after `close_timeout_s`."""
+        if self._closed:
+            return
+        self._closed = True
+        process, conn = self._process, self._conn
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                conn.send_bytes(_CLOSE)
+        self._detach(WorkerUnavailable("the shadow worker is closed"))
+        if process is not None:
+            await asyncio.to_thread(process.join, self.close_timeout_s)
+            if process.exitcode is None:
+                self._log.warning("shadow_worker.killed", pid=process.pid,
+                                  after_s=self.close_timeout_s)
+                process.kill()
+                await asyncio.to_thread(process.join, 5.0)
+            with contextlib.suppress(ValueError):
+                process.close()
+        self._process = None
+
+    async def __aenter__(self) -> SearchWorker:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def search(
+        self, backend: str, query: str, user_id: uuid.UUID | str, limit: int
+    ) -> list[Hit]:
+        """The ids and match kinds `backend`'s `search(..., highlights=False)` returns.
+
+        Raises `ShadowWorkerError` (and nothing else but cancellation) when it cannot answer.
+        """
+        if self._closed or self._loop is None:
+            raise WorkerUnavailable("the shadow worker is not running")
+        if self._conn is None:
+            self._restart()
+        conn = self._conn
+        assert conn is not None
+        if len(self._unanswered) >= self.max_outstanding:
+            raise WorkerBusy(f"{len(self._unanswered)} requests wait for the shadow worker")
+        rid = next(self._ids)
+        payload = pickle.dumps((rid, backend, query, str(user_id), limit),
+                               protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            conn.send_bytes(payload)
+        except OSError as exc:
+            self._child_gone(f"send failed: {type(exc).__name__}")
+            raise WorkerUnavailable("the shadow worker's child is gone") from exc
+        future: asyncio.Future[list[Hit]] = self._loop.create_future()
+        self._unanswered.add(rid)
+        self._waiting[rid] = future
+        try:
+            return await future
+        finally:
+            # cancelled (the runner's timeout): forget the future, keep counting the request
+            # as unanswered until the child answers it (or dies)
+            self._waiting.pop(rid, None)
+
+    def _restart(self) -> None:
+        now = time.monotonic()
+        while self._starts and now - self._starts[0] > self.restart_window_s:
+            self._starts.popleft()
+        if len(self._starts) > self.max_restarts:  # the first start is not a restart
+            if not self._refused_logged:
+                self._refused_logged = True
+                self._log.error("shadow_worker.restart_refused", restarts=self.restarts,
+                                window_s=self.restart_window_s)
+            raise WorkerUnavailable(
+                f"the shadow worker's child was restarted {len(self._starts) - 1} times within "
+                f"{self.restart_window_s:.0f} s; not restarted again yet"
+            )
+        self.restarts += 1
+        try:
+            self._spawn()
+        except Exception as exc:
+            raise WorkerUnavailable(f"could not start the shadow worker: {exc!r}"[:300]) from exc
+
+    # -- answers -------------------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            while conn.poll(0):
+                message = conn.recv_bytes()
+                self._answer(pickle.loads(message))
+        except (EOFError, OSError):
+            self._child_gone("its pipe closed")
+        except Exception as exc:  # an answer we cannot read: treat the child as broken
+            self._child_gone(f"unreadable answer: {type(exc).__name__}")
+
+    def _answer(self, message: tuple[Any, ...]) -> None:
+        kind, rid, body = message
+        if kind == "ready":
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_result(None)
+            return
+        self._unanswered.discard(rid)
+        future = self._waiting.pop(rid, None)
+        if future is None or future.done():
+            return  # abandoned by its caller (timed out)
+        if kind == "ok":
+            future.set_result([Hit(uuid.UUID(bytes=b), k) for b, k in body])
+        else:
+            future.set_exception(WorkerSearchFailed(str(body)))
+
+    def _child_gone(self, why: str) -> None:
+        process = self._process
+        pid = process.pid if process is not None else None
+        failed = self._detach(WorkerUnavailable(f"the shadow worker's child died ({why})"))
+        exitcode = None
+        if process is not None:
+            with contextlib.suppress(Exception):
+                process.join(0)  # reap it if it has exited already (no wait)
+                exitcode = process.exitcode
+        self._log.error("shadow_worker.died", pid=pid, exitcode=exitcode, reason=why,
+                        failed_requests=failed)
+
+    def _detach(self, error: ShadowWorkerError) -> int:
+        """Forget the child's pipe and fail every request waiting for it (returns how many)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            if self._loop is not None:
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(conn.fileno())
+            with contextlib.suppress(OSError):
+                conn.close()
+        waiting, self._waiting = self._waiting, {}
+        self._unanswered.clear()
+        failed = 0
+        for future in waiting.values():
+            if not future.done():
+                future.set_exception(error)
+                failed += 1
+        if self._ready is not None and not self._ready.done():
+            self._ready.cancel()
+        return failed
+
+
+# -- the child ---------------------------------------------------------------------------------
+
+def _child_main(conn: Connection, sqlite_path: str, dsn: str, niceness: int) -> None:
+    # The parent decides when this process ends (a close message, or its end of the pipe
+    # closing): a Ctrl-C in the terminal reaches the whole process group and must not kill it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The shadow is off the caller's path and has a timeout; the caller's process serves
+    # requests whose latency users see. When both want a core, let the caller's process win:
+    # a few nice levels give the child roughly a third of the weight of the parent under
+    # contention, and change nothing when a core is idle. (The PostgreSQL server's work for a
+    # shadow search runs in the server's processes, at their own priority.)
+    with contextlib.suppress(OSError):
+        os.nice(niceness)
+    asyncio.run(_serve(conn, sqlite_path, dsn))
+
+
+async def _serve(conn: Connection, sqlite_path: str, dsn: str) -> None:
+    from proxy.stores.postgres import PostgresStore
+    from proxy.stores.sqlite import SQLiteStore
+
+    loop = asyncio.get_running_loop()
+    stores: dict[str, Any] = {"sqlite": SQLiteStore(sqlite_path), "postgres": PostgresStore(dsn)}
+    tasks: set[asyncio.Task[None]] = set()
+    done = loop.create_future()
+
+    def send(message: tuple[Any, ...]) -> None:
+        try:
+            conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError:  # the parent is gone
+            if not done.done():
+                done.set_result(None)
+
+    async def one(rid: int, backend: str, query: str, user_id: str, limit: int) -> None:
+        try:
+            results = await stores[backend].search(query, uuid.UUID(user_id), limit,
+                                                   highlights=False)
+            send(("ok", rid, [(r.question_id.bytes, r.match_kind) for r in results]))
+        except Exception as exc:
+            send(("error", rid, f"{type(exc).__name__}: {exc}"[:500]))
+
+    def readable() -> None:
+        try:
+            while conn.poll(0):
+                message = conn.recv_bytes()
+                if message == _CLOSE:
+                    raise EOFError
+                task = loop.create_task(one(*pickle.loads(message)))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        except (EOFError, OSError):
+            loop.remove_reader(conn.fileno())
+            if not done.done():
+                done.set_result(None)
+
+    try:
+        # open the PostgreSQL pool before saying ready, so the first requests find it
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(stores["postgres"].ping(), 10.0)
+        loop.add_reader(conn.fileno(), readable)
+        send(("ready", 0, None))
+        await done
+        if tasks:
+            await asyncio.wait(set(tasks), timeout=5.0)
+    finally:
+        for store in stores.values():
+            with contextlib.suppress(Exception):
+                await store.close()
+        conn.close()

@@ -1,0 +1,210 @@
+"""shadow/worker.py on real databases: the child answers what the stores answer, its death costs
+shadow errors only (never the caller's search), it comes back, and closing leaves no process."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
+
+from config import Settings
+from proxy import open_repository
+from proxy.repository import Repository
+from shadow import snapshot
+from shadow.worker import SearchWorker, WorkerSearchFailed, WorkerUnavailable
+
+QUERIES = ["json", "json dumps", "jsno", "学習", "習と", "file python", "zebra", "serialize 学習"]
+
+
+@pytest.fixture
+def settings(sqlite_path: Path, pg_dsn: str) -> Settings:
+    # a long shadow timeout: a child starting on a loaded machine must not turn into a timeout
+    return Settings(sqlite_path=sqlite_path, postgres_dsn=pg_dsn, shadow_sample_rate=1.0,
+                    shadow_timeout_ms=60_000, shadow_worker="process")
+
+
+async def seed(repo: Repository) -> tuple[uuid.UUID, uuid.UUID]:
+    """Questions for two users; returns their ids."""
+    users = []
+    for name in ("aiko", "bo"):
+        user = await repo.create_user(name=name, email=f"{name}@example.com")
+        book = await repo.create_study_book(user_id=user.id, title="notes")
+        for question, answer in [
+            ("What does json.dumps do?", "Serialize obj to a JSON formatted str."),
+            ("How do I read a file in Python?", "open() it and call read()."),
+            ("学習とは何ですか", "Learning: 学習 is the Japanese word."),
+            ("What does json.loads do?", "Deserialize a str holding a JSON document."),
+        ]:
+            await repo.create_question(study_book_id=book.id, language="en", category="python",
+                                       difficulty="easy", question=f"{question} ({name})",
+                                       answer=answer)
+        users.append(user.id)
+    return users[0], users[1]
+
+
+def worker_of(repo: Repository) -> SearchWorker:
+    owner = getattr(repo.shadow_search, "__self__", None)
+    assert isinstance(owner, SearchWorker), "open_repository did not wire the worker"
+    return owner
+
+
+def outcomes(registry: CollectorRegistry) -> dict[str, float]:
+    return {
+        o: registry.get_sample_value("cutover_shadow_comparisons_total", {"outcome": o}) or 0.0
+        for o in ("match", "mismatch", "error", "timeout")
+    }
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(3000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+async def test_the_worker_answers_what_each_store_answers(settings: Settings) -> None:
+    async with open_repository(settings, registry=CollectorRegistry()) as repo:
+        aiko, bo = await seed(repo)
+        worker = worker_of(repo)
+        kinds: set[str] = set()
+        for backend, store in repo.stores.items():
+            for query in QUERIES:
+                for user, limit in ((aiko, 20), (bo, 20), (aiko, 1)):
+                    expected = list(snapshot(
+                        await store.search(query, user, limit, highlights=False)))
+                    got = await worker.search(backend, query, user, limit)
+                    assert got == expected, (backend, query, limit)
+                    kinds |= {h.match_kind for h in got}
+        assert {"fts", "fuzzy", "substring"} <= kinds, kinds  # every path was reached
+
+
+async def test_a_killed_child_fails_its_shadow_never_the_callers_search(
+    settings: Settings, tmp_path: Path
+) -> None:
+    registry = CollectorRegistry()
+    with capture_logs() as logs:
+        async with open_repository(settings, registry=registry,
+                                   shadow_store_path=tmp_path / "shadow.db") as repo:
+            aiko, _ = await seed(repo)
+            assert repo.shadow is not None
+            worker = worker_of(repo)
+            expected = await repo.stores["sqlite"].search("json", aiko, 20)
+            assert expected
+
+            assert await repo.search_questions("json", user_id=aiko) == expected
+            await repo.shadow.drain(60.0)
+            assert outcomes(registry)["match"] == 1
+
+            # a shadow request waits in a stopped child, which is then killed
+            first = worker.pid
+            assert first is not None
+            os.kill(first, signal.SIGSTOP)
+            try:
+                assert await repo.search_questions("json", user_id=aiko) == expected
+                await until(lambda: len(worker._waiting) == 1, "the request to be sent")
+            finally:
+                os.kill(first, signal.SIGKILL)
+            await repo.shadow.drain(60.0)
+            assert outcomes(registry) == {"match": 1, "mismatch": 0, "error": 1, "timeout": 0}
+
+            # the next search starts a new child, whose shadow matches again
+            assert await repo.search_questions("json", user_id=aiko) == expected
+            await repo.shadow.drain(60.0)
+            assert outcomes(registry) == {"match": 2, "mismatch": 0, "error": 1, "timeout": 0}
+            second = worker.pid
+            assert second is not None and second != first
+            assert worker.restarts == 1
+            assert gone(first)  # reaped when the new child started
+    assert gone(second)
+    died = [e for e in logs if e["event"] == "shadow_worker.died"]
+    assert [(e["pid"], e["failed_requests"]) for e in died] == [(first, 1)]
+    failed = [e for e in logs if e["event"] == "shadow.failed"]
+    assert [e["error"] for e in failed] == ["WorkerUnavailable"]
+
+
+async def test_an_idle_child_killed_is_replaced_on_the_next_request(
+    sqlite_path: Path, pg_dsn: str, settings: Settings
+) -> None:
+    async with open_repository(settings, registry=CollectorRegistry()) as repo:
+        aiko, _ = await seed(repo)
+    async with SearchWorker(sqlite_path, pg_dsn) as worker:
+        first = worker.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        await until(lambda: worker.pid is None, "the worker to notice")
+        hits = await worker.search("postgres", "json", aiko, 20)
+        assert len(hits) == 2 and worker.pid not in (None, first)
+
+
+async def test_restarts_are_bounded(sqlite_path: Path, pg_dsn: str, sqlite_store: Any) -> None:
+    with capture_logs() as logs:
+        async with SearchWorker(sqlite_path, pg_dsn, max_restarts=2) as worker:
+            for _ in range(2):
+                pid = worker.pid
+                assert pid is not None
+                os.kill(pid, signal.SIGKILL)
+                await until(lambda: worker.pid is None, "the worker to notice")
+                await worker.search("sqlite", "json", uuid.uuid4(), 20)  # restarts the child
+            os.kill(worker.pid or 0, signal.SIGKILL)
+            await until(lambda: worker.pid is None, "the worker to notice")
+            with pytest.raises(WorkerUnavailable, match="not restarted"):
+                await worker.search("sqlite", "json", uuid.uuid4(), 20)
+            with pytest.raises(WorkerUnavailable, match="not restarted"):  # logged once
+                await worker.search("sqlite", "json", uuid.uuid4(), 20)
+            assert worker.restarts == 2
+    assert [e["event"] for e in logs].count("shadow_worker.restart_refused") == 1
+
+
+async def test_a_store_error_in_the_child_is_a_search_failure(
+    sqlite_path: Path, pg_server_dsn: str
+) -> None:
+    missing = pg_server_dsn.rsplit("/", 1)[0] + f"/cutover_missing_{uuid.uuid4().hex[:8]}"
+    async with SearchWorker(sqlite_path, missing) as worker:
+        with pytest.raises(WorkerSearchFailed) as info:
+            await worker.search("postgres", "json", uuid.uuid4(), 20)
+        assert "Unavailable" in str(info.value) or "Error" in str(info.value)
+        # the child survives its store's failure
+        assert worker.pid is not None and worker.restarts == 0
+
+
+@pytest.mark.parametrize("stopped", [False, True], ids=["answering", "stopped"])
+async def test_close_leaves_no_child_process(
+    sqlite_path: Path, pg_dsn: str, stopped: bool
+) -> None:
+    with capture_logs() as logs:
+        worker = SearchWorker(sqlite_path, pg_dsn, close_timeout_s=1.0)
+        await worker.start()
+        pid = worker.pid
+        assert pid is not None and not gone(pid)
+        pending: asyncio.Task[Any] | None = None
+        if stopped:  # a child that cannot answer the close request is killed
+            os.kill(pid, signal.SIGSTOP)
+            pending = asyncio.create_task(worker.search("sqlite", "x", uuid.uuid4(), 20))
+            await until(lambda: len(worker._waiting) == 1, "the request to be sent")
+        await worker.aclose()
+        assert gone(pid)
+        assert all(p.pid != pid for p in multiprocessing.active_children())
+        if pending is not None:
+            with pytest.raises(WorkerUnavailable, match="closed"):
+                await pending
+        with pytest.raises(WorkerUnavailable):
+            await worker.search("sqlite", "x", uuid.uuid4(), 20)
+    assert ("shadow_worker.killed" in [e["event"] for e in logs]) == stopped
