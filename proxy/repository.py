@@ -147,8 +147,6 @@ class Repository(EntityMethods):
         self._abandoned: set[asyncio.Task[Any]] = set()
         self._pipelines = {b: MirrorPipeline(store) for b, store in self._stores.items()}
         self._acks: dict[str, list[int]] = {b: [] for b in BACKENDS}
-        # acknowledged entries waiting for PostgreSQL's WAL to be flushed past the position
-        self._wal_fence: tuple[str | None, list[int]] = (None, [])
         self._inline: dict[str, set[int]] = {b: set() for b in BACKENDS}
         self._pending_rows: frozenset[uuid.UUID] = frozenset()
         self._outbox: dict[str, OutboxStats] = {}
@@ -405,8 +403,10 @@ class Repository(EntityMethods):
             entries = await source.outbox_pending(target, self._batch[target])
         except StoreUnavailable:
             return 0
-        # skip entries a live write is mirroring right now (it acknowledges them itself)
-        entries = [e for e in entries if e.seq not in self._inline[source.backend]]
+        # skip entries a live write is mirroring right now, or already mirrored and waiting to
+        # be deleted (the acknowledgements below): re-applying them would be wasted work
+        settled = self._inline[source.backend].union(self._acks[source.backend])
+        entries = [e for e in entries if e.seq not in settled]
         if not entries:
             if self._failures[target] == generation:
                 self._breaker_open[target] = False
@@ -465,29 +465,13 @@ class Repository(EntityMethods):
             if seqs:
                 batch, self._acks[backend] = seqs, []
                 try:
-                    if _other(backend) == "postgres":
-                        batch = await self._flushed_on_postgres(batch)
+                    # inline mirror commits may skip the WAL flush (see `apply_when`): make
+                    # them durable before the outbox forgets them
+                    await self._stores[_other(backend)].flush_wal()
                     await self._stores[backend].outbox_ack(batch)
                 except Exception:
                     # unacknowledged entries are replayed again: harmless, they are idempotent
                     self._acks[backend].extend(batch)
-
-    async def _flushed_on_postgres(self, seqs: list[int]) -> list[int]:
-        """The entries whose mirror commit PostgreSQL has flushed to disk.
-
-        Inline mirror commits to PostgreSQL skip the WAL flush (see `apply_when`): an entry is
-        acknowledged once the WAL is flushed past a position read after its commit, or it
-        waits for the next pass, so a server crash never loses a write the outbox forgot.
-        """
-        fence, waiting = self._wal_fence
-        postgres = self._stores["postgres"]
-        assert isinstance(postgres, PostgresStore)
-        fence_flushed, all_flushed, position = await postgres.wal_flushed(fence)
-        if all_flushed:
-            self._wal_fence = (None, [])
-            return waiting + seqs
-        self._wal_fence = (position, seqs + ([] if fence_flushed else waiting))
-        return waiting if fence_flushed else []
 
     async def _refresh_outbox_metrics(self) -> None:
         rows: set[uuid.UUID] = set()

@@ -104,14 +104,19 @@ async def test_a_rejected_primary_write_leaves_no_phantom_on_the_mirror(
         assert sum(failures) == 0  # the rejected write did not fail the others' mirror
 
 
-async def test_wal_flushed_compares_positions(pg_dsn: str) -> None:
+async def test_flush_wal_makes_asynchronous_commits_durable(pg_dsn: str) -> None:
     store = PostgresStore(pg_dsn)
+    await store.init_schema()
+    conn = await asyncpg.connect(pg_dsn)
     try:
-        fence_ok, now_ok, position = await store.wal_flushed(None)
-        assert not fence_ok  # no fence yet: nothing to release by it
-        assert (await store.wal_flushed("0/1"))[0]  # long flushed
-        assert not (await store.wal_flushed("FFFF/0"))[0]  # not reached yet
-        assert "/" in position
-        assert isinstance(now_ok, bool)
+        await conn.execute("BEGIN; SET LOCAL synchronous_commit TO off")
+        await conn.execute("CREATE TABLE t (x int)")
+        await conn.execute("COMMIT")
+        written = await conn.fetchval("SELECT pg_current_wal_insert_lsn()::text")
+        await store.flush_wal()
+        flushed = await conn.fetchval(
+            "SELECT pg_current_wal_flush_lsn() >= $1::text::pg_lsn", written)
+        assert flushed
     finally:
+        await conn.close()
         await store.close()

@@ -148,6 +148,9 @@ class Store(Protocol):
         """Apply mutations whose primary writes run now; only those `confirmed` (True) stay
         applied (None for the others). A store may overlap its work with the primaries'."""
 
+    async def flush_wal(self) -> None:
+        """Make every commit so far durable, the asynchronous ones of `apply_when` included."""
+
     # -- the outbox kept in this store for writes that must reach `target` --
     async def outbox_pending(self, target: str, limit: int) -> list[OutboxEntry]:
         """Oldest first, dead letters excluded."""

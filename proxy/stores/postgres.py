@@ -261,7 +261,13 @@ class PostgresStore(StoreMethods):
             async with pool.acquire(timeout=10) as conn:
                 if len(mutations) == 1:
                     return [await _apply_one(conn, mutations[0], savepoint=False)]
-                return await _apply_each(conn, mutations)
+                try:  # the whole batch in a few round trips; one by one only if that fails
+                    async with conn.transaction():
+                        await _apply_all(conn, mutations)
+                    return [ApplyResult(ApplyOutcome.APPLIED) for _ in mutations]
+                except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError,
+                        asyncpg.ProgramLimitExceededError, asyncpg.DeadlockDetectedError):
+                    return await _apply_each(conn, mutations)
         except UNAVAILABLE as exc:
             raise StoreUnavailable("postgres", _reason(exc)) from exc
 
@@ -276,13 +282,13 @@ class PostgresStore(StoreMethods):
         primary failed, or a mutation cannot apply (a parent row not here yet), the transaction
         is rolled back and the confirmed mutations are applied one by one. None marks a
         mutation whose primary failed. The commit is asynchronous (no WAL flush): callers
-        acknowledge the outbox entries only once `wal_flushed` says it reached the disk.
+        acknowledge the outbox entries only after a `flush_wal` that followed it.
         """
         pool = await self._get_pool()
         try:
             async with pool.acquire(timeout=10) as conn:
                 # one round trip opens the transaction; no WAL flush at its commit: the
-                # primary's outbox entry holds the write until `wal_flushed` says it is on disk
+                # primary's outbox entry holds the write until `flush_wal` has run after it
                 # (the pool rolls back a transaction left open by an error or a cancellation)
                 await conn.execute("BEGIN; SET LOCAL synchronous_commit TO off")
                 try:
@@ -301,18 +307,23 @@ class PostgresStore(StoreMethods):
         except UNAVAILABLE as exc:
             raise StoreUnavailable("postgres", _reason(exc)) from exc
 
-    async def wal_flushed(self, fence: str | None) -> tuple[bool, bool, str]:
-        """Whether the WAL is on disk up to `fence` and up to now, and the position now.
+    async def flush_wal(self) -> None:
+        """Make every commit so far durable, the asynchronous ones of `apply_when` included.
 
-        A mirror commit (see `apply_when`) happened before the position read after it, so once
-        the WAL is flushed past that position, the commit survives a server crash.
+        A transaction that writes (here one counter row) and commits synchronously flushes
+        the WAL up to its commit record, so past every earlier commit. (One that only takes a
+        transaction id writes nothing, and PostgreSQL skips the flush.)
         """
-        rows = await self._fetch(
-            "SELECT pg_current_wal_flush_lsn() >= coalesce($1::text, '0/0')::pg_lsn AS fence,"
-            " pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn() AS now,"
-            " pg_current_wal_insert_lsn()::text AS position", fence,
-        )
-        return rows[0]["fence"] and fence is not None, rows[0]["now"], rows[0]["position"]
+        pool = await self._get_pool()
+        try:
+            async with pool.acquire(timeout=10) as conn:
+                await conn.execute(
+                    "BEGIN; SET LOCAL synchronous_commit TO on; "
+                    "INSERT INTO cutover_wal_flushes VALUES (1, 1) ON CONFLICT (id) "
+                    "DO UPDATE SET flushes = cutover_wal_flushes.flushes + 1; COMMIT"
+                )
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable("postgres", _reason(exc)) from exc
 
     # -- outbox --
     async def outbox_pending(self, target: str, limit: int) -> list[OutboxEntry]:

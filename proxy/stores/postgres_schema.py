@@ -138,6 +138,12 @@ CREATE TABLE IF NOT EXISTS cutover_outbox (
 );
 CREATE INDEX IF NOT EXISTS idx_cutover_outbox_pending ON cutover_outbox(target, dead, seq);
 
+-- one row, updated by a synchronous commit to flush the WAL past asynchronous mirror commits
+CREATE TABLE IF NOT EXISTS cutover_wal_flushes (
+    id INT PRIMARY KEY CHECK (id = 1),
+    flushes BIGINT NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS cutover_tombstones (
     entity TEXT NOT NULL,
     row_id UUID NOT NULL,

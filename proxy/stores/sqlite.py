@@ -280,6 +280,9 @@ class SQLiteStore(StoreMethods):
         results = iter(await self.apply(live) if live else [])
         return [next(results) if good else None for good in ok]
 
+    async def flush_wal(self) -> None:
+        """Nothing to do: every commit here is as durable as it will be (see `_connect`)."""
+
     # -- outbox --
     async def outbox_pending(self, target: str, limit: int) -> list[OutboxEntry]:
         sql = (
