@@ -2,7 +2,8 @@
 
 Semantics (the contract's): whitespace-separated terms, all required, no operators: every
 character is text. A term's words are its runs of letters and digits (the way FTS5's unicode61
-tokenizer and the PostgreSQL side's `regexp_replace(..., '[^[:alnum:]]+', ' ')` both split), so
+tokenizer and the PostgreSQL side's `cutover_words()`, which turns every run of other
+characters into a space, both split), so
 `json.dumps` is the phrase "json dumps" on both stores. Terms containing CJK characters also match
 as plain substrings (neither engine segments CJK words: `学習` is inside the token
 `機械学習の基礎`).
