@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -52,6 +52,11 @@ class MirrorPipeline:
         self._idle = asyncio.Event()
         self._queue_closed = False
 
+    @property
+    def idle(self) -> bool:
+        """True when a write submitted now starts a batch at once (nothing queued or running)."""
+        return self._idle.is_set() and not self._queue
+
     def submit(
         self, mutation: Mutation, primary: asyncio.Future[bool]
     ) -> asyncio.Future[ApplyResult | None]:
@@ -80,15 +85,12 @@ class MirrorPipeline:
                 await self._flush(batch)
 
     async def _flush(self, batch: list[_Item]) -> None:
-        confirmed = asyncio.ensure_future(_confirmations([i.primary for i in batch]))
         try:
-            results = await self._store.apply_when([i.mutation for i in batch], confirmed)
+            results = await self._store.apply_when([i.mutation for i in batch],
+                                                   _Confirmation([i.primary for i in batch]))
         except Exception as exc:  # the store is down: every write in the batch stays queued
             failed = ApplyResult(ApplyOutcome.FAILED, f"{type(exc).__name__}: {exc}"[:300])
             results = [failed] * len(batch)
-        finally:
-            if not confirmed.done():
-                confirmed.cancel()
         for item, result in zip(batch, results, strict=True):
             if not item.result.done():  # the caller may have stopped waiting (timeout)
                 item.result.set_result(result)
@@ -109,9 +111,22 @@ class MirrorPipeline:
         self._queue.clear()
 
 
-async def _confirmations(primaries: list[asyncio.Future[bool]]) -> list[bool]:
-    """Whether each primary committed; one not resolved in time counts as failed."""
-    if all(p.done() for p in primaries):
-        return [not p.cancelled() and p.result() for p in primaries]
-    done, _ = await asyncio.wait(primaries, timeout=CONFIRM_TIMEOUT_S)
-    return [p in done and not p.cancelled() and p.result() for p in primaries]
+class _Confirmation:
+    """Whether each primary committed, awaitable any number of times; a primary not resolved
+    within CONFIRM_TIMEOUT_S counts as failed."""
+
+    def __init__(self, primaries: list[asyncio.Future[bool]]) -> None:
+        self._primaries = primaries
+        self._result: list[bool] | None = None
+
+    def __await__(self) -> Generator[Any, None, list[bool]]:
+        return self._wait().__await__()
+
+    async def _wait(self) -> list[bool]:
+        if self._result is None:
+            pending = [p for p in self._primaries if not p.done()]
+            if pending:
+                await asyncio.wait(pending, timeout=CONFIRM_TIMEOUT_S)
+            self._result = [p.done() and not p.cancelled() and p.result()
+                            for p in self._primaries]
+        return self._result

@@ -237,8 +237,14 @@ class Repository(EntityMethods):
                                             and entity.column_set <= values.keys()))):
                 confirm = asyncio.get_running_loop().create_future()
                 row = None if values is None else {c: values[c] for c in entity.column_names}
-                mirrored = self._pipelines[target].submit(
-                    Mutation(entity.name, op, row_id, version, row), confirm)
+                pipeline = self._pipelines[target]
+                starts_batch = pipeline.idle
+                mirrored = pipeline.submit(Mutation(entity.name, op, row_id, version, row),
+                                           confirm)
+                if starts_batch:
+                    # let the mirror send its statement before the primary's thread starts:
+                    # both then wait on their databases, not on each other for the GIL
+                    await asyncio.sleep(0)
             start = time.perf_counter()
             committed = False
             try:

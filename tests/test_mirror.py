@@ -120,3 +120,32 @@ async def test_flush_wal_makes_asynchronous_commits_durable(pg_dsn: str) -> None
     finally:
         await conn.close()
         await store.close()
+
+
+async def test_the_mirror_session_does_not_sit_idle_in_a_transaction(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between batches the next transaction is open (empty); idle, it is committed."""
+    monkeypatch.setattr("proxy.stores.postgres.MIRROR_IDLE_S", 0.2)
+    store = PostgresStore(pg_dsn)
+    await store.init_schema()
+    pipeline = MirrorPipeline(store)
+    loop = asyncio.get_running_loop()
+    conn = await asyncpg.connect(pg_dsn)
+    states = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+              "AND state = 'idle in transaction'")
+    try:
+        committed = loop.create_future()
+        committed.set_result(True)
+        assert await pipeline.submit(_user(0), committed) is not None
+        assert await conn.fetchval(states) == 1  # the next batch's transaction, opened ahead
+        await asyncio.sleep(0.6)
+        assert await conn.fetchval(states) == 0
+        again = loop.create_future()
+        again.set_result(True)
+        assert await pipeline.submit(_user(1), again) is not None  # reopens as needed
+        assert len(await _ids(pg_dsn)) == 2
+    finally:
+        await conn.close()
+        await pipeline.aclose()
+        await store.close()

@@ -6,6 +6,8 @@ together in one round trip.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import Awaitable, Sequence
@@ -90,6 +92,7 @@ class PostgresStore(StoreMethods):
         self._min_size = min_size
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
+        self._mirror: _MirrorSession | None = None
 
     async def _get_pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -123,6 +126,9 @@ class PostgresStore(StoreMethods):
         await self._fetch("SELECT 1")
 
     async def close(self) -> None:
+        if self._mirror is not None:
+            mirror, self._mirror = self._mirror, None
+            await mirror.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:
@@ -284,26 +290,10 @@ class PostgresStore(StoreMethods):
         mutation whose primary failed. The commit is asynchronous (no WAL flush): callers
         acknowledge the outbox entries only after a `flush_wal` that followed it.
         """
-        pool = await self._get_pool()
+        if self._mirror is None:
+            self._mirror = _MirrorSession(await self._get_pool())
         try:
-            async with pool.acquire(timeout=10) as conn:
-                # one round trip opens the transaction; no WAL flush at its commit: the
-                # primary's outbox entry holds the write until `flush_wal` has run after it
-                # (the pool rolls back a transaction left open by an error or a cancellation)
-                await conn.execute("BEGIN; SET LOCAL synchronous_commit TO off")
-                try:
-                    await _apply_all(conn, mutations)
-                    ok = list(await confirmed)
-                    if all(ok):
-                        await conn.execute("COMMIT")
-                        return [ApplyResult(ApplyOutcome.APPLIED) for _ in mutations]
-                except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError,
-                        asyncpg.ProgramLimitExceededError, asyncpg.DeadlockDetectedError):
-                    ok = list(await confirmed)
-                await conn.execute("ROLLBACK")
-                live = [m for m, good in zip(mutations, ok, strict=True) if good]
-                results = iter(await _apply_each(conn, live) if live else [])
-                return [next(results) if good else None for good in ok]
+            return await self._mirror.apply_when(mutations, confirmed)
         except UNAVAILABLE as exc:
             raise StoreUnavailable("postgres", _reason(exc)) from exc
 
@@ -450,6 +440,96 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:200] if str(exc) else type(exc).__name__
+
+
+_BEGIN_MIRROR = "BEGIN; SET LOCAL synchronous_commit TO off"
+MIRROR_IDLE_S = 1.0  # how long the next mirror transaction stays open, empty, with no writes
+
+
+class _MirrorSession:
+    """The connection inline mirror writes use, with their next transaction already open.
+
+    A batch then costs two round trips, not three: its statements, then one message that
+    commits it and opens the next transaction (`COMMIT; BEGIN; ...`). An open transaction that
+    has run no statement holds no snapshot, lock or transaction id; after MIRROR_IDLE_S
+    without writes it is committed, so the session does not sit idle in a transaction.
+    Batches come one at a time (the mirror pipeline has one worker); a lock keeps the idle
+    commit out of a batch.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._conn: asyncpg.Connection | None = None
+        self._open = False
+        self._lock = asyncio.Lock()
+        self._idle: asyncio.TimerHandle | None = None
+        self._ending: asyncio.Task[None] | None = None  # held: a task nobody holds may vanish
+
+    async def apply_when(
+        self, mutations: Sequence[Mutation], confirmed: Awaitable[Sequence[bool]]
+    ) -> list[ApplyResult | None]:
+        async with self._lock:
+            if self._idle is not None:
+                self._idle.cancel()
+            try:
+                conn = self._conn or await self._pool.acquire(timeout=10)
+                self._conn = conn
+                if not self._open:
+                    await conn.execute(_BEGIN_MIRROR)
+                    self._open = True
+                try:
+                    await _apply_all(conn, mutations)
+                    ok = list(await confirmed)
+                    if all(ok):
+                        self._open = False
+                        await conn.execute("COMMIT; " + _BEGIN_MIRROR)
+                        self._open = True
+                        return [ApplyResult(ApplyOutcome.APPLIED) for _ in mutations]
+                except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError,
+                        asyncpg.ProgramLimitExceededError, asyncpg.DeadlockDetectedError):
+                    ok = list(await confirmed)
+                self._open = False
+                await conn.execute("ROLLBACK")
+                live = [m for m, good in zip(mutations, ok, strict=True) if good]
+                results = iter(await _apply_each(conn, live) if live else [])
+                return [next(results) if good else None for good in ok]
+            except BaseException:
+                await self._drop()  # its state is unknown: a fresh connection next time
+                raise
+            finally:
+                if self._conn is not None:
+                    self._idle = asyncio.get_running_loop().call_later(
+                        MIRROR_IDLE_S, self._schedule_end_idle)
+
+    def _schedule_end_idle(self) -> None:
+        self._ending = asyncio.ensure_future(self._end_idle())
+
+    async def _end_idle(self) -> None:
+        async with self._lock:
+            if self._open and self._conn is not None:
+                try:
+                    await self._conn.execute("COMMIT")
+                    self._open = False
+                except Exception:
+                    await self._drop()
+
+    async def _drop(self) -> None:
+        conn, self._conn, self._open = self._conn, None, False
+        if conn is not None:
+            conn.terminate()
+            with contextlib.suppress(Exception):
+                await self._pool.release(conn)
+
+    async def close(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        async with self._lock:
+            conn, self._conn, open_, self._open = self._conn, None, self._open, False
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    if open_:
+                        await conn.execute("ROLLBACK")  # the empty transaction opened ahead
+                    await self._pool.release(conn, timeout=5)
 
 
 def _fk_error(entity: Entity, values: dict[str, Any], exc: asyncpg.PostgresError) -> Exception:
