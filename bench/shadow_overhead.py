@@ -1,12 +1,16 @@
 """The primary search's latency with every search shadowed, beside shadowing off, in one run.
 
     .venv/bin/python bench/shadow_overhead.py [--rounds 6] [--qps N] [--seed 1] [--dsn ...]
+                                              [--worker process|inline]
 
-One repository (SQLite primary, the service's JSON logging) over the parity corpus of
-bench/corpus.py (5,280 questions from the standard library's docstrings, 8 users) and its 380
-queries of every class. The query set runs in blocks that alternate the shadow runner's sample
-rate between 0 and 1 (0 first in even rounds, 1 first in odd ones), so both sides see the same
-data, caches and machine load; every block ends with no shadow in flight. Two load models:
+One repository (SQLite primary, the service's JSON logging, SHADOW_WORKER=process unless
+`--worker inline`: the shadow searches run in a child process with its own store connections,
+so the caller's process only sends a request and reads ids and match kinds) over the parity
+corpus of bench/corpus.py (5,280 questions from the standard library's docstrings, 8 users)
+and its 380 queries of every class. The query set runs in blocks that alternate the shadow
+runner's sample rate between 0 and 1 (0 first in even rounds, 1 first in odd ones), so both
+sides see the same data, caches and machine load; every block ends with no shadow in flight.
+Two load models:
 
 1. Closed loop (printed second, the saturated worst case): one caller, each search started as
    soon as the previous one returned, no idle time. With shadowing on, every search also starts
@@ -75,6 +79,7 @@ class Side:
     latencies: list[float] = field(default_factory=list)
     shed: float = 0.0
     lags: list[float] = field(default_factory=list)  # open loop: arrival -> search started
+    cpu_s: float = 0.0  # the caller's process's CPU time over the blocks (all its threads)
 
     def p(self, q: float) -> float:
         ordered = sorted(self.latencies)
@@ -90,7 +95,7 @@ def shed_count(repo: Repository) -> float:
 async def closed_block(
     repo: Repository, queries: Sequence[tuple[str, object]], side: Side
 ) -> None:
-    shed_before = shed_count(repo)
+    shed_before, cpu_before = shed_count(repo), time.process_time()
     for text, user in queries:
         t0 = time.perf_counter()
         await repo.search_questions(text, user_id=user)  # type: ignore[arg-type]
@@ -98,6 +103,7 @@ async def closed_block(
     assert repo.shadow is not None
     await repo.shadow.drain(30.0)  # the block ends with no shadow in flight
     side.shed += shed_count(repo) - shed_before
+    side.cpu_s += time.process_time() - cpu_before
 
 
 async def capacity(repo: Repository, queries: Sequence[tuple[str, object]]) -> float:
@@ -129,7 +135,7 @@ async def open_block(
     """Each search arrives from another thread at its time, as a request from the network would
     (a wake-up of the event loop, not a timer of its own), and is started at once."""
     loop = asyncio.get_running_loop()
-    shed_before = shed_count(repo)
+    shed_before, cpu_before = shed_count(repo), time.process_time()
     latencies: list[float] = []
     lags: list[float] = []
     tasks: list[asyncio.Task[None]] = []
@@ -162,6 +168,7 @@ async def open_block(
     side.latencies.extend(latencies)
     side.lags.extend(lags)
     side.shed += shed_count(repo) - shed_before
+    side.cpu_s += time.process_time() - cpu_before  # the arrivals thread's share is tiny
 
 
 def table(sides: dict[float, Side], *, open_loop: bool) -> None:
@@ -173,16 +180,21 @@ def table(sides: dict[float, Side], *, open_loop: bool) -> None:
     off, on = sides[0.0], sides[1.0]
     print(f"  p50 ratio (100% / off) = {on.p(0.5) / off.p(0.5):.3f}; "
           f"p95 ratio = {on.p(0.95) / off.p(0.95):.3f}")
+    print(f"  caller's process CPU per search: off {off.cpu_s / len(off.latencies) * 1000:.3f} ms, "
+          f"100% {on.cpu_s / len(on.latencies) * 1000:.3f} ms")
 
 
-async def run(rounds: int, qps: float | None, seed: int, dsn: str | None) -> None:
+async def run(
+    rounds: int, qps: float | None, seed: int, dsn: str | None, worker: str
+) -> None:
     corpus = build_corpus()
     query_set: list[Query] = build_queries(corpus)
     queries = [(q.text, corpus.users[q.user]) for q in query_set]
     with tempfile.TemporaryDirectory() as tmp:
         async with scratch_database(dsn) as db:
             settings = Settings(sqlite_path=Path(tmp) / "app.db", postgres_dsn=db,
-                                shadow_sample_rate=0.0, shadow_timeout_ms=2000)
+                                shadow_sample_rate=0.0, shadow_timeout_ms=2000,
+                                shadow_worker=worker)
             async with open_repository(settings, registry=CollectorRegistry()) as repo:
                 assert repo.shadow is not None
                 for store in repo.stores.values():
@@ -213,7 +225,7 @@ async def run(rounds: int, qps: float | None, seed: int, dsn: str | None) -> Non
 
     n = rounds * len(queries)
     print(f"questions={len(corpus.questions)} queries={len(queries)} rounds={rounds} "
-          f"searches per side and load model={n}")
+          f"searches per side and load model={n} SHADOW_WORKER={worker}")
     print("capacity with every search shadowed (back to back, nothing shed, until the last "
           f"shadow is done): {', '.join(f'{c:.0f}' for c in capacities)} searches/s, "
           f"median {full:.0f}")
@@ -235,10 +247,12 @@ def main() -> None:
                         help="open-loop arrival rate (default: half the measured capacity)")
     parser.add_argument("--seed", type=int, default=1, help="the open loop's arrival times")
     parser.add_argument("--dsn", default=None)
+    parser.add_argument("--worker", choices=("process", "inline"), default="process",
+                        help="where shadow searches run (SHADOW_WORKER; default process)")
     args = parser.parse_args()
     # the service's logging (JSON lines on stderr), so mismatch events cost what they cost there
     configure_logging(logging.INFO, json_lines=True)
-    asyncio.run(run(args.rounds, args.qps, args.seed, args.dsn))
+    asyncio.run(run(args.rounds, args.qps, args.seed, args.dsn, args.worker))
 
 
 if __name__ == "__main__":
