@@ -36,6 +36,13 @@ from shadow.verdict import (
     evaluate,
     refresh_ready,
 )
+from shadow.worker import (
+    SearchWorker,
+    ShadowWorkerError,
+    WorkerBusy,
+    WorkerSearchFailed,
+    WorkerUnavailable,
+)
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -50,11 +57,16 @@ __all__ = [
     "Outcome",
     "RankedHit",
     "Reason",
+    "SearchWorker",
     "ShadowRunner",
     "ShadowStore",
+    "ShadowWorkerError",
     "Thresholds",
     "Verdict",
     "WindowSummary",
+    "WorkerBusy",
+    "WorkerSearchFailed",
+    "WorkerUnavailable",
     "analysis_hints",
     "classify",
     "decide",
