@@ -8,15 +8,17 @@ batches to a store never interleave their row locks (no deadlocks between batche
 runs, the next batch gathers, which is what makes the pipeline cheaper per write as writers
 multiply: one pool checkout, one transaction and one commit per batch, not per write.
 
-The caller waits for its result with a timeout and abandons it (never cancels it) when the
-mirror is slow: the primary's outbox entry covers the write, and replaying it later is
-idempotent.
+A write's result arrives within the pipeline's timeout: past it the result is TIMED_OUT and
+the statement is abandoned, never cancelled (cancelling a driver mid-statement can poison its
+connection); the primary's outbox entry covers the write, and replaying it later is idempotent.
+One timer per pipeline enforces every deadline, not one per write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -24,6 +26,7 @@ from typing import Any, Protocol
 from proxy.stores.base import ApplyOutcome, ApplyResult, Mutation
 
 MAX_BATCH = 64
+TIMED_OUT = ApplyResult(ApplyOutcome.FAILED, "timed out")
 CONFIRM_TIMEOUT_S = 15.0  # longer than any primary write may take (the repository's 10 s cap)
 
 
@@ -43,9 +46,13 @@ class _Item:
 class MirrorPipeline:
     """Batches the inline mirror writes to one store (see the module docstring)."""
 
-    def __init__(self, store: MirrorStore, *, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, store: MirrorStore, *, timeout_s: float = 2.0,
+                 max_batch: int = MAX_BATCH) -> None:
         self._store = store
+        self._timeout_s = timeout_s
         self._max_batch = max_batch
+        self._deadlines: deque[tuple[float, asyncio.Future[ApplyResult | None]]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
         self._queue: list[_Item] = []
         self._ready = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
@@ -68,10 +75,27 @@ class MirrorPipeline:
         loop = asyncio.get_running_loop()
         item = _Item(mutation, primary, loop.create_future())
         self._queue.append(item)
+        self._deadlines.append((loop.time() + self._timeout_s, item.result))
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadlines[0][0], self._expire)
         self._ready.set()
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._run(), name="cutover-mirror")
         return item.result
+
+    def _expire(self) -> None:
+        """Give every write past its deadline TIMED_OUT; wake again at the next deadline."""
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, result = self._deadlines.popleft()
+            if not result.done():
+                result.set_result(TIMED_OUT)
+        while self._deadlines and self._deadlines[0][1].done():  # answered in time
+            self._deadlines.popleft()
+        if self._deadlines:
+            self._timer = loop.call_at(self._deadlines[0][0], self._expire)
 
     async def _run(self) -> None:
         while True:
@@ -96,6 +120,9 @@ class MirrorPipeline:
                 item.result.set_result(result)
 
     async def aclose(self, timeout_s: float = 5.0) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         """Let the batch in flight finish (cancelling a driver mid-statement can poison its
         connection), then stop; writes still queued are covered by the outbox."""
         self._queue_closed = True

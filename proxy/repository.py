@@ -39,7 +39,7 @@ from proxy.clock import next_version
 from proxy.codec import now_utc
 from proxy.connect import resolve_dsn
 from proxy.errors import CutoverError, NotFoundError, StoreUnavailable
-from proxy.mirror import MirrorPipeline
+from proxy.mirror import TIMED_OUT, MirrorPipeline
 from proxy.models import Entity, SearchResult
 from proxy.stores.base import ApplyOutcome, ApplyResult, Mutation, Op, OutboxStats
 from proxy.stores.postgres import PostgresStore
@@ -145,7 +145,8 @@ class Repository(EntityMethods):
         self._failures = {b: 0 for b in BACKENDS}
         self._breaker_open = {b: False for b in BACKENDS}
         self._abandoned: set[asyncio.Task[Any]] = set()
-        self._pipelines = {b: MirrorPipeline(store) for b, store in self._stores.items()}
+        self._pipelines = {b: MirrorPipeline(store, timeout_s=self._mirror_timeout_s)
+                           for b, store in self._stores.items()}
         self._acks: dict[str, list[int]] = {b: [] for b in BACKENDS}
         self._inline: dict[str, set[int]] = {b: set() for b in BACKENDS}
         self._pending_rows: frozenset[uuid.UUID] = frozenset()
@@ -305,12 +306,12 @@ class Repository(EntityMethods):
         inline.add(seq)
         outcome = "ok"
         try:
-            async with asyncio.timeout(self._mirror_timeout_s):
-                result = await mirrored  # on timeout only this future is cancelled
-            if result is None or result.outcome is ApplyOutcome.FAILED:
+            result = await mirrored  # within the timeout: the pipeline enforces it
+            if result is TIMED_OUT:
+                outcome = "timeout"
+                reason = f"no answer within {self.settings.mirror_timeout_ms} ms"
+            elif result is None or result.outcome is ApplyOutcome.FAILED:
                 outcome, reason = "error", (result.error if result else None) or "failed"
-        except TimeoutError:
-            outcome, reason = "timeout", f"no answer within {self.settings.mirror_timeout_ms} ms"
         except Exception as exc:
             outcome, reason = "error", f"{type(exc).__name__}: {exc}"[:300]
         finally:

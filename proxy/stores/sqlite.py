@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import orjson
+
 from proxy.codec import (
     encode_row,
     encode_values,
@@ -356,7 +358,7 @@ def _outbox_rows(
     place every SQLite write waits for."""
     if not targets:
         return []
-    payload = json.dumps({"row": encoded}, separators=(",", ":"))
+    payload = orjson.dumps({"row": encoded}).decode()
     created_at = iso(now_utc())
     return [(t, entity.name, op, str(row_id), version, payload, created_at) for t in targets]
 
