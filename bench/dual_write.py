@@ -1,12 +1,14 @@
 """Dual-write latency and throughput beside each store alone, in the same run.
 
-    .venv/bin/python bench/dual_write.py [--writes 3000] [--dsn postgresql://...]
+    .venv/bin/python bench/dual_write.py [--writes 6000] [--rounds 6] [--dsn postgresql://...]
 
 Each configuration records typing logs through the same validated API (`record_typing_log`):
 the SQLite store alone, the PostgreSQL store alone, and the repository (SQLite primary with its
 outbox entry in the same transaction; the PostgreSQL mirror write applied beside it and committed
 once SQLite has, before the call returns).
-Prints p50/p95 per write and throughput, with 1 and with 16 concurrent writers, and the ratios
+The three take turns (rounds of writes/rounds writes each, in a rotating order) after a warm-up,
+so drift in the machine's load hits all alike. Prints p50/p95 per write over all rounds and the
+throughput (writes over the summed wall time), with 1 and with 16 concurrent writers, and the ratios
 the issue sets targets for (dual p50 <= 1.3x the slower store's; 16-writer throughput >= 0.75x).
 """
 
@@ -30,7 +32,9 @@ from config import Settings
 from proxy import PostgresStore, SQLiteStore, open_repository
 
 
-async def measure(target: Any, user_id: Any, writes: int, writers: int) -> dict[str, float]:
+async def measure(target: Any, user_id: Any, writes: int, writers: int
+                  ) -> tuple[list[float], float]:
+    """`writes` writes by `writers` concurrent callers: each write's latency, and the wall time."""
     latencies: list[float] = []
     remaining = writes
 
@@ -45,8 +49,11 @@ async def measure(target: Any, user_id: Any, writes: int, writers: int) -> dict[
 
     began = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(writers)))
-    wall = time.perf_counter() - began
-    latencies.sort()
+    return latencies, time.perf_counter() - began
+
+
+def summarise(latencies: list[float], wall: float) -> dict[str, float]:
+    latencies = sorted(latencies)
     return {
         "p50_ms": statistics.median(latencies) * 1000,
         "p95_ms": latencies[int(len(latencies) * 0.95) - 1] * 1000,
@@ -54,7 +61,7 @@ async def measure(target: Any, user_id: Any, writes: int, writers: int) -> dict[
     }
 
 
-async def run(writes: int, dsn: str | None) -> None:
+async def run(writes: int, rounds: int, dsn: str | None) -> None:
     results: dict[tuple[str, int], dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         async with scratch_database(dsn) as db:
@@ -71,10 +78,21 @@ async def run(writes: int, dsn: str | None) -> None:
                     users[name] = (await target.create_user(
                         name="bench", email=f"bench-{name.replace(' ', '-')}@example.com")).id
                 for writers in (1, 16):
-                    for name, target in targets.items():  # warm-up, then measure
+                    for name, target in targets.items():  # warm-up
                         await measure(target, users[name], 200, writers)
-                        results[(name, writers)] = await measure(target, users[name], writes,
-                                                                 writers)
+                    # the configurations take turns, in a rotating order, so that a change in
+                    # the machine's load during the run affects all three alike
+                    samples: dict[str, list[float]] = {name: [] for name in targets}
+                    walls = dict.fromkeys(targets, 0.0)
+                    order = list(targets)
+                    for r in range(rounds):
+                        for name in order[r % 3:] + order[:r % 3]:
+                            latencies, wall = await measure(targets[name], users[name],
+                                                            writes // rounds, writers)
+                            samples[name] += latencies
+                            walls[name] += wall
+                    for name in targets:
+                        results[(name, writers)] = summarise(samples[name], walls[name])
                 pending = (await repo.outbox_stats())["postgres"].pending
                 await repo.replay_once()  # acknowledges what the mirror committed meanwhile
                 drained = (await repo.outbox_stats())["postgres"].pending
@@ -101,14 +119,17 @@ async def run(writes: int, dsn: str | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--writes", type=int, default=3000)
+    parser.add_argument("--writes", type=int, default=6000,
+                        help="timed writes per configuration and writer count")
+    parser.add_argument("--rounds", type=int, default=6,
+                        help="turns the configurations take, each with writes/rounds writes")
     parser.add_argument("--dsn", default=None, help="PostgreSQL server DSN (default: embedded)")
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="sys.setswitchinterval for the run (seconds; CPython default 0.005)")
     args = parser.parse_args()
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
-    asyncio.run(run(args.writes, args.dsn))
+    asyncio.run(run(args.writes, args.rounds, args.dsn))
 
 
 if __name__ == "__main__":

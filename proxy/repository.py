@@ -76,18 +76,19 @@ class _WriteGate:
         self._idle = asyncio.Event()  # set while no write is in flight
         self._idle.set()
 
-    @asynccontextmanager
-    async def write(self) -> AsyncIterator[None]:
+    def write(self) -> _WriteGate:
+        return self  # `async with gate.write():` (a plain object: no generator per write)
+
+    async def __aenter__(self) -> None:
         while not self._open.is_set():
             await self._open.wait()
         self._writers += 1
         self._idle.clear()
-        try:
-            yield
-        finally:
-            self._writers -= 1
-            if self._writers == 0:
-                self._idle.set()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._writers -= 1
+        if self._writers == 0:
+            self._idle.set()
 
     @asynccontextmanager
     async def flip(self) -> AsyncIterator[None]:
