@@ -146,6 +146,10 @@ class _Confirmation:
         self._primaries = primaries
         self._result: list[bool] | None = None
 
+    @property
+    def settled(self) -> bool:
+        return all(p.done() for p in self._primaries)
+
     def __await__(self) -> Generator[Any, None, list[bool]]:
         return self._wait().__await__()
 

@@ -229,24 +229,23 @@ class Repository(EntityMethods):
             target = self.mirror_backend
             mirroring = self.settings.dual_write
             version = next_version()
-            # The SQLite primary stores a complete insert's values as given, and a delete needs
-            # no row: their mirror write can start now, beside the primary's commit (the mirror
-            # commits it only once the primary has). Other writes wait for the primary's row.
+            # While the mirror is busy with earlier writes, this one joins the next batch at
+            # once, to be applied while its primary commits (and committed only once it has):
+            # with concurrent writers the mirror's work hides behind the primary's queue. The
+            # SQLite primary stores a complete insert's values as given, and a delete needs no
+            # row, so those can go early. Otherwise (and always with a single writer, where an
+            # idle mirror applies it in one round trip) it goes once the primary has committed.
             confirm: asyncio.Future[bool] | None = None
             mirrored: asyncio.Future[ApplyResult | None] | None = None
-            if (mirroring and primary.backend == "sqlite" and not self._breaker_open[target]
+            pipeline = self._pipelines[target]
+            if (mirroring and primary.backend == "sqlite" and not pipeline.idle
+                    and not self._breaker_open[target]
                     and (op == "delete" or (values is not None
                                             and entity.column_set <= values.keys()))):
                 confirm = asyncio.get_running_loop().create_future()
                 row = None if values is None else {c: values[c] for c in entity.column_names}
-                pipeline = self._pipelines[target]
-                starts_batch = pipeline.idle
                 mirrored = pipeline.submit(Mutation(entity.name, op, row_id, version, row),
                                            confirm)
-                if starts_batch:
-                    # let the mirror send its statement before the primary's thread starts:
-                    # both then wait on their databases, not on each other for the GIL
-                    await asyncio.sleep(0)
             start = time.perf_counter()
             committed = False
             try:
@@ -278,7 +277,7 @@ class Repository(EntityMethods):
                     self.metrics.observe_write(target, entity.name, op, "deferred", 0.0)
                     self._wake.set()
                     return row
-                mirrored = self._pipelines[target].submit(mutation, _committed())
+                mirrored = pipeline.submit(mutation, _committed())
             await self._mirror(mirrored, mutation, seq, primary.backend, target, start)
             return row
 

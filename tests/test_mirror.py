@@ -135,15 +135,18 @@ async def test_the_mirror_session_does_not_sit_idle_in_a_transaction(
     states = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
               "AND state = 'idle in transaction'")
     try:
-        committed = loop.create_future()
-        committed.set_result(True)
-        assert await pipeline.submit(_user(0), committed) is not None
+        primary = loop.create_future()  # still committing: the batch waits in a transaction
+        result = pipeline.submit(_user(0), primary)
+        await asyncio.sleep(0.05)
+        primary.set_result(True)
+        assert await result is not None
         assert await conn.fetchval(states) == 1  # the next batch's transaction, opened ahead
         await asyncio.sleep(0.6)
         assert await conn.fetchval(states) == 0
         again = loop.create_future()
         again.set_result(True)
-        assert await pipeline.submit(_user(1), again) is not None  # reopens as needed
+        assert await pipeline.submit(_user(1), again) is not None  # committed: no transaction
+        assert await conn.fetchval(states) == 0
         assert len(await _ids(pg_dsn)) == 2
     finally:
         await conn.close()

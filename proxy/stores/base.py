@@ -13,7 +13,7 @@ newer data or brings a deleted row back.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -95,6 +95,16 @@ class OutboxStats:
     by_row: frozenset[uuid.UUID] = field(default_factory=frozenset)
 
 
+class Confirmed(Protocol):
+    """Whether each primary write of a batch committed: awaitable (more than once), and
+    `settled` once every answer is known."""
+
+    @property
+    def settled(self) -> bool: ...
+
+    def __await__(self) -> Generator[Any, None, Sequence[bool]]: ...
+
+
 class Store(Protocol):
     """One database. Every method is safe to call concurrently."""
 
@@ -143,7 +153,7 @@ class Store(Protocol):
         """Apply each mutation if newer than what is held; idempotent, in the order given."""
 
     async def apply_when(
-        self, mutations: Sequence[Mutation], confirmed: Awaitable[Sequence[bool]]
+        self, mutations: Sequence[Mutation], confirmed: Confirmed
     ) -> list[ApplyResult | None]:
         """Apply mutations whose primary writes run now; only those `confirmed` (True) stay
         applied (None for the others). A store may overlap its work with the primaries'."""

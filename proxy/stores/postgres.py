@@ -7,10 +7,9 @@ together in one round trip.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from itertools import groupby
 from typing import Any, Literal
 
@@ -20,7 +19,14 @@ from proxy.codec import from_postgres
 from proxy.errors import NotFoundError, StoreUnavailable, ValidationError
 from proxy.models import BY_NAME, BY_TABLE, ENTITIES, Entity, Kind, SearchResult
 from proxy.stores import postgres_schema
-from proxy.stores.base import ApplyOutcome, ApplyResult, Mutation, OutboxEntry, OutboxStats
+from proxy.stores.base import (
+    ApplyOutcome,
+    ApplyResult,
+    Confirmed,
+    Mutation,
+    OutboxEntry,
+    OutboxStats,
+)
 from proxy.stores.methods import StoreMethods
 from proxy.stores.searchtext import (
     FTS_CANDIDATES,
@@ -278,7 +284,7 @@ class PostgresStore(StoreMethods):
             raise StoreUnavailable("postgres", _reason(exc)) from exc
 
     async def apply_when(
-        self, mutations: Sequence[Mutation], confirmed: Awaitable[Sequence[bool]]
+        self, mutations: Sequence[Mutation], confirmed: Confirmed
     ) -> list[ApplyResult | None]:
         """Apply `mutations` beside their primary writes; commit only those that committed.
 
@@ -291,7 +297,7 @@ class PostgresStore(StoreMethods):
         acknowledge the outbox entries only after a `flush_wal` that followed it.
         """
         if self._mirror is None:
-            self._mirror = _MirrorSession(await self._get_pool())
+            self._mirror = _MirrorSession(self.dsn)
         try:
             return await self._mirror.apply_when(mutations, confirmed)
         except UNAVAILABLE as exc:
@@ -442,38 +448,53 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:200] if str(exc) else type(exc).__name__
 
 
-_BEGIN_MIRROR = "BEGIN; SET LOCAL synchronous_commit TO off"
+_BEGIN_MIRROR = "BEGIN"
 MIRROR_IDLE_S = 1.0  # how long the next mirror transaction stays open, empty, with no writes
 
 
 class _MirrorSession:
-    """The connection inline mirror writes use, with their next transaction already open.
+    """The connection inline mirror writes use: commits skip the WAL flush (the primary's
+    outbox entry holds each write until `flush_wal` has run after it).
 
-    A batch then costs two round trips, not three: its statements, then one message that
-    commits it and opens the next transaction (`COMMIT; BEGIN; ...`). An open transaction that
-    has run no statement holds no snapshot, lock or transaction id; after MIRROR_IDLE_S
-    without writes it is committed, so the session does not sit idle in a transaction.
-    Batches come one at a time (the mirror pipeline has one worker); a lock keeps the idle
-    commit out of a batch.
+    A batch whose primaries have all committed is applied as it is (one round trip, each
+    statement its own transaction). A batch applied while its primaries commit (see
+    `apply_when`) runs in a transaction committed once they have; while such batches follow
+    each other, the next transaction is opened in the message that commits the last one
+    (`COMMIT; BEGIN`), two round trips a batch instead of three. An open transaction that has
+    run no statement holds no snapshot, lock or transaction id; after MIRROR_IDLE_S without
+    writes it is committed, so the session never sits idle in a transaction. Batches come one
+    at a time (the mirror pipeline has one worker); a lock keeps the idle commit out of one.
+    The connection is the session's own, not the pool's: its setting never reaches a write
+    that must be durable on its own.
     """
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
         self._conn: asyncpg.Connection | None = None
         self._open = False
         self._lock = asyncio.Lock()
         self._idle: asyncio.TimerHandle | None = None
         self._ending: asyncio.Task[None] | None = None  # held: a task nobody holds may vanish
 
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(
+                self._dsn, timeout=10, command_timeout=30, connection_class=_Connection,
+                server_settings={"synchronous_commit": "off"},
+            )
+            self._open = False
+        return self._conn
+
     async def apply_when(
-        self, mutations: Sequence[Mutation], confirmed: Awaitable[Sequence[bool]]
+        self, mutations: Sequence[Mutation], confirmed: Confirmed
     ) -> list[ApplyResult | None]:
         async with self._lock:
             if self._idle is not None:
                 self._idle.cancel()
             try:
-                conn = self._conn or await self._pool.acquire(timeout=10)
-                self._conn = conn
+                conn = await self._connection()
+                if not self._open and confirmed.settled:
+                    return await self._apply_committed(conn, mutations, list(await confirmed))
                 if not self._open:
                     await conn.execute(_BEGIN_MIRROR)
                     self._open = True
@@ -497,9 +518,22 @@ class _MirrorSession:
                 await self._drop()  # its state is unknown: a fresh connection next time
                 raise
             finally:
-                if self._conn is not None:
+                if self._open:
                     self._idle = asyncio.get_running_loop().call_later(
                         MIRROR_IDLE_S, self._schedule_end_idle)
+
+    async def _apply_committed(
+        self, conn: asyncpg.Connection, mutations: Sequence[Mutation], ok: list[bool]
+    ) -> list[ApplyResult | None]:
+        """Mutations whose primaries already committed (or failed): no transaction needed."""
+        live = [m for m, good in zip(mutations, ok, strict=True) if good]
+        try:
+            await _apply_all(conn, live)
+            applied = iter([ApplyResult(ApplyOutcome.APPLIED)] * len(live))
+        except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError,
+                asyncpg.ProgramLimitExceededError, asyncpg.DeadlockDetectedError):
+            applied = iter(await _apply_each(conn, live))  # idempotent: again, one by one
+        return [next(applied) if good else None for good in ok]
 
     def _schedule_end_idle(self) -> None:
         self._ending = asyncio.ensure_future(self._end_idle())
@@ -517,19 +551,17 @@ class _MirrorSession:
         conn, self._conn, self._open = self._conn, None, False
         if conn is not None:
             conn.terminate()
-            with contextlib.suppress(Exception):
-                await self._pool.release(conn)
 
     async def close(self) -> None:
         if self._idle is not None:
             self._idle.cancel()
         async with self._lock:
-            conn, self._conn, open_, self._open = self._conn, None, self._open, False
+            conn, self._conn, self._open = self._conn, None, False
             if conn is not None:
-                with contextlib.suppress(Exception):
-                    if open_:
-                        await conn.execute("ROLLBACK")  # the empty transaction opened ahead
-                    await self._pool.release(conn, timeout=5)
+                try:
+                    await asyncio.wait_for(conn.close(), 5)  # ends the empty transaction
+                except Exception:
+                    conn.terminate()
 
 
 def _fk_error(entity: Entity, values: dict[str, Any], exc: asyncpg.PostgresError) -> Exception:

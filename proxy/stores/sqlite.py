@@ -13,7 +13,7 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -36,6 +36,7 @@ from proxy.stores import sqlite_schema
 from proxy.stores.base import (
     ApplyOutcome,
     ApplyResult,
+    Confirmed,
     Mutation,
     Op,
     OutboxEntry,
@@ -270,7 +271,7 @@ class SQLiteStore(StoreMethods):
         return await self._run(tx, write=True)
 
     async def apply_when(
-        self, mutations: Sequence[Mutation], confirmed: Awaitable[Sequence[bool]]
+        self, mutations: Sequence[Mutation], confirmed: Confirmed
     ) -> list[ApplyResult | None]:
         """Apply the mutations whose primaries committed, after they did (None for the others).
 
