@@ -6,7 +6,8 @@ and hands the batch to `store.apply_when`, which may apply it while the primarie
 commits only the confirmed ones (PostgreSQL), or waits for them first (SQLite). One worker, so
 batches to a store never interleave their row locks (no deadlocks between batches); while it
 runs, the next batch gathers, which is what makes the pipeline cheaper per write as writers
-multiply: one pool checkout, one transaction and one commit per batch, not per write.
+multiply: one transaction and one commit per batch, not per write. (Two workers, one batch
+applied while the other waits for its primaries, measured no faster with 16 writers.)
 
 A write's result arrives within the pipeline's timeout: past it the result is TIMED_OUT and
 the statement is abandoned, never cancelled (cancelling a driver mid-statement can poison its
@@ -120,11 +121,11 @@ class MirrorPipeline:
                 item.result.set_result(result)
 
     async def aclose(self, timeout_s: float = 5.0) -> None:
+        """Let the batch in flight finish (cancelling a driver mid-statement can poison its
+        connection), then stop; writes still queued are covered by the outbox."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        """Let the batch in flight finish (cancelling a driver mid-statement can poison its
-        connection), then stop; writes still queued are covered by the outbox."""
         self._queue_closed = True
         if self._worker is not None:
             with contextlib.suppress(TimeoutError):
