@@ -117,6 +117,10 @@ async def test_flush_wal_makes_asynchronous_commits_durable(pg_dsn: str) -> None
         flushed = await conn.fetchval(
             "SELECT pg_current_wal_flush_lsn() >= $1::text::pg_lsn", written)
         assert flushed
+        # a database whose schema predates the counter table gets it on first use
+        await conn.execute("DROP TABLE cutover_wal_flushes")
+        await store.flush_wal()
+        assert await conn.fetchval("SELECT flushes FROM cutover_wal_flushes") == 1
     finally:
         await conn.close()
         await store.close()

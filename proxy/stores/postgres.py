@@ -313,11 +313,12 @@ class PostgresStore(StoreMethods):
         pool = await self._get_pool()
         try:
             async with pool.acquire(timeout=10) as conn:
-                await conn.execute(
-                    "BEGIN; SET LOCAL synchronous_commit TO on; "
-                    "INSERT INTO cutover_wal_flushes VALUES (1, 1) ON CONFLICT (id) "
-                    "DO UPDATE SET flushes = cutover_wal_flushes.flushes + 1; COMMIT"
-                )
+                try:
+                    await conn.execute(_FLUSH_WAL)
+                except asyncpg.UndefinedTableError:  # a schema from before the table
+                    await conn.execute("ROLLBACK")
+                    await conn.execute(postgres_schema.WAL_FLUSHES)
+                    await conn.execute(_FLUSH_WAL)
         except UNAVAILABLE as exc:
             raise StoreUnavailable("postgres", _reason(exc)) from exc
 
@@ -449,6 +450,11 @@ def _reason(exc: BaseException) -> str:
 
 
 _BEGIN_MIRROR = "BEGIN"
+_FLUSH_WAL = (
+    "BEGIN; SET LOCAL synchronous_commit TO on; "
+    "INSERT INTO cutover_wal_flushes VALUES (1, 1) ON CONFLICT (id) "
+    "DO UPDATE SET flushes = cutover_wal_flushes.flushes + 1; COMMIT"
+)
 MIRROR_IDLE_S = 1.0  # how long the next mirror transaction stays open, empty, with no writes
 
 

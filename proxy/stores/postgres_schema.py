@@ -16,6 +16,15 @@ from __future__ import annotations
 
 SEARCH_DOCUMENT = "(question || ' ' || answer)"
 
+# one row, updated by a synchronous commit to flush the WAL past asynchronous mirror commits
+# (also created on first use, for a database whose schema predates it)
+WAL_FLUSHES = """
+CREATE TABLE IF NOT EXISTS cutover_wal_flushes (
+    id INT PRIMARY KEY CHECK (id = 1),
+    flushes BIGINT NOT NULL
+);
+"""
+
 DDL = r"""
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
 CREATE EXTENSION IF NOT EXISTS unaccent;
@@ -138,12 +147,6 @@ CREATE TABLE IF NOT EXISTS cutover_outbox (
 );
 CREATE INDEX IF NOT EXISTS idx_cutover_outbox_pending ON cutover_outbox(target, dead, seq);
 
--- one row, updated by a synchronous commit to flush the WAL past asynchronous mirror commits
-CREATE TABLE IF NOT EXISTS cutover_wal_flushes (
-    id INT PRIMARY KEY CHECK (id = 1),
-    flushes BIGINT NOT NULL
-);
-
 CREATE TABLE IF NOT EXISTS cutover_tombstones (
     entity TEXT NOT NULL,
     row_id UUID NOT NULL,
@@ -157,7 +160,7 @@ CREATE TABLE IF NOT EXISTS legacy_ids (
     id UUID NOT NULL,
     PRIMARY KEY (table_name, legacy_id)
 );
-"""
+""" + WAL_FLUSHES
 
 # Built last (and by the backfill after a bulk load): building GIN indexes over loaded rows is
 # several times faster than maintaining them row by row.
