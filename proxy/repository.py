@@ -277,6 +277,7 @@ class Repository(EntityMethods):
                     self.metrics.observe_write(target, entity.name, op, "deferred", 0.0)
                     self._wake.set()
                     return row
+                start = time.perf_counter()  # the mirror write starts now, not beside
                 mirrored = pipeline.submit(mutation, _committed())
             await self._mirror(mirrored, mutation, seq, primary.backend, target, start)
             return row
@@ -312,6 +313,11 @@ class Repository(EntityMethods):
                 reason = f"no answer within {self.settings.mirror_timeout_ms} ms"
             elif result is None or result.outcome is ApplyOutcome.FAILED:
                 outcome, reason = "error", (result.error if result else None) or "failed"
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the caller is being cancelled: not ours to swallow
+            outcome, reason = "error", "the mirror pipeline closed"
         except Exception as exc:
             outcome, reason = "error", f"{type(exc).__name__}: {exc}"[:300]
         finally:
