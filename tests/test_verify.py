@@ -154,8 +154,9 @@ async def test_only_ranges_whose_checksums_differ_are_read_row_by_row(
         await pool.close()
     assert [(d.id, d.columns) for d in report.differences] == [(target, ("action",))]
     # 1500 rows in 256 groups of ~6: one group differed, was split (16^2 ways) and only the
-    # sub-group holding the row was read row by row
-    assert fetched == [1]
+    # sub-group holding the row was read row by row: one read, of at most leaf_rows rows (the
+    # ids are random: now and then another row shares the differing row's sub-group)
+    assert len(fetched) == 1 and 1 <= fetched[0] <= 3, fetched
     assert report.tables["learning_events"].groups_compared == 2
 
 
