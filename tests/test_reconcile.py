@@ -64,7 +64,9 @@ async def test_a_write_that_keeps_failing_becomes_a_dead_letter(
 async def corrupt_both_sides(sqlite_path: Path, pg_dsn: str) -> None:
     lite = sqlite3.connect(sqlite_path)
     q1, q2, q3 = (r[0] for r in lite.execute("SELECT id FROM questions ORDER BY id LIMIT 3"))
-    log = lite.execute("SELECT id FROM typing_logs ORDER BY id LIMIT 1").fetchone()[0]
+    # not q2's own log, which the deletion below changes too (ids are random)
+    log = lite.execute("SELECT id FROM typing_logs WHERE question_id != ? ORDER BY id LIMIT 1",
+                       (q2,)).fetchone()[0]
     lite.close()
     # on PostgreSQL: a changed text, a missing row, an extra row, a wrong decimal
     await pg_exec(pg_dsn, "UPDATE questions SET answer = 'tampered' WHERE id = $1",
