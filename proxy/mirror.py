@@ -24,7 +24,7 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from proxy.stores.base import ApplyOutcome, ApplyResult, Mutation
+from proxy.stores.base import ApplyOutcome, ApplyResult, Confirmed, Mutation
 
 MAX_BATCH = 64
 TIMED_OUT = ApplyResult(ApplyOutcome.FAILED, "timed out")
@@ -33,7 +33,7 @@ CONFIRM_TIMEOUT_S = 15.0  # longer than any primary write may take (the reposito
 
 class MirrorStore(Protocol):
     async def apply_when(
-        self, mutations: Sequence[Mutation], confirmed: Any
+        self, mutations: Sequence[Mutation], confirmed: Confirmed
     ) -> list[ApplyResult | None]: ...
 
 
