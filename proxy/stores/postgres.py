@@ -55,6 +55,15 @@ UNAVAILABLE = (
 )
 
 
+# what makes a batch statement fail for one of its rows (then each row is applied on its own)
+BATCH_REJECTED = (
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.DataError,
+    asyncpg.ProgramLimitExceededError,
+    asyncpg.DeadlockDetectedError,
+)
+
+
 class _Connection(asyncpg.Connection):  # type: ignore[misc]
     """No reset query on release to the pool.
 
@@ -277,8 +286,7 @@ class PostgresStore(StoreMethods):
                     async with conn.transaction():
                         await _apply_all(conn, mutations)
                     return [ApplyResult(ApplyOutcome.APPLIED) for _ in mutations]
-                except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError,
-                        asyncpg.ProgramLimitExceededError, asyncpg.DeadlockDetectedError):
+                except BATCH_REJECTED:
                     return await _apply_each(conn, mutations)
         except UNAVAILABLE as exc:
             raise StoreUnavailable("postgres", _reason(exc)) from exc
@@ -288,8 +296,9 @@ class PostgresStore(StoreMethods):
     ) -> list[ApplyResult | None]:
         """Apply `mutations` beside their primary writes; commit only those that committed.
 
-        The batch is applied in one open transaction while the primaries commit, and committed
-        once `confirmed` says every primary did: the mirror's work overlaps the primary's, yet
+        A batch whose primaries have all committed is applied as it is. Otherwise it is applied
+        in one open transaction while the primaries commit, and committed once `confirmed`
+        says every primary did: the mirror's work overlaps the primary's, yet
         a write whose primary failed (or whose process died) never becomes visible here. If a
         primary failed, or a mutation cannot apply (a parent row not here yet), the transaction
         is rolled back and the confirmed mutations are applied one by one. None marks a
@@ -449,7 +458,6 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:200] if str(exc) else type(exc).__name__
 
 
-_BEGIN_MIRROR = "BEGIN"
 _FLUSH_WAL = (
     "BEGIN; SET LOCAL synchronous_commit TO on; "
     "INSERT INTO cutover_wal_flushes VALUES (1, 1) ON CONFLICT (id) "
@@ -502,18 +510,17 @@ class _MirrorSession:
                 if not self._open and confirmed.settled:
                     return await self._apply_committed(conn, mutations, list(await confirmed))
                 if not self._open:
-                    await conn.execute(_BEGIN_MIRROR)
+                    await conn.execute("BEGIN")
                     self._open = True
                 try:
                     await _apply_all(conn, mutations)
                     ok = list(await confirmed)
                     if all(ok):
                         self._open = False
-                        await conn.execute("COMMIT; " + _BEGIN_MIRROR)
+                        await conn.execute("COMMIT; BEGIN")
                         self._open = True
                         return [ApplyResult(ApplyOutcome.APPLIED) for _ in mutations]
-                except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError,
-                        asyncpg.ProgramLimitExceededError, asyncpg.DeadlockDetectedError):
+                except BATCH_REJECTED:
                     ok = list(await confirmed)
                 self._open = False
                 await conn.execute("ROLLBACK")
@@ -536,8 +543,7 @@ class _MirrorSession:
         try:
             await _apply_all(conn, live)
             applied = iter([ApplyResult(ApplyOutcome.APPLIED)] * len(live))
-        except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError,
-                asyncpg.ProgramLimitExceededError, asyncpg.DeadlockDetectedError):
+        except BATCH_REJECTED:
             applied = iter(await _apply_each(conn, live))  # idempotent: again, one by one
         return [next(applied) if good else None for good in ok]
 
