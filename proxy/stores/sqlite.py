@@ -14,7 +14,6 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -53,6 +52,7 @@ from proxy.stores.searchtext import (
     parse_query,
     rank_fts,
 )
+from proxy.stores.threads import ThreadLane
 
 T = TypeVar("T")
 SUBSTRING_SCORE = 0.5
@@ -66,8 +66,8 @@ class SQLiteStore(StoreMethods):
     def __init__(self, path: Path | str, *, busy_timeout_ms: int = 2000, readers: int = 4) -> None:
         self.path = Path(path)
         self._busy_timeout_ms = busy_timeout_ms
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
-        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="sqlite-reader")
+        self._writer = ThreadLane(1, "sqlite-writer")
+        self._readers = ThreadLane(readers, "sqlite-reader")
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -97,13 +97,9 @@ class SQLiteStore(StoreMethods):
     async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
         if self._closed:
             raise StoreUnavailable("sqlite", "store is closed")
-        pool = self._writer if write else self._readers
-
-        def call() -> T:
-            return fn(self._connect())
-
+        lane = self._writer if write else self._readers
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, call)
+            return await lane.run(lambda: fn(self._connect()))
         except sqlite3.OperationalError as exc:
             if _is_unavailable(exc):
                 raise StoreUnavailable("sqlite", str(exc)) from exc
@@ -123,8 +119,8 @@ class SQLiteStore(StoreMethods):
         await loop.run_in_executor(None, self._shutdown)
 
     def _shutdown(self) -> None:
-        self._writer.shutdown(wait=True)
-        self._readers.shutdown(wait=True)
+        self._writer.shutdown()
+        self._readers.shutdown()
         with self._lock:
             for conn in self._connections:
                 conn.close()
