@@ -250,9 +250,9 @@ class SearchWorker:
         if conn is None:
             return
         try:
-            while conn.poll(0):
-                message = conn.recv_bytes()
-                self._answer(pickle.loads(message))
+            # one message per wake-up: the fd stays readable while more wait, and poll(0)
+            # would build a selector each time (it cost more than reading the answer)
+            self._answer(pickle.loads(conn.recv_bytes()))
         except (EOFError, OSError):
             self._child_gone("its pipe closed")
         except Exception as exc:  # an answer we cannot read: treat the child as broken
@@ -348,13 +348,12 @@ async def _serve(conn: Connection, sqlite_path: str, dsn: str) -> None:
 
     def readable() -> None:
         try:
-            while conn.poll(0):
-                message = conn.recv_bytes()
-                if message == _CLOSE:
-                    raise EOFError
-                task = loop.create_task(one(*pickle.loads(message)))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+            message = conn.recv_bytes()  # one per wake-up, as in the parent's _on_readable
+            if message == _CLOSE:
+                raise EOFError
+            task = loop.create_task(one(*pickle.loads(message)))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
         except (EOFError, OSError):
             loop.remove_reader(conn.fileno())
             if not done.done():
