@@ -149,7 +149,9 @@ class Repository(EntityMethods):
         self._pipelines = {b: MirrorPipeline(store, timeout_s=self._mirror_timeout_s)
                            for b, store in self._stores.items()}
         self._acks: dict[str, list[int]] = {b: [] for b in BACKENDS}
-        self._inline: dict[str, set[int]] = {b: set() for b in BACKENDS}
+        # (row id, version) of each write from before its primary write until its inline mirror
+        # write settles: the replay loop leaves their outbox entries alone meanwhile
+        self._mirroring: set[tuple[uuid.UUID, int]] = set()
         self._pending_rows: frozenset[uuid.UUID] = frozenset()
         self._outbox: dict[str, OutboxStats] = {}
         self._replay_interval_s = replay_interval_s
@@ -225,62 +227,73 @@ class Repository(EntityMethods):
         self, entity: Entity, op: Op, row_id: uuid.UUID, values: dict[str, Any] | None,
     ) -> dict[str, Any] | None:
         async with self._gate.write():
-            primary = self._stores[self._primary]
-            target = self.mirror_backend
-            mirroring = self.settings.dual_write
             version = next_version()
-            # While the mirror is busy with earlier writes, this one joins the next batch at
-            # once, to be applied while its primary commits (and committed only once it has):
-            # with concurrent writers the mirror's work hides behind the primary's queue. The
-            # SQLite primary stores a complete insert's values as given, and a delete needs no
-            # row, so those can go early. Otherwise (and always with a single writer, where an
-            # idle mirror applies it in one round trip) it goes once the primary has committed.
-            confirm: asyncio.Future[bool] | None = None
-            mirrored: asyncio.Future[ApplyResult | None] | None = None
-            pipeline = self._pipelines[target]
-            if (mirroring and primary.backend == "sqlite" and not pipeline.idle
-                    and not self._breaker_open[target]
-                    and (op == "delete" or (values is not None
-                                            and entity.column_set <= values.keys()))):
-                confirm = asyncio.get_running_loop().create_future()
-                row = None if values is None else {c: values[c] for c in entity.column_names}
-                mirrored = pipeline.submit(Mutation(entity.name, op, row_id, version, row),
-                                           confirm)
-            start = time.perf_counter()
-            committed = False
+            key = (row_id, version)
+            self._mirroring.add(key)
             try:
-                async with asyncio.timeout(PRIMARY_TIMEOUT_S):
-                    row, seq = await self._primary_write(primary, entity, op, row_id, values,
-                                                         version, [target] if mirroring else [])
-                committed = True
-            except TimeoutError as exc:
-                self._count(primary.backend, entity, op, "timeout", start)
-                self.metrics.store_error(primary.backend, "write")
-                log.error("write.failed", backend=primary.backend, entity=entity.name, op=op,
-                          reason="timeout")
-                raise StoreUnavailable(primary.backend, "timed out") from exc
-            except StoreUnavailable as exc:
-                self._count(primary.backend, entity, op, "error", start)
-                self.metrics.store_error(primary.backend, "write")
-                log.error("write.failed", backend=primary.backend, entity=entity.name, op=op,
-                          reason=exc.reason)
-                raise
+                return await self._write_once(entity, op, row_id, values, version)
             finally:
-                if confirm is not None:
-                    confirm.set_result(committed)
-            self._count(primary.backend, entity, op, "ok", start)
-            if seq is None:
-                return row
-            mutation = Mutation(entity.name, op, row_id, version, row)
-            if mirrored is None:
-                if self._breaker_open[target]:
-                    self.metrics.observe_write(target, entity.name, op, "deferred", 0.0)
-                    self._wake.set()
-                    return row
-                start = time.perf_counter()  # the mirror write starts now, not beside
-                mirrored = pipeline.submit(mutation, _committed())
-            await self._mirror(mirrored, mutation, seq, primary.backend, target, start)
+                self._mirroring.discard(key)
+
+    async def _write_once(
+        self, entity: Entity, op: Op, row_id: uuid.UUID, values: dict[str, Any] | None,
+        version: int,
+    ) -> dict[str, Any] | None:
+        primary = self._stores[self._primary]
+        target = self.mirror_backend
+        mirroring = self.settings.dual_write
+        # While the mirror is busy with earlier writes, this one joins the next batch at
+        # once, to be applied while its primary commits (and committed only once it has):
+        # with concurrent writers the mirror's work hides behind the primary's queue. The
+        # SQLite primary stores a complete insert's values as given, and a delete needs no
+        # row, so those can go early. Otherwise (and always with a single writer, where an
+        # idle mirror applies it in one round trip) it goes once the primary has committed.
+        confirm: asyncio.Future[bool] | None = None
+        mirrored: asyncio.Future[ApplyResult | None] | None = None
+        pipeline = self._pipelines[target]
+        if (mirroring and primary.backend == "sqlite" and not pipeline.idle
+                and not self._breaker_open[target]
+                and (op == "delete" or (values is not None
+                                        and entity.column_set <= values.keys()))):
+            confirm = asyncio.get_running_loop().create_future()
+            row = None if values is None else {c: values[c] for c in entity.column_names}
+            mirrored = pipeline.submit(Mutation(entity.name, op, row_id, version, row),
+                                       confirm)
+        start = time.perf_counter()
+        committed = False
+        try:
+            async with asyncio.timeout(PRIMARY_TIMEOUT_S):
+                row, seq = await self._primary_write(primary, entity, op, row_id, values,
+                                                     version, [target] if mirroring else [])
+            committed = True
+        except TimeoutError as exc:
+            self._count(primary.backend, entity, op, "timeout", start)
+            self.metrics.store_error(primary.backend, "write")
+            log.error("write.failed", backend=primary.backend, entity=entity.name, op=op,
+                      reason="timeout")
+            raise StoreUnavailable(primary.backend, "timed out") from exc
+        except StoreUnavailable as exc:
+            self._count(primary.backend, entity, op, "error", start)
+            self.metrics.store_error(primary.backend, "write")
+            log.error("write.failed", backend=primary.backend, entity=entity.name, op=op,
+                      reason=exc.reason)
+            raise
+        finally:
+            if confirm is not None:
+                confirm.set_result(committed)
+        self._count(primary.backend, entity, op, "ok", start)
+        if seq is None:
             return row
+        mutation = Mutation(entity.name, op, row_id, version, row)
+        if mirrored is None:
+            if self._breaker_open[target]:
+                self.metrics.observe_write(target, entity.name, op, "deferred", 0.0)
+                self._wake.set()
+                return row
+            start = time.perf_counter()  # the mirror write starts now, not beside
+            mirrored = pipeline.submit(mutation, _committed())
+        await self._mirror(mirrored, mutation, seq, primary.backend, target, start)
+        return row
 
     async def _primary_write(
         self, store: AnyStore, entity: Entity, op: Op, row_id: uuid.UUID,
@@ -303,8 +316,6 @@ class Repository(EntityMethods):
         """Wait (bounded) for the mirror write; never raises. A failure or a timeout leaves the
         outbox entry to the replay loop and opens the breaker."""
         self._mirror_writes += 1
-        inline = self._inline[source]
-        inline.add(seq)
         outcome = "ok"
         try:
             result = await mirrored  # within the timeout: the pipeline enforces it
@@ -320,8 +331,6 @@ class Repository(EntityMethods):
             outcome, reason = "error", "the mirror pipeline closed"
         except Exception as exc:
             outcome, reason = "error", f"{type(exc).__name__}: {exc}"[:300]
-        finally:
-            inline.discard(seq)
         self._count(target, mutation.entity, mutation.op, outcome, start)
         if outcome == "ok":
             self._acks[source].append(seq)
@@ -416,10 +425,12 @@ class Repository(EntityMethods):
             entries = await source.outbox_pending(target, self._batch[target])
         except StoreUnavailable:
             return 0
-        # skip entries a live write is mirroring right now, or already mirrored and waiting to
-        # be deleted (the acknowledgements below): re-applying them would be wasted work
-        settled = self._inline[source.backend].union(self._acks[source.backend])
-        entries = [e for e in entries if e.seq not in settled]
+        # skip entries a live write is mirroring right now (its primary may have committed a
+        # moment ago), or already mirrored and waiting to be deleted (the acknowledgements
+        # below): re-applying them would be wasted work, and logged as replays that were not
+        acked = set(self._acks[source.backend])
+        entries = [e for e in entries if e.seq not in acked
+                   and (e.mutation.row_id, e.mutation.version) not in self._mirroring]
         if not entries:
             if self._failures[target] == generation:
                 self._breaker_open[target] = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,50 @@ async def test_bad_input_leaves_both_stores_unchanged(settings: Settings) -> Non
         assert missing.value.field == "user_id"
         after = [await count_rows(s) for s in repo.stores.values()]
         assert before == after
+
+
+class HeldAfterCommit:
+    """A real SQLite store whose inserts commit, then wait to return until released."""
+
+    backend = "sqlite"
+
+    def __init__(self, store: object) -> None:
+        self._store = store
+        self.committed = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._store, name)
+
+    async def insert_row(self, *args: Any, **kwargs: Any) -> Any:
+        result = await self._store.insert_row(*args, **kwargs)  # type: ignore[attr-defined]
+        self.committed.set()
+        await self.release.wait()
+        return result
+
+
+async def test_a_replay_leaves_alone_a_write_whose_inline_mirror_is_under_way(
+    settings: Settings,
+) -> None:
+    """Between its primary's commit and its mirror write, a write's outbox entry is not
+    replayed by the background pass (that would apply it twice and log a replay that was not
+    needed); once mirrored inline it is only acknowledged."""
+    from structlog.testing import capture_logs
+
+    async with open_repository(settings, registry=CollectorRegistry()) as repo:
+        held = HeldAfterCommit(repo.stores["sqlite"])
+        repo._stores["sqlite"] = held  # type: ignore[assignment]
+        write = asyncio.create_task(repo.create_user(name="Aiko", email="aiko@example.com"))
+        await asyncio.wait_for(held.committed.wait(), 5)
+        assert (await repo.outbox_stats())["postgres"].pending == 1  # committed, not mirrored
+        with capture_logs() as logs:
+            assert await repo.replay_once() == 0
+        assert "outbox.replayed" not in {e["event"] for e in logs}
+        held.release.set()
+        user = await write
+        await repo.replay_once()  # acknowledges the inline mirror write
+        assert (await repo.outbox_stats())["postgres"].pending == 0
+        assert await repo.stores["postgres"].get_row(USERS, user.id) is not None
 
 
 async def test_a_mirror_only_constraint_becomes_a_dead_letter_without_blocking(
