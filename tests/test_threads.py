@@ -1,0 +1,113 @@
+"""ThreadLane: the SQLite store's hop to its threads (order, errors, cancellation, shutdown)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from proxy.stores.threads import ThreadLane
+
+
+async def test_calls_run_on_the_lane_thread_in_order_and_return_their_results() -> None:
+    lane = ThreadLane(1, "test-lane")
+    seen: list[int] = []
+    names: set[str] = set()
+
+    def call(i: int) -> int:
+        seen.append(i)
+        names.add(threading.current_thread().name)
+        return i * i
+
+    try:
+        results = await asyncio.gather(*(lane.run(lambda i=i: call(i)) for i in range(50)))
+    finally:
+        await asyncio.to_thread(lane.shutdown)
+    assert results == [i * i for i in range(50)]
+    assert seen == list(range(50))  # one thread: the order they were submitted
+    assert names == {"test-lane-0"}
+
+
+async def test_an_exception_reaches_the_caller_and_the_lane_keeps_working() -> None:
+    lane = ThreadLane(1, "test-lane")
+
+    def boom() -> None:
+        raise ValueError("bad row")
+
+    try:
+        with pytest.raises(ValueError, match="bad row"):
+            await lane.run(boom)
+        assert await lane.run(lambda: 7) == 7
+    finally:
+        await asyncio.to_thread(lane.shutdown)
+
+
+async def test_a_call_cancelled_before_it_starts_is_skipped() -> None:
+    lane = ThreadLane(1, "test-lane")
+    started = threading.Event()
+    release = threading.Event()
+    ran: list[str] = []
+
+    def blocker() -> None:
+        started.set()
+        release.wait(5)
+
+    try:
+        first = lane.run(blocker)
+        await asyncio.to_thread(started.wait, 5)
+        second = lane.run(lambda: ran.append("second"))
+        second.cancel()
+        release.set()
+        await first
+        assert await lane.run(lambda: "after") == "after"
+    finally:
+        await asyncio.to_thread(lane.shutdown)
+    assert ran == []
+
+
+async def test_a_caller_that_stops_waiting_does_not_break_the_lane() -> None:
+    lane = ThreadLane(1, "test-lane")
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(lane.run(lambda: time.sleep(0.2)), 0.05)
+        assert await lane.run(lambda: "next") == "next"  # the late result was dropped quietly
+    finally:
+        await asyncio.to_thread(lane.shutdown)
+
+
+async def test_several_threads_share_the_queue_and_shutdown_waits_for_queued_calls() -> None:
+    lane = ThreadLane(3, "test-lane")
+    names: set[str] = set()
+    barrier = threading.Barrier(3, timeout=5)
+
+    def call() -> None:
+        names.add(threading.current_thread().name)
+        barrier.wait()  # only returns once three calls run at the same time
+
+    await asyncio.gather(*(lane.run(call) for _ in range(3)))
+    done: list[int] = []
+    for i in range(20):
+        lane.run(lambda i=i: done.append(i))
+    await asyncio.to_thread(lane.shutdown)
+    assert names == {"test-lane-0", "test-lane-1", "test-lane-2"}
+    assert sorted(done) == list(range(20))
+
+
+def test_a_result_for_a_closed_loop_is_dropped_without_an_error() -> None:
+    lane = ThreadLane(1, "test-lane")
+    release = threading.Event()
+
+    async def submit() -> None:
+        lane.run(lambda: release.wait(5))  # nobody awaits it; the loop closes first
+
+    async def later() -> str:
+        return await lane.run(lambda: "still running")
+
+    asyncio.run(submit())
+    release.set()
+    try:  # the thread resolved into the closed loop, dropped it, and carried on
+        assert asyncio.run(asyncio.wait_for(later(), 5)) == "still running"
+    finally:
+        lane.shutdown()
