@@ -191,3 +191,14 @@ async def test_search_answers_correctly_on_the_big_table(big_dsn: str) -> None:
         assert await store.search_questions(SELECTIVE, user_id=uuid.uuid4()) == []
     finally:
         await store.close()
+
+
+def test_fuzzy_terms_are_tested_longest_first() -> None:
+    """Every fuzzy term must match, and PostgreSQL stops at the first that fails: the long,
+    rare word goes first, the short words that match nearly every document last. The full
+    query text ($2, the score) and the full-text terms ($1) keep the query's order."""
+    sql, args = search_statement(parse_query("what does the group do"), uuid.uuid4(), 10)
+    assert "<%" in sql
+    assert args[0] == ["what", "does", "the", "group", "do"]
+    assert args[1] == "what does the group do"
+    assert args[4:] == ("group", "what", "does", "the", "do")  # equal lengths keep their order
