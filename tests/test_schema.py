@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -513,3 +514,46 @@ def test_the_project_copy_of_the_legacy_schema_matches_the_shared_one() -> None:
         return sorted(" ".join(s.split()) for s in sql.split(";") if s.strip())
 
     assert statements(SQLITE_LEGACY_SCHEMA) == statements(shared.read_text())
+
+
+async def test_word_similarity_is_costed_where_the_role_may_and_init_works_where_it_may_not(
+    pg_dsn: str,
+) -> None:
+    """As the extension's owner (here a superuser) init tells the planner what word similarity
+    costs; as a role that owns only the database (a managed server) init still succeeds."""
+    cost_sql = "SELECT procost FROM pg_proc WHERE proname = 'word_similarity_op'"
+    store = PostgresStore(pg_dsn)
+    try:
+        await store.init_schema()
+    finally:
+        await store.close()
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        assert await conn.fetchval(cost_sql) == 500
+        role, database = f"owner_{uuid.uuid4().hex[:10]}", f"owned_{uuid.uuid4().hex[:10]}"
+        await conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'owner'")
+        await conn.execute(f'CREATE DATABASE "{database}" OWNER {role}')
+    finally:
+        await conn.close()
+    parts = urlsplit(pg_dsn)
+    other = urlunsplit(parts._replace(
+        netloc=f"{role}:owner@" + parts.netloc.rsplit("@", 1)[-1], path="/" + database))
+    store = PostgresStore(other)
+    try:
+        await store.init_schema()  # pg_trgm is a trusted extension: the owner may create it
+        conn = await asyncpg.connect(other)
+        try:
+            assert await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = "
+                                       "current_user") is False
+            assert await conn.fetchval(cost_sql) == 1  # pg_trgm's own estimate, left as it was
+            assert await conn.fetchval("SELECT count(*) FROM questions") == 0
+        finally:
+            await conn.close()
+    finally:
+        await store.close()
+        admin = await asyncpg.connect(pg_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE "{database}" WITH (FORCE)')
+            await admin.execute(f"DROP ROLE {role}")
+        finally:
+            await admin.close()
