@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 
 from proxy import PostgresStore
-from proxy.stores.postgres import FTS_ONLY_SQL, search_statement
+from proxy.stores.postgres import FTS_ONLY_SQL, search_statement, substring_statement
 from proxy.stores.postgres_schema import SEARCH_INDEXES
 from proxy.stores.searchtext import parse_query
 
@@ -202,3 +202,44 @@ def test_fuzzy_terms_are_tested_longest_first() -> None:
     assert args[0] == ["what", "does", "the", "group", "do"]
     assert args[1] == "what does the group do"
     assert args[4:] == ("group", "what", "does", "the", "do")  # equal lengths keep their order
+
+
+async def test_substring_search_reads_only_the_users_questions(pg_store: PostgresStore,
+                                                              pg_dsn: str) -> None:
+    """The CJK path's strpos runs on one user's questions, reached through their study books,
+    never on every user's: the cost follows the user's rows, not the table's."""
+    me = await pg_store.create_user(name="me", email="me@example.com")
+    other = await pg_store.create_user(name="other", email="other@example.com")
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        async def books(user: uuid.UUID, n: int, per_book: int, text: str) -> None:
+            ids = await conn.fetch("INSERT INTO study_books (user_id, title) SELECT $1, 'b' || n "
+                                   "FROM generate_series(1, $2::int) n RETURNING id", user, n)
+            await conn.execute(
+                "INSERT INTO questions (study_book_id, language, category, difficulty, question, "
+                "answer) SELECT b, 'ja', 'c', 'd', $2 || n, 'a' "
+                "FROM unnest($1::uuid[]) b, generate_series(1, $3::int) n",
+                [r["id"] for r in ids], text, per_book)
+
+        # a tenth of the questions are mine, and the term is rare: from its guess that strpos
+        # matches a third of the rows, the planner expected the page filled within the first
+        # few dozen rows in id order, and walked the whole table to find three
+        await books(me.id, 10, 40, "確率の問題 ")
+        await conn.execute("UPDATE questions SET question = '統計の基本 ' || id WHERE id IN ("
+                           "SELECT id FROM questions ORDER BY id DESC LIMIT 3)")
+        await books(other.id, 50, 80, "確率の問題 ")
+        await conn.execute("ANALYZE")
+        parsed = parse_query("統計")
+        assert parsed.substrings == ("統計",)
+        sql, args = substring_statement(parsed, me.id, 20)
+        for _ in range(6):  # past the custom plans of the first five runs of a prepared statement
+            raw = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *args)
+        nodes = _explain_nodes(raw)
+        read = sum(n["Actual Rows"] + n.get("Rows Removed by Filter", 0) for n in nodes
+                   if n.get("Relation Name") == "questions")
+        assert read == 400, nodes  # my 400 questions; the other user's 4,000 never read
+    finally:
+        await conn.close()
+    hits = await pg_store.search_questions("統計", user_id=me.id)
+    assert len(hits) == 3 and all(h.question.startswith("統計の基本") for h in hits)
+    assert {h.match_kind for h in hits} == {"substring"}
