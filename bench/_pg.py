@@ -13,18 +13,28 @@ import asyncpg
 
 
 @asynccontextmanager
-async def database(server_dsn: str, label: str = "bench") -> AsyncIterator[str]:
-    """A fresh database named after `label` on `server_dsn`, dropped afterwards."""
+async def database(server_dsn: str, label: str = "bench", *, ddl: str | None = None,
+                   keep: bool = False) -> AsyncIterator[str]:
+    """A fresh database named after `label` on `server_dsn` (with `ddl` run in it), dropped
+    afterwards unless `keep`."""
     name = f"{label}_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(server_dsn)
     await admin.execute(f'CREATE DATABASE "{name}"')
     await admin.close()
+    dsn = urlunsplit(urlsplit(server_dsn)._replace(path="/" + name))
     try:
-        yield urlunsplit(urlsplit(server_dsn)._replace(path="/" + name))
+        if ddl:
+            conn = await asyncpg.connect(dsn)
+            try:
+                await conn.execute(ddl)
+            finally:
+                await conn.close()
+        yield dsn
     finally:
-        admin = await asyncpg.connect(server_dsn)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        if not keep:
+            admin = await asyncpg.connect(server_dsn)
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await admin.close()
 
 
 @asynccontextmanager

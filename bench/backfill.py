@@ -33,15 +33,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench._pg import database  # noqa: E402
 from bench.seed_schema import seed_ddl  # noqa: E402
 
 TARGETS = {"speed": 2.0, "memory": 0.25, "verify": 0.5}
@@ -132,34 +132,6 @@ def _socket_port(directory: Path) -> int:
     return int(sockets[0].suffix.lstrip(".")) if sockets else 5432
 
 
-def with_database(dsn: str, name: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
-
-
-async def create_database(server: str, name: str, ddl: str | None = None) -> str:
-    admin = await asyncpg.connect(server)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = with_database(server, name)
-    if ddl:
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(ddl)
-        finally:
-            await conn.close()
-    return dsn
-
-
-async def drop_database(server: str, name: str) -> None:
-    admin = await asyncpg.connect(server)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
 async def count_rows(dsn: str) -> tuple[int, int]:
     """(rows in the five tables, indexes on them)."""
     conn = await asyncpg.connect(dsn)
@@ -232,40 +204,38 @@ async def main(argv: list[str] | None = None) -> int:
         server_dsn = str(server.get_uri())
         server_pid = int((work / "pg" / "postmaster.pid").read_text().split()[0])
     runs: dict[str, list[Run]] = {"cutover backfill": [], "pgloader": [], "cutover verify": []}
-    names: list[str] = []
     try:
-        for i in range(args.repeat):
-            order = ["ours", "pgloader"] if i % 2 == 0 else ["pgloader", "ours"]
-            for which in order:
-                name = f"bench_{which}_{uuid.uuid4().hex[:8]}"
-                names.append(name)
-                if which == "pgloader":
-                    # the seed's trigram index needs pg_trgm, which the document assumes
-                    dsn = await create_database(
-                        server_dsn, name, "CREATE EXTENSION IF NOT EXISTS pg_trgm;\n" + seed_ddl())
-                    command = work / "load.load"
-                    command.write_text(PGLOADER_COMMAND.format(
-                        source=db.resolve(), target=pgloader_target(dsn)))
-                    run = measure("pgloader", [pgloader, str(command)], dict(os.environ),
-                                  work / f"pgloader-{i}.log", server_pid=server_pid)
-                    rows, _ = await count_rows(dsn)
-                    runs["pgloader"].append(replace(run, rows=rows))
-                else:
-                    dsn = await create_database(server_dsn, name)
-                    env = {**os.environ, "POSTGRES_DSN": dsn, "SQLITE_PATH": str(app_db)}
-                    run = measure("backfill", [cutover, "backfill", "--from", str(db),
-                                               "--rejects", str(work / "rejects.jsonl"),
-                                               "--quiet", "--json"],
-                                  env, work / f"backfill-{i}.log", server_pid=server_pid)
-                    rows, _ = await count_rows(dsn)
-                    runs["cutover backfill"].append(replace(run, rows=rows))
-                    runs["cutover verify"].append(measure(
-                        "verify", [cutover, "verify", "--json", "--sample-queries", "0"], env,
-                        work / f"verify-{i}.log", rows, server_pid=server_pid))
+        async with contextlib.AsyncExitStack() as databases:
+            for i in range(args.repeat):
+                order = ["ours", "pgloader"] if i % 2 == 0 else ["pgloader", "ours"]
+                for which in order:
+                    if which == "pgloader":
+                        # the seed's trigram index needs pg_trgm, which the document assumes
+                        dsn = await databases.enter_async_context(database(
+                            server_dsn, "bench_pgloader", keep=args.keep,
+                            ddl="CREATE EXTENSION IF NOT EXISTS pg_trgm;\n" + seed_ddl()))
+                        command = work / "load.load"
+                        command.write_text(PGLOADER_COMMAND.format(
+                            source=db.resolve(), target=pgloader_target(dsn)))
+                        run = measure("pgloader", [pgloader, str(command)], dict(os.environ),
+                                      work / f"pgloader-{i}.log", server_pid=server_pid)
+                        rows, _ = await count_rows(dsn)
+                        runs["pgloader"].append(replace(run, rows=rows))
+                    else:
+                        dsn = await databases.enter_async_context(
+                            database(server_dsn, "bench_ours", keep=args.keep))
+                        env = {**os.environ, "POSTGRES_DSN": dsn, "SQLITE_PATH": str(app_db)}
+                        run = measure("backfill", [cutover, "backfill", "--from", str(db),
+                                                   "--rejects", str(work / "rejects.jsonl"),
+                                                   "--quiet", "--json"],
+                                      env, work / f"backfill-{i}.log", server_pid=server_pid)
+                        rows, _ = await count_rows(dsn)
+                        runs["cutover backfill"].append(replace(run, rows=rows))
+                        runs["cutover verify"].append(measure(
+                            "verify", [cutover, "verify", "--json", "--sample-queries", "0"],
+                            env, work / f"verify-{i}.log", rows, server_pid=server_pid))
     finally:
         if not args.keep:
-            for name in names:
-                await drop_database(server_dsn, name)
             if server is not None:
                 server.cleanup()
             for path in (app_db, *app_db.parent.glob("app.db-*")):
