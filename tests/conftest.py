@@ -53,6 +53,32 @@ async def pg_dsn(pg_server_dsn: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
+async def owner_dsn(pg_dsn: str) -> AsyncIterator[str]:
+    """The test's database reached as a role that owns it but is not a superuser, as on a
+    managed server (it may create trusted extensions such as pg_trgm, not alter their objects)."""
+    role = f"owner_{uuid.uuid4().hex[:10]}"
+    database = urlsplit(pg_dsn).path.lstrip("/")
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'owner'")
+        await admin.execute(f'ALTER DATABASE "{database}" OWNER TO {role}')
+    finally:
+        await admin.close()
+    parts = urlsplit(pg_dsn)
+    yield urlunsplit(parts._replace(netloc=f"{role}:owner@" + parts.netloc.rsplit("@", 1)[-1]))
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        await admin.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            f"WHERE usename = '{role}'")
+        await admin.execute(f'ALTER DATABASE "{database}" OWNER TO CURRENT_USER')
+        await admin.execute(f"REASSIGN OWNED BY {role} TO CURRENT_USER")
+        await admin.execute(f"DROP OWNED BY {role}")
+        await admin.execute(f"DROP ROLE {role}")
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
 def sqlite_path(tmp_path: Path) -> Path:
     return tmp_path / "app.db"
 

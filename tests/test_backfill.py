@@ -13,12 +13,11 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -467,32 +466,10 @@ def test_the_command_prints_a_json_summary_and_writes_the_report(
 
 
 @pytest.fixture(params=["superuser", "owner"])
-async def loader_dsn(request: pytest.FixtureRequest, pg_dsn: str) -> AsyncIterator[str]:
+def loader_dsn(request: pytest.FixtureRequest) -> str:
     """The test database, reached as a superuser, then as a role that owns it but is not a
     superuser (as on a managed server): that one may not switch per-row foreign key checks off."""
-    if request.param == "superuser":
-        yield pg_dsn
-        return
-    role = f"loader_{uuid.uuid4().hex[:10]}"
-    database = urlsplit(pg_dsn).path.lstrip("/")
-    admin = await asyncpg.connect(pg_dsn)
-    try:
-        await admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'loader'")
-        await admin.execute(f'ALTER DATABASE "{database}" OWNER TO {role}')
-    finally:
-        await admin.close()
-    user = pg_dsn.split("://", 1)[1].split("@", 1)[0]
-    yield pg_dsn.replace(f"://{user}@", f"://{role}:loader@", 1)
-    admin = await asyncpg.connect(pg_dsn)
-    try:
-        await admin.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                            f"WHERE usename = '{role}'")
-        await admin.execute(f'ALTER DATABASE "{database}" OWNER TO CURRENT_USER')
-        await admin.execute(f"REASSIGN OWNED BY {role} TO CURRENT_USER")
-        await admin.execute(f"DROP OWNED BY {role}")
-        await admin.execute(f"DROP ROLE {role}")
-    finally:
-        await admin.close()
+    return str(request.getfixturevalue("pg_dsn" if request.param == "superuser" else "owner_dsn"))
 
 
 async def test_a_parent_deleted_meanwhile_takes_its_children_with_it(

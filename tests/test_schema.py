@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -516,44 +515,33 @@ def test_the_project_copy_of_the_legacy_schema_matches_the_shared_one() -> None:
     assert statements(SQLITE_LEGACY_SCHEMA) == statements(shared.read_text())
 
 
-async def test_word_similarity_is_costed_where_the_role_may_and_init_works_where_it_may_not(
-    pg_dsn: str,
-) -> None:
-    """As the extension's owner (here a superuser) init tells the planner what word similarity
-    costs; as a role that owns only the database (a managed server) init still succeeds."""
-    cost_sql = "SELECT procost FROM pg_proc WHERE proname = 'word_similarity_op'"
-    store = PostgresStore(pg_dsn)
-    try:
-        await store.init_schema()
-    finally:
-        await store.close()
+async def test_init_tells_the_planner_what_word_similarity_costs(pg_store: PostgresStore,
+                                                                 pg_dsn: str) -> None:
     conn = await asyncpg.connect(pg_dsn)
     try:
-        assert await conn.fetchval(cost_sql) == 500
-        role, database = f"owner_{uuid.uuid4().hex[:10]}", f"owned_{uuid.uuid4().hex[:10]}"
-        await conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'owner'")
-        await conn.execute(f'CREATE DATABASE "{database}" OWNER {role}')
+        assert await conn.fetchval(WORD_SIMILARITY_COST) == 500
     finally:
         await conn.close()
-    parts = urlsplit(pg_dsn)
-    other = urlunsplit(parts._replace(
-        netloc=f"{role}:owner@" + parts.netloc.rsplit("@", 1)[-1], path="/" + database))
-    store = PostgresStore(other)
+
+
+async def test_init_works_for_a_database_owner_who_may_not_change_that_cost(
+    owner_dsn: str,
+) -> None:
+    """A role that owns the database but not pg_trgm's functions (a managed server): init
+    still succeeds, and the planner keeps pg_trgm's own estimate."""
+    store = PostgresStore(owner_dsn)
     try:
         await store.init_schema()  # pg_trgm is a trusted extension: the owner may create it
-        conn = await asyncpg.connect(other)
-        try:
-            assert await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = "
-                                       "current_user") is False
-            assert await conn.fetchval(cost_sql) == 1  # pg_trgm's own estimate, left as it was
-            assert await conn.fetchval("SELECT count(*) FROM questions") == 0
-        finally:
-            await conn.close()
     finally:
         await store.close()
-        admin = await asyncpg.connect(pg_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE "{database}" WITH (FORCE)')
-            await admin.execute(f"DROP ROLE {role}")
-        finally:
-            await admin.close()
+    conn = await asyncpg.connect(owner_dsn)
+    try:
+        assert await conn.fetchval(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user") is False
+        assert await conn.fetchval(WORD_SIMILARITY_COST) == 1
+        assert await conn.fetchval("SELECT count(*) FROM questions") == 0
+    finally:
+        await conn.close()
+
+
+WORD_SIMILARITY_COST = "SELECT procost FROM pg_proc WHERE proname = 'word_similarity_op'"
