@@ -174,6 +174,32 @@ async def test_every_index_is_in_place_at_the_end(legacy: LegacyDB, pg_dsn: str,
     assert report.fast_path  # and loaded by COPY straight in
 
 
+async def test_the_planner_has_statistics_at_the_end(legacy: LegacyDB, pg_dsn: str,
+                                                     tmp_path: Path) -> None:
+    """Each table is analyzed once loaded and indexed (the search vector and the trigram
+    expression index included), not left to autovacuum; `analyze=False` skips it."""
+    legacy.bulk(questions=50, logs=50, events=50)
+    report = await backfill(legacy, pg_dsn, tmp_path)
+    assert "analyze" in report.timings
+    analyzed = {r["tablename"] for r in await pg_rows(
+        pg_dsn, "SELECT DISTINCT tablename FROM pg_stats WHERE schemaname = 'public'")}
+    assert {"users", "study_books", "questions", "typing_logs", "learning_events"} <= analyzed
+    columns = {r["attname"] for r in await pg_rows(
+        pg_dsn, "SELECT attname FROM pg_stats WHERE tablename = 'questions'")}
+    assert {"study_book_id", "search_vector"} <= columns
+    assert await pg_rows(pg_dsn, "SELECT 1 FROM pg_stats WHERE tablename = 'idx_questions_trigram'")
+
+
+async def test_analyze_can_be_left_to_autovacuum(legacy: LegacyDB, pg_dsn: str,
+                                                 tmp_path: Path) -> None:
+    legacy.bulk(questions=20, logs=20, events=20)
+    report = await backfill(legacy, pg_dsn, tmp_path, analyze=False)
+    assert "analyze" not in report.timings
+    [row] = await pg_rows(pg_dsn, "SELECT last_analyze FROM pg_stat_user_tables "
+                                  "WHERE relname = 'questions'")
+    assert row["last_analyze"] is None  # autovacuum's runs are last_autoanalyze
+
+
 # -- dirty data: each case lands changed-and-reported or is rejected-and-reported ----------
 
 CASES: dict[str, Any] = {

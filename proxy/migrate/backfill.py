@@ -750,9 +750,13 @@ async def _init_conn(conn: asyncpg.Connection) -> None:
 async def run_backfill(
     source_path: Path, dsn: str, *, rejects_path: Path, batch_size: int = DEFAULT_BATCH_SIZE,
     restart: bool = False, progress: Progress | None = None,
-    totals: Callable[[dict[str, int]], None] | None = None,
+    totals: Callable[[dict[str, int]], None] | None = None, analyze: bool = True,
 ) -> BackfillReport:
-    """Run (or resume) a backfill pass from `source_path` into the database at `dsn`."""
+    """Run (or resume) a backfill pass from `source_path` into the database at `dsn`.
+
+    With `analyze`, each table is analyzed once its indexes are built: a bulk load leaves the
+    planner without statistics until autovacuum gets to it, and the first searches after a
+    cutover would be planned on guesses (pgcopydb does the same after its copy)."""
     started = time.perf_counter()
     open_source(source_path).close()  # fail early, with one line, on a bad file
     source = str(await asyncio.to_thread(source_path.resolve))
@@ -789,15 +793,26 @@ async def run_backfill(
             counts = await asyncio.to_thread(_source_counts, source_path, state)
             totals({**counts, "indexes": len(deferrable_indexes())})
         index_tasks: list[asyncio.Task[float]] = []
+        analyze_tasks: list[asyncio.Task[float]] = []
 
         async def build_one(ix: Index) -> float:
             seconds = await build_index(pool, ix)
             (progress or _no_progress)("indexes", 1)
             return seconds
 
+        async def analyze_after(table: str, builds: list[asyncio.Task[float]]) -> float:
+            await asyncio.gather(*builds)  # statistics on its expression indexes too
+            t0 = time.perf_counter()
+            async with pool.acquire() as conn:
+                await conn.execute(f"ANALYZE {table}")
+            return time.perf_counter() - t0
+
         def build(table: str) -> None:
-            index_tasks.extend(asyncio.ensure_future(build_one(ix))
-                               for ix in deferrable_indexes() if ix.table == table)
+            builds = [asyncio.ensure_future(build_one(ix))
+                      for ix in deferrable_indexes() if ix.table == table]
+            index_tasks.extend(builds)
+            if analyze:
+                analyze_tasks.append(asyncio.ensure_future(analyze_after(table, builds)))
 
         async def load(table: str) -> None:
             t0 = time.perf_counter()
@@ -822,10 +837,13 @@ async def run_backfill(
         try:
             await asyncio.gather(*(lane(t) for t in LANES))
             index_seconds = await asyncio.gather(*index_tasks)
+            analyze_seconds = await asyncio.gather(*analyze_tasks)
         finally:
-            for task in index_tasks:
+            for task in (*index_tasks, *analyze_tasks):
                 task.cancel()
         timings["indexes"] = round(max(index_seconds, default=0.0), 3)
+        if analyze:
+            timings["analyze"] = round(max(analyze_seconds, default=0.0), 3)
         async with pool.acquire() as conn:
             report_rows = await conn.fetch(
                 f"SELECT table_name, sum(read) AS read, sum(inserted) AS inserted, "

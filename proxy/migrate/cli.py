@@ -62,6 +62,10 @@ def backfill(
                                  help="Start a fresh pass even if the last one was cut short."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON document."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    analyze: bool = typer.Option(
+        True, "--analyze/--no-analyze",
+        help="ANALYZE each table once loaded and indexed, so the planner has statistics at "
+             "once rather than when autovacuum gets to it."),
 ) -> None:
     """Copy an existing SQLite database into PostgreSQL (resumable, safe beside dual writes)."""
     from proxy.migrate.backfill import BadSource, run_backfill
@@ -78,7 +82,8 @@ def backfill(
         dsn = await _dsn(settings)
         with _progress(quiet) as (on_rows, on_totals):
             return await run_backfill(path, dsn, rejects_path=rejects, batch_size=batch_size,
-                                      restart=restart, progress=on_rows, totals=on_totals)
+                                      restart=restart, progress=on_rows, totals=on_totals,
+                                      analyze=analyze)
 
     try:
         with _logs_to_stderr():
