@@ -231,11 +231,11 @@ class Repository(EntityMethods):
             key = (row_id, version)
             self._mirroring.add(key)
             try:
-                return await self._write_once(entity, op, row_id, values, version)
+                return await self._primary_then_mirror(entity, op, row_id, values, version)
             finally:
                 self._mirroring.discard(key)
 
-    async def _write_once(
+    async def _primary_then_mirror(
         self, entity: Entity, op: Op, row_id: uuid.UUID, values: dict[str, Any] | None,
         version: int,
     ) -> dict[str, Any] | None:
