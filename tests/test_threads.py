@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from proxy.stores.threads import ThreadLane
+from proxy.errors import StoreUnavailable
+from proxy.stores.sqlite import SQLiteStore
+from proxy.stores.threads import LaneClosed, ThreadLane
 
 
 async def test_calls_run_on_the_lane_thread_in_order_and_return_their_results() -> None:
@@ -111,3 +114,24 @@ def test_a_result_for_a_closed_loop_is_dropped_without_an_error() -> None:
         assert asyncio.run(asyncio.wait_for(later(), 5)) == "still running"
     finally:
         lane.shutdown()
+
+
+async def test_a_call_after_shutdown_is_refused_not_left_waiting() -> None:
+    lane = ThreadLane(2, "test-lane")
+    assert await lane.run(lambda: 1) == 1
+    await asyncio.to_thread(lane.shutdown)
+    with pytest.raises(LaneClosed):
+        lane.run(lambda: 2)  # queued behind the stop, it would never run
+    never_started = ThreadLane(1, "test-lane")
+    never_started.shutdown()
+    with pytest.raises(LaneClosed):
+        never_started.run(lambda: 3)
+
+
+async def test_a_store_closed_under_a_call_says_so(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "app.db")
+    await store.init_schema()
+    await asyncio.to_thread(store._writer.shutdown)  # as close() does, before _closed is seen
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await store.init_schema()
+    await store.close()

@@ -52,7 +52,7 @@ from proxy.stores.searchtext import (
     parse_query,
     rank_fts,
 )
-from proxy.stores.threads import ThreadLane
+from proxy.stores.threads import LaneClosed, ThreadLane
 
 T = TypeVar("T")
 SUBSTRING_SCORE = 0.5
@@ -100,6 +100,8 @@ class SQLiteStore(StoreMethods):
         lane = self._writer if write else self._readers
         try:
             return await lane.run(lambda: fn(self._connect()))
+        except LaneClosed as exc:  # closed meanwhile
+            raise StoreUnavailable("sqlite", "store is closed") from exc
         except sqlite3.OperationalError as exc:
             if _is_unavailable(exc):
                 raise StoreUnavailable("sqlite", str(exc)) from exc

@@ -22,6 +22,10 @@ T = TypeVar("T")
 _Job = tuple[Callable[[], Any], asyncio.Future[Any], asyncio.AbstractEventLoop] | None
 
 
+class LaneClosed(RuntimeError):
+    """Raised by `ThreadLane.run` once the lane has been shut down."""
+
+
 class ThreadLane:
     """`threads` threads taking calls from one queue, in the order they were submitted."""
 
@@ -30,23 +34,22 @@ class ThreadLane:
         self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
                          for i in range(threads)]
         self._started = False
-        self._lock = threading.Lock()
+        self._closed = False
+        self._lock = threading.Lock()  # no call may be queued behind the shutdown's sentinels
 
     def run(self, fn: Callable[[], T]) -> asyncio.Future[T]:
         """Run `fn` on a lane thread; a call cancelled before it starts is skipped."""
-        if not self._started:
-            self._start()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put((fn, future, loop))
-        return future
-
-    def _start(self) -> None:
         with self._lock:
+            if self._closed:
+                raise LaneClosed("the lane has been shut down")
             if not self._started:
                 for thread in self._threads:
                     thread.start()
                 self._started = True
+            self._queue.put((fn, future, loop))
+        return future
 
     def _work(self) -> None:
         while (job := self._queue.get()) is not None:
@@ -61,11 +64,14 @@ class ThreadLane:
                 _resolve(loop, future.set_result, future, result)
 
     def shutdown(self) -> None:
-        """Let the queued calls finish, then stop the threads (blocking: call off the loop)."""
-        if not self._started:
-            return
-        for _ in self._threads:
-            self._queue.put(None)
+        """Let the queued calls finish, then stop the threads (blocking: call off the loop);
+        later calls raise LaneClosed."""
+        with self._lock:
+            self._closed = True
+            if not self._started:
+                return
+            for _ in self._threads:
+                self._queue.put(None)
         for thread in self._threads:
             thread.join()
 
