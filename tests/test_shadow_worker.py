@@ -154,6 +154,16 @@ async def test_an_idle_child_killed_is_replaced_on_the_next_request(
         assert len(hits) == 2 and worker.pid not in (None, first)
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's idle scheduling class")
+async def test_the_child_runs_at_idle_priority(sqlite_path: Path, pg_dsn: str,
+                                               sqlite_store: Any) -> None:
+    """The caller's process wins every core the two want at once (see `_child_main`)."""
+    async with SearchWorker(sqlite_path, pg_dsn) as worker:
+        assert worker.pid is not None
+        assert os.sched_getscheduler(worker.pid) == os.SCHED_IDLE
+        assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the caller's own is untouched
+
+
 async def test_restarts_are_bounded(sqlite_path: Path, pg_dsn: str, sqlite_store: Any) -> None:
     with capture_logs() as logs:
         async with SearchWorker(sqlite_path, pg_dsn, max_restarts=2) as worker:
