@@ -146,6 +146,7 @@ class Metrics:
 
     def _preinitialise(self) -> None:
         self._write_series: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
+        self._search_series: dict[tuple[str, str], Any] = {}
         for backend in BACKENDS:
             self.read_primary.labels(backend=backend)
             self.outbox_pending.labels(backend=backend)
@@ -166,7 +167,9 @@ class Metrics:
             for store_op in STORE_OPS:
                 self.store_errors.labels(backend=backend, op=store_op)
             for role in SEARCH_ROLES:
-                self.search_duration.labels(backend=backend, role=role)
+                # every search (and every shadow) looks its series up here
+                self._search_series[(backend, role)] = self.search_duration.labels(
+                    backend=backend, role=role)
         for shadow_outcome in SHADOW_OUTCOMES:
             self.shadow_comparisons.labels(outcome=shadow_outcome)
         for reason in DISCREPANCY_REASONS:
@@ -223,9 +226,13 @@ class Metrics:
 
     def observe_search(self, backend: str, role: str, seconds: float) -> None:
         """Record one search's duration; `role` is "primary" or "shadow"."""
-        self.search_duration.labels(
-            backend=_check("backend", backend, BACKENDS), role=_check("role", role, SEARCH_ROLES)
-        ).observe(max(seconds, 0.0))
+        try:
+            series = self._search_series[(backend, role)]
+        except KeyError:  # say which label is off
+            _check("backend", backend, BACKENDS)
+            _check("role", role, SEARCH_ROLES)
+            raise
+        series.observe(max(seconds, 0.0))
 
     @contextmanager
     def time_search(self, backend: str, role: str) -> Iterator[None]:
