@@ -1,17 +1,20 @@
-"""ThreadLane: the SQLite store's hop to its threads (order, errors, cancellation, shutdown)."""
+"""ThreadLane: the SQLite store's hop to its threads (order, errors, cancellation, shutdown,
+groups)."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from proxy.errors import StoreUnavailable
 from proxy.stores.sqlite import SQLiteStore
-from proxy.stores.threads import LaneClosed, ThreadLane
+from proxy.stores.threads import MAX_GROUP, LaneClosed, Outcome, ThreadLane
 
 
 async def test_calls_run_on_the_lane_thread_in_order_and_return_their_results() -> None:
@@ -135,3 +138,71 @@ async def test_a_store_closed_under_a_call_says_so(tmp_path: Path) -> None:
     with pytest.raises(StoreUnavailable, match="closed"):
         await store.init_schema()
     await store.close()
+
+
+class _Recorder:
+    """A group runner that runs each call and records the groups it was handed."""
+
+    def __init__(self) -> None:
+        self.groups: list[list[Any]] = []
+
+    def __call__(self, calls: list[Callable[[], Any]]) -> list[Outcome]:
+        results = [call() for call in calls]
+        self.groups.append(results)
+        return [(True, r) for r in results]
+
+
+async def _blocked(lane: ThreadLane) -> tuple[threading.Event, asyncio.Future[None]]:
+    """Occupy the lane's thread until the returned event is set."""
+    started, release = threading.Event(), threading.Event()
+
+    def blocker() -> None:
+        started.set()
+        release.wait(5)
+
+    future = lane.run(blocker)
+    await asyncio.to_thread(started.wait, 5)
+    return release, future
+
+
+async def test_grouped_calls_waiting_together_reach_the_runner_as_one_group_in_order() -> None:
+    runner = _Recorder()
+    lane = ThreadLane(1, "test-lane", group=runner)
+    try:
+        release, blocker = await _blocked(lane)
+        first = [lane.run_grouped(lambda i=i: i) for i in range(3)]
+        plain = lane.run(lambda: "plain")  # a call that may not join splits the group
+        second = [lane.run_grouped(lambda i=i: i) for i in range(3, 100)]
+        release.set()
+        await blocker
+        assert await asyncio.gather(*first) == [0, 1, 2]
+        assert await plain == "plain"
+        assert await asyncio.gather(*second) == list(range(3, 100))
+    finally:
+        await asyncio.to_thread(lane.shutdown)
+    # the second run is cut at MAX_GROUP, so that the first call waits for a bounded group
+    assert runner.groups == [[0, 1, 2], list(range(3, 3 + MAX_GROUP)),
+                             list(range(3 + MAX_GROUP, 100))]
+
+
+async def test_a_lone_grouped_call_runs_at_once_and_a_failing_runner_fails_only_its_group(
+) -> None:
+    calls = 0
+
+    def runner(fns: list[Callable[[], Any]]) -> list[Outcome]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("runner broke")
+        return [(True, fn()) for fn in fns]
+
+    lane = ThreadLane(1, "test-lane", group=runner)
+    try:
+        with pytest.raises(RuntimeError, match="runner broke"):
+            await lane.run_grouped(lambda: 1)
+        assert await lane.run_grouped(lambda: 2) == 2  # the thread survived
+        assert await lane.run(lambda: 3) == 3
+    finally:
+        await asyncio.to_thread(lane.shutdown)
+    with pytest.raises(TypeError, match="no group runner"):
+        ThreadLane(1, "plain").run_grouped(lambda: 1)

@@ -29,7 +29,7 @@ from proxy.codec import (
     sqlite_params,
     to_sqlite,
 )
-from proxy.errors import NotFoundError, StoreUnavailable, ValidationError
+from proxy.errors import CutoverError, NotFoundError, StoreUnavailable, ValidationError
 from proxy.models import BY_NAME, BY_TABLE, Entity, SearchResult
 from proxy.stores import sqlite_schema
 from proxy.stores.base import (
@@ -52,7 +52,7 @@ from proxy.stores.searchtext import (
     parse_query,
     rank_fts,
 )
-from proxy.stores.threads import LaneClosed, ThreadLane
+from proxy.stores.threads import LaneClosed, Outcome, ThreadLane
 
 T = TypeVar("T")
 SUBSTRING_SCORE = 0.5
@@ -66,7 +66,7 @@ class SQLiteStore(StoreMethods):
     def __init__(self, path: Path | str, *, busy_timeout_ms: int = 2000, readers: int = 4) -> None:
         self.path = Path(path)
         self._busy_timeout_ms = busy_timeout_ms
-        self._writer = ThreadLane(1, "sqlite-writer")
+        self._writer = ThreadLane(1, "sqlite-writer", group=self._commit_group)
         self._readers = ThreadLane(readers, "sqlite-reader")
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -94,11 +94,16 @@ class SQLiteStore(StoreMethods):
                 self._connections.append(conn)
         return conn
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool,
+                   grouped: bool = False) -> T:
+        """Run `fn` on the writer thread or a reader's. A `grouped` write is a transaction's
+        body (no BEGIN or COMMIT of its own): it commits with the others queued beside it."""
         if self._closed:
             raise StoreUnavailable("sqlite", "store is closed")
         lane = self._writer if write else self._readers
         try:
+            if grouped:
+                return await lane.run_grouped(lambda: fn(self._connect()))
             return await lane.run(lambda: fn(self._connect()))
         except LaneClosed as exc:  # closed meanwhile
             raise StoreUnavailable("sqlite", "store is closed") from exc
@@ -106,6 +111,38 @@ class SQLiteStore(StoreMethods):
             if _is_unavailable(exc):
                 raise StoreUnavailable("sqlite", str(exc)) from exc
             raise
+
+    def _commit_group(self, bodies: list[Callable[[], Any]]) -> list[Outcome]:
+        """Group commit, on the writer thread: the writes waiting together share one
+        transaction, so each costs its own statements and a share of one BEGIN and COMMIT.
+
+        A body that fails before writing anything (a constraint its first statement breaks, a
+        row not found) fails alone: SQLite undoes only the failed statement. Anything else (a
+        failure after a write, an I/O error that may have ended the transaction, a failed
+        COMMIT) rolls the group back and runs each body again in its own transaction.
+        """
+        conn = self._connect()
+        if len(bodies) > 1:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:  # busy or unavailable: none of them can run now
+                return [(False, exc)] * len(bodies)
+            try:
+                outcomes: list[Outcome] = []
+                for body in bodies:
+                    before = conn.total_changes
+                    try:
+                        outcomes.append((True, body()))
+                    except (sqlite3.IntegrityError, CutoverError) as exc:
+                        if conn.total_changes != before or not conn.in_transaction:
+                            raise
+                        outcomes.append((False, exc))
+                conn.execute("COMMIT")
+                return outcomes
+            except Exception:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+        return [_alone(conn, body) for body in bodies]
 
     async def init_schema(self) -> None:
         await self._run(sqlite_schema.init_schema, write=True)
@@ -147,24 +184,18 @@ class SQLiteStore(StoreMethods):
                   if complete else [])
 
         def tx(conn: sqlite3.Connection) -> tuple[dict[str, Any], int | None]:
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                try:
-                    cur = conn.execute(sql, params)
-                    row = ({c: values[c] for c in entity.column_names} if complete
-                           else from_sqlite(entity, cur.fetchone()))
-                except sqlite3.IntegrityError as exc:
-                    raise _integrity_error(conn, entity, values, exc) from exc
-                seq = _outbox_add(conn, outbox if complete else _outbox_rows(
-                    outbox_targets, entity, "insert", row["id"], version,
-                    encode_row(entity.name, row)))
-                conn.execute("COMMIT")
-                return row, seq
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+                cur = conn.execute(sql, params)
+                row = ({c: values[c] for c in entity.column_names} if complete
+                       else from_sqlite(entity, cur.fetchone()))
+            except sqlite3.IntegrityError as exc:
+                raise _integrity_error(conn, entity, values, exc) from exc
+            seq = _outbox_add(conn, outbox if complete else _outbox_rows(
+                outbox_targets, entity, "insert", row["id"], version,
+                encode_row(entity.name, row)))
+            return row, seq
 
-        return await self._run(tx, write=True)
+        return await self._run(tx, write=True, grouped=True)
 
     async def update_row(
         self, entity: Entity, row_id: uuid.UUID, changes: dict[str, Any], *, version: int,
@@ -175,24 +206,18 @@ class SQLiteStore(StoreMethods):
         params = [*to_sqlite(entity, changes).values(), version, str(row_id)]
 
         def tx(conn: sqlite3.Connection) -> tuple[dict[str, Any], int | None]:
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                try:
-                    found = conn.execute(sql, params).fetchone()
-                except sqlite3.IntegrityError as exc:
-                    raise _integrity_error(conn, entity, changes, exc) from exc
-                if found is None:
-                    raise NotFoundError(entity.name, row_id)
-                row = from_sqlite(entity, found)
-                seq = _outbox_add(conn, _outbox_rows(outbox_targets, entity, "update", row_id,
-                                                     version, encode_row(entity.name, row)))
-                conn.execute("COMMIT")
-                return row, seq
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+                found = conn.execute(sql, params).fetchone()
+            except sqlite3.IntegrityError as exc:
+                raise _integrity_error(conn, entity, changes, exc) from exc
+            if found is None:
+                raise NotFoundError(entity.name, row_id)
+            row = from_sqlite(entity, found)
+            seq = _outbox_add(conn, _outbox_rows(outbox_targets, entity, "update", row_id,
+                                                 version, encode_row(entity.name, row)))
+            return row, seq
 
-        return await self._run(tx, write=True)
+        return await self._run(tx, write=True, grouped=True)
 
     async def delete_row(
         self, entity: Entity, row_id: uuid.UUID, *, version: int,
@@ -201,20 +226,13 @@ class SQLiteStore(StoreMethods):
         outbox = _outbox_rows(outbox_targets, entity, "delete", row_id, version, None)
 
         def tx(conn: sqlite3.Connection) -> int | None:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                cur = conn.execute(f"DELETE FROM {entity.table} WHERE id = ?", (str(row_id),))
-                if cur.rowcount == 0:
-                    raise NotFoundError(entity.name, row_id)
-                _tombstone(conn, entity, row_id, version)
-                seq = _outbox_add(conn, outbox)
-                conn.execute("COMMIT")
-                return seq
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            cur = conn.execute(f"DELETE FROM {entity.table} WHERE id = ?", (str(row_id),))
+            if cur.rowcount == 0:
+                raise NotFoundError(entity.name, row_id)
+            _tombstone(conn, entity, row_id, version)
+            return _outbox_add(conn, outbox)
 
-        return await self._run(tx, write=True)
+        return await self._run(tx, write=True, grouped=True)
 
     # -- reads --
     async def get_row(self, entity: Entity, row_id: uuid.UUID) -> dict[str, Any] | None:
@@ -342,6 +360,22 @@ class SQLiteStore(StoreMethods):
 
 
 # -- helpers run on the store's threads --
+def _alone(conn: sqlite3.Connection, body: Callable[[], Any]) -> Outcome:
+    """One transaction body in a transaction of its own."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = body()
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except Exception as exc:
+        return False, exc
+    return True, result
+
+
 def _is_unavailable(exc: sqlite3.OperationalError) -> bool:
     text = str(exc).lower()
     return any(s in text for s in ("locked", "busy", "unable to open", "disk i/o", "readonly"))
