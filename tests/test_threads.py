@@ -206,3 +206,25 @@ async def test_a_lone_grouped_call_runs_at_once_and_a_failing_runner_fails_only_
         await asyncio.to_thread(lane.shutdown)
     with pytest.raises(TypeError, match="no group runner"):
         ThreadLane(1, "plain").run_grouped(lambda: 1)
+
+
+async def test_grouped_calls_of_one_turn_of_the_loop_go_together_to_an_idle_thread() -> None:
+    runner = _Recorder()
+    lane = ThreadLane(1, "test-lane", group=runner)
+    try:
+        assert await asyncio.gather(*[lane.run_grouped(lambda i=i: i) for i in range(10)]) \
+            == list(range(10))
+        assert await lane.run_grouped(lambda: 10) == 10
+    finally:
+        await asyncio.to_thread(lane.shutdown)
+    assert runner.groups == [list(range(10)), [10]]
+
+
+async def test_shutdown_runs_the_grouped_calls_still_gathering() -> None:
+    runner = _Recorder()
+    lane = ThreadLane(1, "test-lane", group=runner)
+    assert await lane.run(lambda: "started") == "started"
+    pending = [lane.run_grouped(lambda i=i: i) for i in range(3)]
+    lane.shutdown()  # in this turn: the calls have not been handed to the thread yet
+    assert await asyncio.wait_for(asyncio.gather(*pending), 5) == [0, 1, 2]
+    assert runner.groups == [[0, 1, 2]]
