@@ -3,7 +3,8 @@
 Why not aiosqlite: it hops to its thread once per statement, so a write of a row plus its outbox
 entry costs four hops. Here a whole transaction runs in one hop on the single writer thread (SQLite
 has one writer anyway), and reads run on a small pool of reader threads, each with its own
-connection, which WAL lets proceed beside the writer.
+connection, which WAL lets proceed beside the writer. The writes queued together for the writer
+share one transaction (group commit, `_commit_group`), each still succeeding or failing alone.
 """
 
 from __future__ import annotations
