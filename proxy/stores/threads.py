@@ -7,9 +7,10 @@ through, that bookkeeping was a large share of the event loop's time per write (
 SQLite alone ~3,000 -> ~3,800 writes/s once it was gone). Here a call is one queue entry and one
 asyncio future, resolved from the thread through `call_soon_threadsafe`.
 
-A lane may also take calls as a group (`run_grouped`): the calls that are waiting when its thread
-gets to them are handed together to the lane's `group` runner, which may run them in one
-transaction (the SQLite store's group commit), and their futures are resolved in one hop.
+A lane may also take calls as a group (`run_grouped`): the calls submitted in one turn of the
+event loop, and those still queued when the thread gets to them, are handed together to the
+lane's `group` runner, which may run them in one transaction (the SQLite store's group commit);
+their futures are resolved in one hop.
 """
 
 from __future__ import annotations
