@@ -70,14 +70,15 @@ async def load(store: AnyStore, corpus: Corpus) -> float:
             await store.insert_row(questions, row, version=1)
 
     await asyncio.gather(*(put(r) for r in rows["question"]))
-    # planner statistics, as a live database has them: autovacuum would gather them within a
-    # minute of a load this size, and until then PostgreSQL plans on guesses (one study book
-    # per user, one question per book) and the searches measured would be slower than any
-    # served after that minute
+    # what autovacuum does within a minute of a load this size (an insert-triggered vacuum and
+    # an analyze): until then PostgreSQL plans on guesses (one study book per user, one question
+    # per book), and the GIN indexes' pending lists hold every question inserted, which each
+    # search scans whole (and the planner, seeing them, reads the table instead); the searches
+    # measured would be slower than any served after that minute
     if isinstance(store, PostgresStore):
         conn = await asyncpg.connect(store.dsn)
         try:
-            await conn.execute("ANALYZE")
+            await conn.execute("VACUUM ANALYZE")
         finally:
             await conn.close()
     else:
