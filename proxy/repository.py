@@ -655,7 +655,8 @@ async def open_repository(
             pending_rows=repo.pending_rows,
         )
         if settings.shadow_worker == "process":
-            worker = SearchWorker(settings.sqlite_path, dsn)
+            worker = SearchWorker(settings.sqlite_path, dsn,
+                                  timeout_s=settings.shadow_timeout_ms / 1000)
             await worker.start()
             repo.shadow_search = worker.search
         repo.start()

@@ -2,9 +2,12 @@
 
 `SearchWorker` spawns one child (the "spawn" start method: no copy of the caller's threads, locks
 or open connections) with its own event loop and its own `SQLiteStore` and `PostgresStore`. The
-parent sends `(request id, backend, query, user id, limit)` down a socket pair; the child runs
-`store.search(..., highlights=False)` for each request concurrently and answers
-`(request id, ids and match kinds)` or `(request id, error text)`. Comparison reads ids and match
+parent sends `(request id, backend, query, user id, limit, deadline)` down a socket pair; the
+child runs `store.search(..., highlights=False)` for the requests, `concurrency` at a time (one by
+default), and answers `(request id, ids and match kinds)` or `(request id, error text)`. A request
+whose deadline (the caller's `timeout_s` after it was sent, on the machine's monotonic clock)
+passes while it waits is dropped, and a search still running at it is cancelled: nobody waits
+for its answer any more. Comparison reads ids and match
 kinds only, so that is all that crosses back (a question's text can be 100,000 characters): the
 parent returns `shadow.compare.Hit`s, which satisfy `RankedHit`. The parent reads answers from a
 reader registered with `loop.add_reader` on the socket (no thread, no polling).
@@ -51,6 +54,13 @@ MAX_OUTSTANDING = 128
 #: how much the child lowers its priority where the idle scheduling class is not available
 #: (see `_child_main`)
 NICENESS = 5
+#: shadow searches the child runs at once. One: a shadow is background work, and one search at
+#: a time keeps its share of the machine (the child and the server's work for it) to about one
+#: core however the requests bunch up. With the child free to run all its requests at once,
+#: the primary search's p50 at half the machine's capacity rose 11-23 % with every search
+#: shadowed; one at a time, 1-13 % (bench/shadow_overhead.py, five runs each). The cost is
+#: queueing: more shadows are shed at the runner's bound (5-7 % of them there, against 1-3 %).
+CONCURRENCY = 1
 
 _CLOSE = b""  # the message that asks the child to finish and exit
 
@@ -80,13 +90,18 @@ class SearchWorker:
 
     def __init__(
         self, sqlite_path: Path | str, dsn: str, *, niceness: int = NICENESS,
+        concurrency: int = CONCURRENCY, timeout_s: float | None = None,
         max_outstanding: int = MAX_OUTSTANDING, max_restarts: int = MAX_RESTARTS,
         restart_window_s: float = RESTART_WINDOW_S, close_timeout_s: float = 5.0,
         logger: Any = None,
     ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
         self.sqlite_path = str(sqlite_path)
         self._dsn = dsn
         self.niceness = niceness
+        self.concurrency = concurrency
+        self.timeout_s = timeout_s  # the caller's; the child stops a request's work after it
         self.max_outstanding = max_outstanding
         self.max_restarts = max_restarts
         self.restart_window_s = restart_window_s
@@ -143,7 +158,8 @@ class SearchWorker:
             self._process = None
         ours, theirs = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(
-            target=_child_main, args=(theirs, self.sqlite_path, self._dsn, self.niceness),
+            target=_child_main,
+            args=(theirs, self.sqlite_path, self._dsn, self.niceness, self.concurrency),
             name="cutover-shadow-worker", daemon=True,
         )
         try:
@@ -208,7 +224,9 @@ class SearchWorker:
         if len(self._unanswered) >= self.max_outstanding:
             raise WorkerBusy(f"{len(self._unanswered)} requests wait for the shadow worker")
         rid = next(self._ids)
-        payload = pickle.dumps((rid, backend, query, str(user_id), limit),
+        # time.monotonic() is CLOCK_MONOTONIC on Linux: the same clock in the child
+        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+        payload = pickle.dumps((rid, backend, query, str(user_id), limit, deadline),
                                protocol=pickle.HIGHEST_PROTOCOL)
         try:
             conn.send_bytes(payload)
@@ -309,7 +327,8 @@ class SearchWorker:
 
 # -- the child ---------------------------------------------------------------------------------
 
-def _child_main(conn: Connection, sqlite_path: str, dsn: str, niceness: int) -> None:
+def _child_main(conn: Connection, sqlite_path: str, dsn: str, niceness: int,
+                concurrency: int = CONCURRENCY) -> None:
     # The parent decides when this process ends (a close message, or its end of the pipe
     # closing): a Ctrl-C in the terminal reaches the whole process group and must not kill it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -326,10 +345,10 @@ def _child_main(conn: Connection, sqlite_path: str, dsn: str, niceness: int) -> 
         os.nice(niceness)
     with contextlib.suppress(AttributeError, OSError):  # not Linux, or not permitted
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    asyncio.run(_serve(conn, sqlite_path, dsn))
+    asyncio.run(_serve(conn, sqlite_path, dsn, concurrency))
 
 
-async def _serve(conn: Connection, sqlite_path: str, dsn: str) -> None:
+async def _serve(conn: Connection, sqlite_path: str, dsn: str, concurrency: int) -> None:
     from proxy.stores.postgres import PostgresStore
     from proxy.stores.sqlite import SQLiteStore
 
@@ -345,11 +364,24 @@ async def _serve(conn: Connection, sqlite_path: str, dsn: str) -> None:
             if not done.done():
                 done.set_result(None)
 
-    async def one(rid: int, backend: str, query: str, user_id: str, limit: int) -> None:
+    running = asyncio.Semaphore(concurrency)
+
+    async def one(rid: int, backend: str, query: str, user_id: str, limit: int,
+                  deadline: float | None) -> None:
+        # the loop's clock is time.monotonic() too
+        timer = asyncio.timeout_at(deadline)  # None: no deadline
         try:
-            results = await stores[backend].search(query, uuid.UUID(user_id), limit,
-                                                   highlights=False)
+            async with running:
+                if deadline is not None and deadline <= time.monotonic():
+                    send(("error", rid, "TimeoutError: expired before it started"))
+                    return
+                async with timer:
+                    results = await stores[backend].search(query, uuid.UUID(user_id), limit,
+                                                           highlights=False)
             send(("ok", rid, [(r.question_id.bytes, r.match_kind) for r in results]))
+        except TimeoutError as exc:
+            why = "cancelled at its deadline" if timer.expired() else str(exc)
+            send(("error", rid, f"TimeoutError: {why}"[:500]))
         except Exception as exc:
             send(("error", rid, f"{type(exc).__name__}: {exc}"[:500]))
 

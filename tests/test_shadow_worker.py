@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
@@ -218,3 +219,66 @@ async def test_close_leaves_no_child_process(
         with pytest.raises(WorkerUnavailable):
             await worker.search("sqlite", "x", uuid.uuid4(), 20)
     assert ("shadow_worker.killed" in [e["event"] for e in logs]) == stopped
+
+
+async def _waiting_searches(conn: asyncpg.Connection) -> int:
+    """Backends (the child's) waiting for the lock on questions."""
+    return int(await conn.fetchval(
+        "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'questions'::regclass"))
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+async def test_the_child_runs_its_concurrency_of_searches_at_once(
+    sqlite_path: Path, pg_dsn: str, settings: Settings, concurrency: int
+) -> None:
+    async with open_repository(settings, registry=CollectorRegistry()) as repo:
+        aiko, _ = await seed(repo)
+    locker = await asyncpg.connect(pg_dsn)
+    try:
+        async with SearchWorker(sqlite_path, pg_dsn, concurrency=concurrency) as worker:
+            tx = locker.transaction()
+            await tx.start()
+            await locker.execute("LOCK TABLE questions IN ACCESS EXCLUSIVE MODE")
+            searches = [asyncio.ensure_future(worker.search("postgres", "json", aiko, 20))
+                        for _ in range(4)]
+            observer = await asyncpg.connect(pg_dsn)
+            try:
+                for _ in range(300):
+                    if await _waiting_searches(observer) >= concurrency:
+                        break
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.2)  # time for more to start, were they allowed to
+                assert await _waiting_searches(observer) == concurrency
+            finally:
+                await observer.close()
+            await tx.rollback()
+            assert [len(h) for h in await asyncio.gather(*searches)] == [2, 2, 2, 2]
+    finally:
+        await locker.close()
+
+
+async def test_the_child_stops_work_past_the_callers_deadline(
+    sqlite_path: Path, pg_dsn: str, settings: Settings
+) -> None:
+    async with open_repository(settings, registry=CollectorRegistry()) as repo:
+        aiko, _ = await seed(repo)
+    locker = await asyncpg.connect(pg_dsn)
+    observer = await asyncpg.connect(pg_dsn)
+    try:
+        async with SearchWorker(sqlite_path, pg_dsn, timeout_s=0.5) as worker:
+            async with locker.transaction():
+                await locker.execute("LOCK TABLE questions IN ACCESS EXCLUSIVE MODE")
+                running = asyncio.ensure_future(worker.search("postgres", "json", aiko, 20))
+                worker.timeout_s = 0.1  # this one's deadline passes while it waits its turn
+                queued = asyncio.ensure_future(worker.search("postgres", "json", aiko, 20))
+                with pytest.raises(WorkerSearchFailed, match="cancelled at its deadline"):
+                    await running
+                with pytest.raises(WorkerSearchFailed, match="expired before it started"):
+                    await queued
+                # the search was cancelled on the server, not left waiting behind the lock
+                assert await _waiting_searches(observer) == 0
+            worker.timeout_s = 5.0
+            assert len(await worker.search("postgres", "json", aiko, 20)) == 2
+    finally:
+        await locker.close()
+        await observer.close()
