@@ -353,7 +353,11 @@ async def _serve(conn: Connection, sqlite_path: str, dsn: str, concurrency: int)
     from proxy.stores.sqlite import SQLiteStore
 
     loop = asyncio.get_running_loop()
-    stores: dict[str, Any] = {"sqlite": SQLiteStore(sqlite_path), "postgres": PostgresStore(dsn)}
+    # no more connections or reader threads than searches it runs at once
+    stores: dict[str, Any] = {
+        "sqlite": SQLiteStore(sqlite_path, readers=concurrency),
+        "postgres": PostgresStore(dsn, min_size=1, max_size=concurrency),
+    }
     tasks: set[asyncio.Task[None]] = set()
     done = loop.create_future()
 
