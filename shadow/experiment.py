@@ -66,7 +66,7 @@ def other_backend(backend: str) -> str:
     return BACKENDS[1] if backend == BACKENDS[0] else BACKENDS[0]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built on the caller's path, where frozen costs 2x
 class _Job:
     query: str
     user_id: str
@@ -193,8 +193,7 @@ class ShadowRunner:
             primary=snapshot(primary_results),
             run_shadow=run_shadow,
         )
-        self._inflight += 1
-        self.metrics.set_shadow_inflight(self._inflight)
+        self._inflight += 1  # the gauge follows when the task starts, off the caller's path
         task = loop.create_task(self._run(job), name="cutover-shadow")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -204,6 +203,10 @@ class ShadowRunner:
 
     async def _run(self, job: _Job) -> None:
         try:
+            try:
+                self.metrics.set_shadow_inflight(self._inflight)
+            except Exception:
+                self._internal_error("publish", "inflight")
             pending = await self._pending()
             primary_ids = tuple(h.question_id for h in job.primary)
             shadow: Sequence[RankedHit] | None = None

@@ -112,7 +112,7 @@ class SearchWorker:
         self._process: Any = None  # the spawn context's Process
         self._conn: Connection | None = None
         self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future[list[Hit]]] = {}
+        self._waiting: dict[int, asyncio.Future[tuple[Hit, ...]]] = {}
         self._unanswered: set[int] = set()  # sent to the live child, not answered yet
         self._starts: collections.deque[float] = collections.deque()
         self._refused_logged = False
@@ -210,7 +210,7 @@ class SearchWorker:
 
     async def search(
         self, backend: str, query: str, user_id: uuid.UUID | str, limit: int
-    ) -> list[Hit]:
+    ) -> tuple[Hit, ...]:
         """The ids and match kinds `backend`'s `search(..., highlights=False)` returns.
 
         Raises `ShadowWorkerError` (and nothing else but cancellation) when it cannot answer.
@@ -233,7 +233,7 @@ class SearchWorker:
         except OSError as exc:
             self._child_gone(f"send failed: {type(exc).__name__}")
             raise WorkerUnavailable("the shadow worker's child is gone") from exc
-        future: asyncio.Future[list[Hit]] = self._loop.create_future()
+        future: asyncio.Future[tuple[Hit, ...]] = self._loop.create_future()
         self._unanswered.add(rid)
         self._waiting[rid] = future
         try:
@@ -288,7 +288,7 @@ class SearchWorker:
         if future is None or future.done():
             return  # abandoned by its caller (timed out)
         if kind == "ok":
-            future.set_result([Hit(uuid.UUID(bytes=b), k) for b, k in body])
+            future.set_result(tuple([Hit(uuid.UUID(bytes=b), k) for b, k in body]))
         else:
             future.set_exception(WorkerSearchFailed(str(body)))
 

@@ -89,8 +89,8 @@ async def test_the_worker_answers_what_each_store_answers(settings: Settings) ->
         for backend, store in repo.stores.items():
             for query in QUERIES:
                 for user, limit in ((aiko, 20), (bo, 20), (aiko, 1)):
-                    expected = list(snapshot(
-                        await store.search(query, user, limit, highlights=False)))
+                    expected = snapshot(
+                        await store.search(query, user, limit, highlights=False))
                     got = await worker.search(backend, query, user, limit)
                     assert got == expected, (backend, query, limit)
                     kinds |= {h.match_kind for h in got}
