@@ -39,10 +39,10 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeVar
 
 DEFAULT_P = 0.9
 
@@ -149,20 +149,23 @@ class Comparison:
 
 
 # -- figures ---------------------------------------------------------------------------------
+# Over any hashable ids: `classify` passes the UUIDs' 128-bit ints, which hash and compare in C
+# (a UUID does both in Python).
+K = TypeVar("K", bound=Hashable)
 
 
-def _cut(items: Sequence[uuid.UUID], k: int | None) -> Sequence[uuid.UUID]:
+def _cut(items: Sequence[K], k: int | None) -> Sequence[K]:
     return items if k is None else items[:k]
 
 
-def jaccard_at_k(a: Sequence[uuid.UUID], b: Sequence[uuid.UUID], k: int | None = None) -> float:
+def jaccard_at_k(a: Sequence[K], b: Sequence[K], k: int | None = None) -> float:
     """|A∩B| / |A∪B| over the first k of each list (all when k is None); 1.0 if both empty."""
     sa, sb = set(_cut(a, k)), set(_cut(b, k))
     union = sa | sb
     return 1.0 if not union else len(sa & sb) / len(union)
 
 
-def overlap_at_k(a: Sequence[uuid.UUID], b: Sequence[uuid.UUID], k: int | None = None) -> float:
+def overlap_at_k(a: Sequence[K], b: Sequence[K], k: int | None = None) -> float:
     """|A∩B| / k over the first k of each list; k defaults to the longer list's length.
 
     1.0 when k is 0 (two empty lists agree). Passing the search `limit` as k instead scores
@@ -177,7 +180,7 @@ def overlap_at_k(a: Sequence[uuid.UUID], b: Sequence[uuid.UUID], k: int | None =
     return len(set(a[:k]) & set(b[:k])) / k
 
 
-def rbo(a: Sequence[uuid.UUID], b: Sequence[uuid.UUID], p: float = DEFAULT_P) -> float:
+def rbo(a: Sequence[K], b: Sequence[K], p: float = DEFAULT_P) -> float:
     """Extrapolated rank-biased overlap RBO_ext (Webber et al. 2010, eq. 32).
 
     Lists may differ in length; items are assumed unique within a list. Two empty lists score
@@ -189,8 +192,8 @@ def rbo(a: Sequence[uuid.UUID], b: Sequence[uuid.UUID], p: float = DEFAULT_P) ->
     n_long, s = len(long_), len(short)
     if s == 0:
         return 1.0 if n_long == 0 else 0.0
-    seen_long: set[uuid.UUID] = set()
-    seen_short: set[uuid.UUID] = set()
+    seen_long: set[K] = set()
+    seen_short: set[K] = set()
     overlap = 0  # X_d: |L:d ∩ S:d|, with S:d = S once d > s
     x_s = 0
     weighted = 0.0  # Σ_{d=1}^{l} X_d/d · p^d
@@ -218,12 +221,12 @@ def rbo(a: Sequence[uuid.UUID], b: Sequence[uuid.UUID], p: float = DEFAULT_P) ->
     return min(1.0, max(0.0, value))
 
 
-def top1_agreement(a: Sequence[uuid.UUID], b: Sequence[uuid.UUID]) -> bool:
+def top1_agreement(a: Sequence[K], b: Sequence[K]) -> bool:
     """Whether both lists start with the same id (two empty lists agree)."""
     return list(a[:1]) == list(b[:1])
 
 
-def kendall_tau(a: Sequence[uuid.UUID], b: Sequence[uuid.UUID]) -> float | None:
+def kendall_tau(a: Sequence[K], b: Sequence[K]) -> float | None:
     """Kendall's tau-a between the two rankings of the shared ids; None if fewer than 2 shared."""
     rank_b = {x: i for i, x in enumerate(b)}
     shared = [rank_b[x] for x in a if x in rank_b]  # b's ranks, in a's order
@@ -240,9 +243,7 @@ def kendall_tau(a: Sequence[uuid.UUID], b: Sequence[uuid.UUID]) -> float | None:
     return (concordant - discordant) / (n * (n - 1) / 2)
 
 
-def only_in_each(
-    a: Sequence[uuid.UUID], b: Sequence[uuid.UUID]
-) -> tuple[tuple[uuid.UUID, ...], tuple[uuid.UUID, ...]]:
+def only_in_each(a: Sequence[K], b: Sequence[K]) -> tuple[tuple[K, ...], tuple[K, ...]]:
     """(ids only in a, ids only in b), each in its list's rank order."""
     sa, sb = set(a), set(b)
     return tuple(x for x in a if x not in sb), tuple(x for x in b if x not in sa)
@@ -317,11 +318,11 @@ def analysis_hints(terms: Iterable[str]) -> frozenset[str]:
     return frozenset(hints)
 
 
-def _kinds(hits: Sequence[RankedHit]) -> dict[uuid.UUID, str]:
-    return {h.question_id: str(h.match_kind) for h in hits}
+def _kinds(hits: Sequence[RankedHit]) -> dict[int, str]:
+    return {h.question_id.int: str(h.match_kind) for h in hits}
 
 
-def _in_tail(ids: Sequence[uuid.UUID], diff: Iterable[uuid.UUID], width: int) -> bool:
+def _in_tail(ids: Sequence[K], diff: Iterable[K], width: int) -> bool:
     rank = {x: i for i, x in enumerate(ids)}
     return all(rank[x] >= len(ids) - width for x in diff)
 
@@ -332,7 +333,8 @@ def classify(
     """Grade two ranked lists and classify their difference (see the module docstring)."""
     a = tuple(h.question_id for h in primary)
     b = tuple(h.question_id for h in shadow)
-    if a == b and len(set(a)) == len(a):
+    ka, kb = tuple([x.int for x in a]), tuple([x.int for x in b])  # see "figures" above
+    if ka == kb and len(set(ka)) == len(ka):
         # the common case, and the runner's per-search cost: identical lists of distinct ids
         # have every figure at its maximum (what the functions below compute, without the
         # O(n²) tau or rbo's float noise)
@@ -340,44 +342,48 @@ def classify(
             outcome=Outcome.MATCH, reason=None, primary_ids=a, shadow_ids=b, jaccard=1.0,
             overlap=1.0, rbo=1.0, top1=True, kendall_tau=1.0 if len(a) >= 2 else None,
         )
-    only_a, only_b = only_in_each(a, b)
-    jac, ovl, rb = jaccard_at_k(a, b), overlap_at_k(a, b), rbo(a, b)
-    top1, tau = top1_agreement(a, b), kendall_tau(a, b)
+    uuids = dict(zip(ka, a, strict=True)) | dict(zip(kb, b, strict=True))
+    only_ka, only_kb = only_in_each(ka, kb)
+    jac, ovl, rb = jaccard_at_k(ka, kb), overlap_at_k(ka, kb), rbo(ka, kb)
+    top1, tau = top1_agreement(ka, kb), kendall_tau(ka, kb)
 
     def result(
         outcome: Outcome, reason: Reason | None, hints: frozenset[str] = frozenset()
     ) -> Comparison:
         return Comparison(
             outcome=outcome, reason=reason, primary_ids=a, shadow_ids=b, jaccard=jac,
-            overlap=ovl, rbo=rb, top1=top1, kendall_tau=tau, only_primary=only_a,
-            only_shadow=only_b, detail=",".join(sorted(hints)), hints=hints,
+            overlap=ovl, rbo=rb, top1=top1, kendall_tau=tau,
+            only_primary=tuple(uuids[x] for x in only_ka),
+            only_shadow=tuple(uuids[x] for x in only_kb),
+            detail=",".join(sorted(hints)), hints=hints,
         )
 
-    if a == b:
+    if ka == kb:
         return result(Outcome.MATCH, None)
 
-    rank_b = {x: i for i, x in enumerate(b)}
-    moved = {x for i, x in enumerate(a) if x in rank_b and rank_b[x] != i}
-    if ctx.pending & (set(only_a) | set(only_b) | moved):
+    rank_b = {x: i for i, x in enumerate(kb)}
+    moved = {x for i, x in enumerate(ka) if x in rank_b and rank_b[x] != i}
+    pending = {x.int for x in ctx.pending}
+    if pending & (set(only_ka) | set(only_kb) | moved):
         return result(Outcome.MISMATCH, Reason.STALE_MIRROR)
 
-    if not only_a and not only_b:
+    if not only_ka and not only_kb:
         return result(Outcome.MISMATCH, Reason.ORDER_ONLY)
 
     kinds_a, kinds_b = _kinds(primary), _kinds(shadow)
-    if all(kinds_a[x] != "fts" for x in only_a) and all(kinds_b[x] != "fts" for x in only_b):
+    if all(kinds_a[x] != "fts" for x in only_ka) and all(kinds_b[x] != "fts" for x in only_kb):
         return result(Outcome.MISMATCH, Reason.FUZZY_ONLY)
 
     width = max(1, math.ceil(ctx.limit / 4))
     if (
-        (not only_a or (len(b) >= ctx.limit and _in_tail(a, only_a, width)))
-        and (not only_b or (len(a) >= ctx.limit and _in_tail(b, only_b, width)))
+        (not only_ka or (len(b) >= ctx.limit and _in_tail(ka, only_ka, width)))
+        and (not only_kb or (len(a) >= ctx.limit and _in_tail(kb, only_kb, width)))
     ):
         return result(Outcome.MISMATCH, Reason.K_BOUNDARY)
 
     hints = analysis_hints(query_terms(ctx.query))
-    fts_differs = any(kinds_a[x] == "fts" for x in only_a) or any(
-        kinds_b[x] == "fts" for x in only_b
+    fts_differs = any(kinds_a[x] == "fts" for x in only_ka) or any(
+        kinds_b[x] == "fts" for x in only_kb
     )
     if hints and fts_differs:
         return result(Outcome.MISMATCH, Reason.STEMMING_OR_STOPWORD, hints)
