@@ -302,10 +302,10 @@ class ShadowRunner:
         if self.log_query_text:
             fields["query"] = job.query
         if c.outcome is Outcome.MISMATCH:
+            # the ids found on one side only follow from the two lists: logging them too would
+            # double the line, which the caller's process renders (the store keeps both lists)
             fields.update(
                 shadow_ids=[str(x) for x in c.shadow_ids],
-                only_primary=[str(x) for x in c.only_primary],
-                only_shadow=[str(x) for x in c.only_shadow],
                 jaccard=c.jaccard, rbo=c.rbo, top1=c.top1, kendall_tau=c.kendall_tau,
                 hints=sorted(c.hints),
             )
