@@ -57,9 +57,10 @@ NICENESS = 5
 #: shadow searches the child runs at once. One: a shadow is background work, and one search at
 #: a time keeps its share of the machine (the child and the server's work for it) to about one
 #: core however the requests bunch up. With the child free to run all its requests at once,
-#: the primary search's p50 at half the machine's capacity rose 11-23 % with every search
-#: shadowed; one at a time, 1-13 % (bench/shadow_overhead.py, five runs each). The cost is
-#: queueing: more shadows are shed at the runner's bound (5-7 % of them there, against 1-3 %).
+#: the primary search's p50 at 210 searches/s with every search shadowed rose 11-43 % (median
+#: 18 %, five runs); one at a time, 0-14 % (median 5 %, eight runs; bench/shadow_overhead.py
+#: --qps 210). The cost is queueing: more shadows are shed at the runner's bound (5-7 % of them
+#: there, against 1-3 %).
 CONCURRENCY = 1
 
 _CLOSE = b""  # the message that asks the child to finish and exit
