@@ -155,3 +155,27 @@ async def test_a_database_locked_by_another_connection_fails_the_group_and_write
     assert _outbox(store.path) == []
     await store.insert_row(USERS, _user("b", "b@example.com"), version=1)
     assert _emails(store.path) == ["a@example.com", "b@example.com"]
+
+
+class _Abort(BaseException):
+    """Not an Exception: what a body should never raise, and the writer must survive."""
+
+
+async def test_a_group_cut_short_by_a_base_exception_leaves_no_transaction_open(
+    store: SQLiteStore,
+) -> None:
+    def abort(conn: sqlite3.Connection) -> None:
+        raise _Abort
+
+    release, held = await _hold_writer(store)
+    first = asyncio.ensure_future(store.insert_row(
+        USERS, _user("b", "b@example.com"), version=1))
+    broken = asyncio.ensure_future(store._run(abort, write=True, grouped=True))
+    await asyncio.sleep(0.05)
+    release.set()
+    await held
+    outcomes = await asyncio.gather(first, broken, return_exceptions=True)
+    assert all(isinstance(o, _Abort) for o in outcomes), outcomes
+    # the writer goes on: the group's transaction was rolled back, not left open
+    await store.insert_row(USERS, _user("d", "d@example.com"), version=1)
+    assert _emails(store.path) == ["d@example.com"]

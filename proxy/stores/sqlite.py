@@ -140,9 +140,11 @@ class SQLiteStore(StoreMethods):
                         outcomes.append((False, exc))
                 conn.execute("COMMIT")
                 return outcomes
-            except Exception:
-                if conn.in_transaction:
+            except BaseException as exc:
+                if conn.in_transaction:  # never left open: the next group could not begin
                     conn.execute("ROLLBACK")
+                if not isinstance(exc, Exception):
+                    raise
         return [_alone(conn, body) for body in bodies]
 
     async def init_schema(self) -> None:
