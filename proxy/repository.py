@@ -381,6 +381,9 @@ class Repository(EntityMethods):
         check_limit(limit)
         uid = parse_id(user_id, "user_id")
         primary = self._stores[self._primary]
+        shadow = self.shadow
+        if shadow is not None:
+            shadow.primary_started()
         start = time.perf_counter()
         try:
             results = await primary.search(query, uid, limit)
@@ -389,6 +392,8 @@ class Repository(EntityMethods):
             raise
         finally:
             self.metrics.observe_search(primary.backend, "primary", time.perf_counter() - start)
+            if shadow is not None:
+                shadow.primary_finished()
         if self.shadow is not None:
             other, shadow_search = self.mirror_backend, self.shadow_search
             self.shadow.submit(

@@ -51,6 +51,8 @@ ShadowSearch = Callable[[], Awaitable[Sequence[RankedHit]]]
 MAX_BUFFERED_RECORDS = 10_000
 #: how long the first record of a batch waits for others before the store is written
 FLUSH_DELAY_S = 0.05
+#: how long a finished shadow waits for the primary searches in flight before it is compared
+QUIET_WAIT_S = 0.05
 
 
 def fingerprint(query: str, salt: bytes) -> str:
@@ -126,6 +128,10 @@ class ShadowRunner:
         self._buffer: list[ComparisonRecord] = []
         self._flush_task: asyncio.Task[None] | None = None
         self._closed = False
+        # primary searches in flight (see `primary_search`): comparing and publishing wait for
+        # none, as the primary's thread needs the interpreter lock they would hold
+        self._primaries = 0
+        self._quiet: asyncio.Event | None = None
 
     # -- the caller's side -------------------------------------------------------------------
 
@@ -137,6 +143,31 @@ class ShadowRunner:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def primary_started(self) -> None:
+        """A primary search began (the repository calls this and `primary_finished`)."""
+        self._primaries += 1
+        if self._quiet is not None:
+            self._quiet.clear()
+
+    def primary_finished(self) -> None:
+        self._primaries -= 1
+        if self._primaries <= 0 and self._quiet is not None:
+            self._quiet.set()
+
+    async def _after_primaries(self) -> None:
+        """Wait (at most QUIET_WAIT_S) until no primary search runs.
+
+        A comparison and its publishing are Python on the caller's event loop; a primary search
+        running meanwhile needs the same interpreter lock for its own Python (decoding and
+        ranking its rows) and waits for them. Off the caller's path, they can wait instead."""
+        if self._primaries <= 0:
+            return
+        if self._quiet is None:
+            self._quiet = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(QUIET_WAIT_S):
+                await self._quiet.wait()
 
     def fingerprint(self, query: str) -> str:
         """This install's fingerprint of `query` (what logs and the store show)."""
@@ -228,6 +259,7 @@ class ShadowRunner:
                 self.metrics.observe_search(job.shadow_backend, "shadow", shadow_s)
             except Exception:
                 self._internal_error("publish", "observe_search")
+            await self._after_primaries()
             if comparison is None:
                 assert shadow is not None
                 # read pending rows again: a write that landed while the shadow ran explains it too

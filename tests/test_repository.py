@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from config import Settings
-from proxy import NotFoundError, ValidationError, open_repository
+from proxy import NotFoundError, StoreUnavailable, ValidationError, open_repository
 from proxy.mirror import MirrorPipeline
 from proxy.models import USERS
 from tests.convergence import assert_converged, count_rows
@@ -240,3 +240,20 @@ async def test_a_refused_flip_does_not_reach_the_primary_file(
         assert flag.read_text().strip() == "sqlite"
         assert repo.read_primary == "sqlite"
         use_postgres(repo, pg)
+
+
+async def test_the_shadow_runner_hears_when_each_primary_search_ends_even_a_failed_one(
+    settings: Settings,
+) -> None:
+    """Comparisons wait for the primary searches in flight (`ShadowRunner.primary_started`):
+    a count left raised would hold every later comparison back by the wait's bound."""
+    async with open_repository(settings, registry=CollectorRegistry()) as repo:
+        assert repo.shadow is not None
+        user = await repo.create_user(name="Aiko", email="aiko@example.com")
+        await asyncio.gather(*(repo.search_questions("json", user_id=user.id)
+                               for _ in range(5)))
+        assert repo.shadow._primaries == 0
+        await repo.stores["sqlite"].close()  # the primary fails the next search
+        with pytest.raises(StoreUnavailable):
+            await repo.search_questions("json", user_id=user.id)
+        assert repo.shadow._primaries == 0

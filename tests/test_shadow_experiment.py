@@ -21,6 +21,7 @@ import shadow.experiment
 from metrics import Metrics
 from proxy.models import SearchResult
 from shadow import Reason, ShadowRunner, ShadowStore, fingerprint
+from shadow.experiment import QUIET_WAIT_S
 
 A, B, C, X = (uuid.UUID(int=i + 1) for i in range(4))
 USER = uuid.UUID(int=99)
@@ -434,3 +435,29 @@ def test_invalid_settings_are_refused(m: Metrics) -> None:
         with pytest.raises(ValueError):
             ShadowRunner(m, **kwargs)  # type: ignore[arg-type]
 
+
+
+async def test_a_finished_shadow_is_compared_once_no_primary_search_runs(
+    runner: ShadowRunner, m: Metrics
+) -> None:
+    runner.primary_started()  # a primary search is running, e.g. the next caller's
+    assert submit(runner, hits(A), FakeShadow(hits(A)))
+    await asyncio.sleep(0.02)  # the shadow has answered, well within QUIET_WAIT_S
+    assert outcome(m, "match") == 0  # it waits: comparing would take the primary's lock
+    runner.primary_finished()
+    assert await runner.drain(2.0) == 0
+    assert outcome(m, "match") == 1
+
+
+async def test_primary_searches_that_never_pause_delay_a_comparison_by_a_bound_only(
+    runner: ShadowRunner, m: Metrics
+) -> None:
+    runner.primary_started()
+    try:
+        started = time.perf_counter()
+        assert submit(runner, hits(A), FakeShadow(hits(A)))
+        assert await runner.drain(2.0) == 0
+        assert outcome(m, "match") == 1
+        assert time.perf_counter() - started < QUIET_WAIT_S + 1.0
+    finally:
+        runner.primary_finished()
