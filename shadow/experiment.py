@@ -371,6 +371,7 @@ class ShadowRunner:
         if not self._closed and self.flush_delay_s > 0:
             # let a batch form: one thread hop and one transaction for many comparisons
             await asyncio.sleep(self.flush_delay_s)
+            await self._after_primaries()  # the writing thread wants the lock too
         while self._buffer and store is not None:
             batch, self._buffer = self._buffer, []
             try:
