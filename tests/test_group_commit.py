@@ -7,7 +7,7 @@ import asyncio
 import sqlite3
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,18 @@ async def _hold_writer(store: SQLiteStore) -> tuple[threading.Event, asyncio.Fut
     return release, held
 
 
+async def _queued_together(store: SQLiteStore, *writes: Awaitable[Any]
+                           ) -> list[asyncio.Future[Any]]:
+    """Start `writes` while the writer thread is held, so that they queue as one group; then
+    let it go. Returns their futures, in order."""
+    release, held = await _hold_writer(store)
+    futures = [asyncio.ensure_future(w) for w in writes]
+    await asyncio.sleep(0.05)  # every write is queued behind the held writer
+    release.set()
+    await held
+    return futures
+
+
 def _user(name: str, email: str) -> dict[str, Any]:
     now = datetime.now(UTC)
     return {"id": uuid.uuid4(), "name": name, "email": email, "created_at": now,
@@ -74,13 +86,9 @@ async def test_writes_waiting_together_commit_as_one_group_each_with_its_outbox_
     store: SQLiteStore,
 ) -> None:
     groups = Groups(store)
-    release, held = await _hold_writer(store)
-    writes = [asyncio.ensure_future(store.insert_row(
-        USERS, _user(f"u{i}", f"u{i}@example.com"), version=1, outbox_targets=("postgres",)))
-        for i in range(20)]
-    await asyncio.sleep(0.05)  # every write is queued behind the held writer
-    release.set()
-    await held
+    writes = await _queued_together(store, *(store.insert_row(
+        USERS, _user(f"u{i}", f"u{i}@example.com"), version=1, outbox_targets=("postgres",))
+        for i in range(20)))
     results = await asyncio.gather(*writes)
     assert groups.sizes == [20]
     seqs = [seq for _, seq in results]
@@ -94,14 +102,10 @@ async def test_a_write_its_first_statement_refuses_fails_alone_and_the_group_com
 ) -> None:
     await store.insert_row(USERS, _user("a", "taken@example.com"), version=1)
     groups = Groups(store)
-    release, held = await _hold_writer(store)
-    before, duplicate, after = (asyncio.ensure_future(store.insert_row(
-        USERS, _user(name, email), version=1, outbox_targets=("postgres",)))
+    before, duplicate, after = await _queued_together(store, *(store.insert_row(
+        USERS, _user(name, email), version=1, outbox_targets=("postgres",))
         for name, email in (("b", "b@example.com"), ("c", "taken@example.com"),
-                            ("d", "d@example.com")))
-    await asyncio.sleep(0.05)
-    release.set()
-    await held
+                            ("d", "d@example.com"))))
     await before
     with pytest.raises(ValidationError, match="email"):
         await duplicate
@@ -122,13 +126,10 @@ async def test_a_write_failing_after_it_wrote_is_undone_whole_and_the_others_sti
                      "'2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')")
         raise RuntimeError("failed after its first statement")
 
-    release, held = await _hold_writer(store)
-    first = asyncio.ensure_future(store.insert_row(USERS, _user("b", "b@example.com"), version=1))
-    broken = asyncio.ensure_future(store._run(half_written, write=True, grouped=True))
-    last = asyncio.ensure_future(store.insert_row(USERS, _user("d", "d@example.com"), version=1))
-    await asyncio.sleep(0.05)
-    release.set()
-    await held
+    first, broken, last = await _queued_together(
+        store, store.insert_row(USERS, _user("b", "b@example.com"), version=1),
+        store._run(half_written, write=True, grouped=True),
+        store.insert_row(USERS, _user("d", "d@example.com"), version=1))
     await first
     with pytest.raises(RuntimeError, match="after its first statement"):
         await broken
@@ -167,13 +168,9 @@ async def test_a_group_cut_short_by_a_base_exception_leaves_no_transaction_open(
     def abort(conn: sqlite3.Connection) -> None:
         raise _Abort
 
-    release, held = await _hold_writer(store)
-    first = asyncio.ensure_future(store.insert_row(
-        USERS, _user("b", "b@example.com"), version=1))
-    broken = asyncio.ensure_future(store._run(abort, write=True, grouped=True))
-    await asyncio.sleep(0.05)
-    release.set()
-    await held
+    first, broken = await _queued_together(
+        store, store.insert_row(USERS, _user("b", "b@example.com"), version=1),
+        store._run(abort, write=True, grouped=True))
     outcomes = await asyncio.gather(first, broken, return_exceptions=True)
     assert all(isinstance(o, _Abort) for o in outcomes), outcomes
     # the writer goes on: the group's transaction was rolled back, not left open
