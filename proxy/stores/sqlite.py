@@ -276,18 +276,10 @@ class SQLiteStore(StoreMethods):
 
     # -- as a mirror --
     async def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
-        def tx(conn: sqlite3.Connection) -> list[ApplyResult]:
-            # one transaction for the batch (one commit), a savepoint per mutation inside it
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                results = [_apply_one(conn, m) for m in mutations]
-                conn.execute("COMMIT")
-                return results
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-
-        return await self._run(tx, write=True)
+        # one transaction for the batch (shared with the writes queued beside it, as any
+        # grouped write), a savepoint per mutation inside it
+        return await self._run(lambda conn: [_apply_one(conn, m) for m in mutations],
+                               write=True, grouped=True)
 
     async def apply_when(
         self, mutations: Sequence[Mutation], confirmed: Confirmed
