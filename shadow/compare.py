@@ -37,6 +37,8 @@ else `mismatch` with exactly one `Reason`, the first of these that fits:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import uuid
 from collections.abc import Hashable, Iterable, Sequence
@@ -103,6 +105,26 @@ def snapshot(results: Iterable[RankedHit]) -> tuple[Hit, ...]:
 
 # Hit(...) goes through the named tuple's Python-level __new__; this is what it calls
 _new_tuple = tuple.__new__
+
+
+def freeze(results: Iterable[RankedHit]) -> tuple[RankedHit, ...]:
+    """What the caller's path pays to freeze a result list: a tuple of the results as they are
+    when every one is an instance of a frozen dataclass (the stores' `SearchResult`: its fields
+    cannot be rebound, and a UUID and a str cannot change), else a `snapshot`. A tuple costs
+    well under a microsecond; a snapshot of 20 results about 7. `snapshot` it later, off the
+    caller's path, to drop what comparison does not read (a result carries its texts)."""
+    frozen = tuple(results)
+    if all(_frozen_type(t) for t in set(map(type, frozen))):
+        return frozen
+    return snapshot(frozen)
+
+
+@functools.cache
+def _frozen_type(cls: type) -> bool:
+    if cls is Hit:
+        return True
+    params = getattr(cls, "__dataclass_params__", None)
+    return bool(dataclasses.is_dataclass(cls) and params is not None and params.frozen)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from shadow.compare import (
     Reason,
     analysis_hints,
     classify,
+    freeze,
     jaccard_at_k,
     kendall_tau,
     only_in_each,
@@ -247,6 +248,23 @@ def test_snapshot_is_frozen_against_later_changes_to_the_callers_list() -> None:
     results.append(hits(X)[0])
     assert [h.question_id for h in frozen] == [A, B]
     assert isinstance(frozen, tuple)
+
+
+def test_freeze_keeps_frozen_results_as_they_are_and_snapshots_the_rest() -> None:
+    class Mutable:  # a RankedHit whose fields can be rebound after the caller returned
+        def __init__(self, question_id: uuid.UUID) -> None:
+            self.question_id, self.match_kind = question_id, "fts"
+
+    results = hits(A, B)
+    frozen = freeze(results)
+    results.reverse()
+    assert frozen == (hits(A, B)[0], hits(A, B)[1]) and isinstance(frozen, tuple)
+    assert all(type(r) is SearchResult for r in frozen)  # nothing copied: they cannot change
+    mutable = [Mutable(A), Mutable(B)]
+    copied = freeze(mutable)
+    mutable[0].question_id = X
+    assert [h.question_id for h in copied] == [A, B]
+    assert [h.question_id for h in freeze([*hits(A), Mutable(B)])] == [A, B]
 
 
 def test_query_terms_and_hints() -> None:

@@ -91,6 +91,13 @@ def submit(r: ShadowRunner, primary: list[SearchResult], run: Any, query: str = 
                     primary_results=primary, run_shadow=run)
 
 
+async def started() -> None:
+    """Two turns of the loop: the first starts the tasks `submit` queued, the second runs them
+    to their first wait."""
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
 async def test_submit_returns_at_once_and_leaves_the_primary_results_alone(
     runner: ShadowRunner, m: Metrics
 ) -> None:
@@ -102,7 +109,7 @@ async def test_submit_returns_at_once_and_leaves_the_primary_results_alone(
     assert submit(runner, primary, fake) is True
     assert time.perf_counter() - start < 0.05
     assert primary == before
-    await asyncio.sleep(0)
+    await started()
     assert runner.in_flight == 1 and fake.calls == 1
     assert value(m, "cutover_shadow_inflight") == 1
     gate.set()
@@ -122,6 +129,17 @@ async def test_primary_ids_are_frozen_when_submitted(runner: ShadowRunner, m: Me
     gate.set()
     await runner.drain(2.0)
     assert outcome(m, "match") == 1 and outcome(m, "mismatch") == 0
+
+
+async def test_the_shadow_task_starts_after_the_callers_search_returned(
+    runner: ShadowRunner, m: Metrics
+) -> None:
+    before = asyncio.all_tasks()
+    fake = FakeShadow(hits(A))
+    assert submit(runner, hits(A), fake) is True
+    assert asyncio.all_tasks() == before and runner.in_flight == 1  # counted, not started
+    assert await runner.drain(2.0) == 0  # a drain in the same turn waits for it too
+    assert fake.calls == 1 and outcome(m, "match") == 1 and runner.in_flight == 0
 
 
 async def test_not_sampled_searches_are_skipped_without_running_the_shadow(m: Metrics) -> None:
@@ -272,10 +290,10 @@ async def test_the_concurrency_bound_sheds_and_counts(m: Metrics) -> None:
     r = ShadowRunner(m, sample_rate=1.0, timeout_s=5.0, max_concurrency=2)
     gate = asyncio.Event()
     fake = FakeShadow(hits(A), gate=gate)
-    started = [submit(r, hits(A), fake) for _ in range(5)]
-    assert started == [True, True, False, False, False]
+    queued = [submit(r, hits(A), fake) for _ in range(5)]
+    assert queued == [True, True, False, False, False]
     assert r.in_flight == 2
-    await asyncio.sleep(0)  # the gauge is set as the tasks start, off the caller's path
+    await started()  # the gauge is set as the tasks start, off the caller's path
     assert value(m, "cutover_shadow_inflight") == 2
     assert outcome(m, "skipped") == 3 and value(m, "cutover_shadow_shed_total") == 3
     gate.set()
@@ -296,6 +314,7 @@ async def test_tasks_survive_garbage_collection(m: Metrics) -> None:
 
     before = asyncio.all_tasks()
     submit(r, hits(A), orphaned)
+    await asyncio.sleep(0)  # the task starts at the loop's next turn
     [task] = asyncio.all_tasks() - before
     ref = weakref.ref(task)
     del task, before
