@@ -394,9 +394,9 @@ class Repository(EntityMethods):
             self.metrics.observe_search(primary.backend, "primary", time.perf_counter() - start)
             if shadow is not None:
                 shadow.primary_finished()
-        if self.shadow is not None:
+        if shadow is not None:
             other, shadow_search = self.mirror_backend, self.shadow_search
-            self.shadow.submit(
+            shadow.submit(
                 query, user_id=uid, limit=limit, primary_backend=primary.backend,
                 primary_results=results,
                 run_shadow=lambda: shadow_search(other, query, uid, limit),

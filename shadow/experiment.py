@@ -132,8 +132,8 @@ class ShadowRunner:
         self._buffer: list[ComparisonRecord] = []
         self._flush_task: asyncio.Task[None] | None = None
         self._closed = False
-        # primary searches in flight (see `primary_search`): comparing and publishing wait for
-        # none, as the primary's thread needs the interpreter lock they would hold
+        # primary searches in flight (`primary_started`, `primary_finished`): comparing and
+        # publishing wait for none, as the primary's thread needs the interpreter lock
         self._primaries = 0
         self._quiet: asyncio.Event | None = None
 
