@@ -110,7 +110,10 @@ class Side:
 
 def machine_cpu() -> tuple[float, float]:
     """CPU-seconds the machine's CPUs have worked (every process: the caller's, the shadow
-    worker's, PostgreSQL's), and those they waited for a virtual machine's host (its steal)."""
+    worker's, PostgreSQL's), and those they waited for a virtual machine's host (its steal).
+
+    The kernel counts both at its clock tick, in hundredths of a second, so over a side's few
+    seconds either may be off by a few percent (and read below the caller's own CPU time)."""
     try:
         with open("/proc/stat") as f:
             fields = [int(x) for x in f.readline().split()[1:9]]
