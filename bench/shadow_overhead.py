@@ -31,11 +31,12 @@ ordered by class, so what completes there is not the query mix.
    finished, at half that capacity (`--qps` fixes the rate instead): a service at about half
    its capacity, where a caller's latency shows what shadowing adds to a call rather than
    queueing at saturation. The blocks are short: each slice of `--block` queries (38, about a
-   quarter of a second) runs once per side, back to back, with the same arrival times, so the
-   host's load, which drifts over seconds on a shared virtual machine, falls on both sides
-   alike (blocks of the whole query set gave single-run ratios of 0.99-1.29 within one hour,
-   slices 0.97-1.06). The price is a ramp: a block starts with no shadow in flight, so its
-   first search or two meet fewer shadows than the rest (about 1 in 38). A thread posts each
+   quarter of a second) runs once per side, back to back, with the same arrival times, so a
+   drift in the host's load over seconds (a shared virtual machine) falls on both sides alike.
+   A disturbance longer than that still shows (single runs of 1.11 and 1.36 among ones of
+   0.97-1.07); the host's steal, printed per side, tells such a run. The price is a ramp: a
+   block starts with no shadow in flight, so its first search or two meet fewer shadows than
+   the rest (about 1 in 38). A thread posts each
    arrival to the event loop as a request from the network would (a wake-up of the loop, not
    an asyncio timer, whose millisecond rounding would pad both sides alike and flatter the
    ratio); latency runs from that arrival to the results, so waiting for an event loop busy
