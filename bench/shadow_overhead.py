@@ -36,22 +36,22 @@ ordered by class, so what completes there is not the query mix.
    A disturbance longer than that still shows (single runs of 1.11 and 1.36 among ones of
    0.97-1.07); the host's steal, printed per side, tells such a run. The price is a ramp: a
    block starts with no shadow in flight, so its first search or two meet fewer shadows than
-   the rest (about 1 in 38). A thread posts each
-   arrival to the event loop as a request from the network would (a wake-up of the loop, not
-   an asyncio timer, whose millisecond rounding would pad both sides alike and flatter the
-   ratio); latency runs from that arrival to the results, so waiting for an event loop busy
-   with shadow work is charged to the caller ("start lag" is the arrival-to-started part).
+   the rest (about 1 in 38). A thread posts each arrival to the event loop as a request from
+   the network would (a wake-up of the loop, not an asyncio timer, whose millisecond rounding
+   would pad both sides alike and flatter the ratio); latency runs from that arrival to the
+   results, so waiting for an event loop busy with shadow work is charged to the caller
+   ("start lag" is the arrival-to-started part).
 
 Prints per load model and side: p50/p95 of the caller-visible search latency, the shadows shed
 (the runner's concurrency bound, 8) and the shadows that timed out or failed (the worker's
 child runs at idle priority: a shadow starved of CPU would show there, not as a faster
 primary), then the p50 and p95 ratios (100% / off), the CPU time per search of the caller's
 process and of the whole machine (the shadows' cost: the worker's and PostgreSQL's share too),
-and the host's steal over each side's blocks (a virtual machine's CPUs waiting for the host,
-which grows with how many of them are busy; a run with much more on one side was disturbed
-from outside). Target: the
-open loop's p50 ratio <= 1.05. Only the primary's latency is measured; the shadows' own latency
-is not a caller's.
+and the host's steal over each side's blocks (a virtual machine's CPUs waiting for the host;
+it was a little higher on the shadowed side in most runs, presumably as more CPUs are busy,
+and a run with much more on one side was disturbed from outside). Target: the open loop's p50
+ratio <= 1.05. Only the primary's latency is measured; the shadows' own latency is not a
+caller's.
 """
 
 from __future__ import annotations
