@@ -292,8 +292,8 @@ async def run(
                     for c, i in enumerate(range(0, len(queries), block)):
                         # each slice of the query set runs twice in a row, once per side (the
                         # order alternating), so the two sides' blocks are a fraction of a
-                        # second apart: the host's load drifts over seconds (single-run ratios
-                        # scattered 0.99-1.29 with whole-set blocks), and it now cancels out
+                        # second apart and a drift in the host's load over seconds falls on
+                        # both alike (what it did and did not do: the module docstring)
                         chunk = queries[i:i + block]
                         times = [a - arrivals[i] for a in arrivals[i:i + block]]
                         for rate in (RATES if (r + c) % 2 == 0 else RATES[::-1]):
