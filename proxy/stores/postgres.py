@@ -473,7 +473,14 @@ def substring_statement(
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.execute(f"SET pg_trgm.word_similarity_threshold = {FUZZY_THRESHOLD}")
+    # Generic plans only. asyncpg prepares every statement; PostgreSQL plans the first five
+    # runs with their values and then keeps whichever kind its estimates favour, per statement
+    # and so per whichever queries came first. A custom plan of the search statement costs 3-10
+    # ms to make on 100k questions (pg_trgm's selectivity estimate computes word similarity
+    # against the column's statistics), far more than running it (`harnesses` on
+    # bench/search.py: 5.4 -> 0.6 ms). tests/test_search_plan.py checks the generic plans.
+    await conn.execute(f"SET pg_trgm.word_similarity_threshold = {FUZZY_THRESHOLD}; "
+                       "SET plan_cache_mode = force_generic_plan")
 
 
 def _reason(exc: BaseException) -> str:
