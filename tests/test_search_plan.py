@@ -122,11 +122,11 @@ async def test_selective_query_plan_uses_both_gin_indexes(big_dsn: str) -> None:
         for query in (SELECTIVE, f"{SELECTIVE} parser"):
             sql, args = _statement(query)
             assert "<%" in sql and "@@" in sql  # the hybrid statement, not the full-text one
-            # planned with the parameter values (a custom plan: what the first runs get)
+            # planned with the parameter values (a custom plan: what a session without the
+            # store's plan_cache_mode gets for its first runs)
             raw = await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, *args)
             _assert_uses_both_indexes(_explain_nodes(raw))
-            # and as a generic plan (asyncpg prepares statements; PostgreSQL switches to a
-            # generic plan after five runs)
+            # and as a generic plan (the store's sessions use only those: _init_connection)
             terms, text, user, limit, *fuzzy = args
             types = ", ".join(["text[]", "text", "uuid", "int"] + ["text"] * len(fuzzy))
             await conn.execute(f"PREPARE s({types}) AS {sql}")
@@ -243,3 +243,53 @@ async def test_substring_search_reads_only_the_users_questions(pg_store: Postgre
     hits = await pg_store.search_questions("統計", user_id=me.id)
     assert len(hits) == 3 and all(h.question.startswith("統計の基本") for h in hits)
     assert {h.match_kind for h in hits} == {"substring"}
+
+
+def _fuzzy_scan(nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    (scan,) = [n for n in nodes if n.get("Relation Name") == "questions"
+               and "<%" in n.get("Filter", "")]
+    return scan
+
+
+async def test_fuzzy_branch_rechecks_only_the_users_questions(pg_store: PostgresStore,
+                                                              pg_dsn: str) -> None:
+    """Word similarity (costly: pg_trgm's operators cost 500 here) is computed only on the
+    user's questions: their study books are tested first, as a filter before it or as an index
+    condition, never by a join after it. Checked in the store's plans: generic ones, as
+    `_init_connection` asks for, and custom ones, as other settings give."""
+    me = await pg_store.create_user(name="me", email="me@example.com")
+    other = await pg_store.create_user(name="other", email="other@example.com")
+    rows = await pg_store._fetch("SHOW plan_cache_mode")
+    assert rows[0][0] == "force_generic_plan"
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        for user, n in ((me.id, 3), (other.id, 60)):
+            books = await conn.fetch("INSERT INTO study_books (user_id, title) SELECT $1, "
+                                     "'b' || n FROM generate_series(1, $2::int) n RETURNING id",
+                                     user, n)
+            await conn.execute(
+                "INSERT INTO questions (study_book_id, language, category, difficulty, "
+                "question, answer) SELECT b, 'en', 'c', 'd', 'How does struct.pack work ' || n, "
+                "'It packs values into bytes' FROM unnest($1::uuid[]) b, "
+                "generate_series(1, 20) n", [r["id"] for r in books])
+        await conn.execute("ANALYZE")
+        await conn.execute("SET pg_trgm.word_similarity_threshold = 0.4")
+        sql, args = search_statement(parse_query("strct"), me.id, 20)
+        assert "<%" in sql
+        custom = _fuzzy_scan(_explain_nodes(
+            await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, *args)))
+        terms, text, user, limit, *fuzzy = args
+        types = ", ".join(["text[]", "text", "uuid", "int"] + ["text"] * len(fuzzy))
+        await conn.execute(f"PREPARE s({types}) AS {sql}")
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        values = ["ARRAY[" + ", ".join(_literal(t) for t in terms) + "]::text[]",
+                  _literal(text), f"'{user}'", str(limit), *map(_literal, fuzzy)]
+        generic = _fuzzy_scan(_explain_nodes(
+            await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE s({', '.join(values)})")))
+        for scan in (custom, generic):
+            assert ("study_book_id" in scan.get("Recheck Cond", "")
+                    or scan["Filter"].startswith("((study_book_id = ANY")), scan
+    finally:
+        await conn.close()
+    hits = await pg_store.search_questions("strct", user_id=me.id)
+    assert len(hits) == 20 and {h.match_kind for h in hits} == {"fuzzy"}
