@@ -106,6 +106,23 @@ def _explain_nodes(raw: str) -> list[dict[str, Any]]:
     return list(_nodes(json.loads(raw)[0]["Plan"]))
 
 
+async def _generic_plan(conn: asyncpg.Connection, sql: str,
+                        args: tuple[Any, ...]) -> list[dict[str, Any]]:
+    """The nodes of the generic plan of the search statement `sql` for `args`."""
+    terms, text, user, limit, *fuzzy = args
+    types = ", ".join(["text[]", "text", "uuid", "int"] + ["text"] * len(fuzzy))
+    await conn.execute(f"PREPARE s({types}) AS {sql}")
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
+    values = ["ARRAY[" + ", ".join(_literal(t) for t in terms) + "]::text[]",
+              _literal(text), f"'{user}'", str(limit), *map(_literal, fuzzy)]
+    try:
+        return _explain_nodes(
+            await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE s({', '.join(values)})"))
+    finally:
+        await conn.execute("DEALLOCATE s")
+        await conn.execute("RESET plan_cache_mode")
+
+
 def _assert_uses_both_indexes(nodes: list[dict[str, Any]]) -> None:
     bitmap = {n.get("Index Name") for n in nodes if n["Node Type"] == "Bitmap Index Scan"}
     assert {"idx_questions_search_vector", "idx_questions_trigram"} <= bitmap, bitmap
@@ -127,16 +144,7 @@ async def test_selective_query_plan_uses_both_gin_indexes(big_dsn: str) -> None:
             raw = await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, *args)
             _assert_uses_both_indexes(_explain_nodes(raw))
             # and as a generic plan (the store's sessions use only those: _init_connection)
-            terms, text, user, limit, *fuzzy = args
-            types = ", ".join(["text[]", "text", "uuid", "int"] + ["text"] * len(fuzzy))
-            await conn.execute(f"PREPARE s({types}) AS {sql}")
-            await conn.execute("SET plan_cache_mode = force_generic_plan")
-            values = ["ARRAY[" + ", ".join(_literal(t) for t in terms) + "]::text[]",
-                      _literal(text), f"'{user}'", str(limit), *map(_literal, fuzzy)]
-            raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE s({', '.join(values)})")
-            _assert_uses_both_indexes(_explain_nodes(raw))
-            await conn.execute("DEALLOCATE s")
-            await conn.execute("RESET plan_cache_mode")
+            _assert_uses_both_indexes(await _generic_plan(conn, sql, args))
     finally:
         await conn.close()
 
@@ -278,14 +286,7 @@ async def test_fuzzy_branch_rechecks_only_the_users_questions(pg_store: Postgres
         assert "<%" in sql
         custom = _fuzzy_scan(_explain_nodes(
             await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, *args)))
-        terms, text, user, limit, *fuzzy = args
-        types = ", ".join(["text[]", "text", "uuid", "int"] + ["text"] * len(fuzzy))
-        await conn.execute(f"PREPARE s({types}) AS {sql}")
-        await conn.execute("SET plan_cache_mode = force_generic_plan")
-        values = ["ARRAY[" + ", ".join(_literal(t) for t in terms) + "]::text[]",
-                  _literal(text), f"'{user}'", str(limit), *map(_literal, fuzzy)]
-        generic = _fuzzy_scan(_explain_nodes(
-            await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE s({', '.join(values)})")))
+        generic = _fuzzy_scan(await _generic_plan(conn, sql, args))
         for scan in (custom, generic):
             assert ("study_book_id" in scan.get("Recheck Cond", "")
                     or scan["Filter"].startswith("((study_book_id = ANY")), scan
