@@ -413,8 +413,7 @@ def search_sql(n_terms: int) -> str:
     The user's study books are a filter on the rows the trigram index finds, tested before
     any word similarity (pg_trgm's operators cost 500, see postgres_schema): as a join, every
     user's candidate rows were rechecked first (`strt` on the parity corpus: 1,338 rechecked
-    for 103 of the user's, 44 -> 8 ms; PostgreSQL's search time over bench/corpus.py's
-    queries halved).
+    for 103 of the user's, 44 -> 8 ms; bench/parity.py's PostgreSQL p95 16.8 -> 9.9 ms).
     """
     fuzzy = " AND ".join(f"${i + 5}::text <% {_DOC}" for i in range(n_terms))
     return (
@@ -478,7 +477,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     # and so per whichever queries came first. A custom plan of the search statement costs 3-10
     # ms to make on 100k questions (pg_trgm's selectivity estimate computes word similarity
     # against the column's statistics), far more than running it (`harnesses` on
-    # bench/search.py: 5.4 -> 0.6 ms). tests/test_search_plan.py checks the generic plans.
+    # bench/search.py: 5.4 -> 0.5 ms). tests/test_search_plan.py checks the generic plans.
     await conn.execute(f"SET pg_trgm.word_similarity_threshold = {FUZZY_THRESHOLD}; "
                        "SET plan_cache_mode = force_generic_plan")
 
