@@ -419,8 +419,9 @@ def search_sql(n_terms: int) -> str:
     (bench/parity.py's misspellings: intended question in the top 10, 86% -> 89% of 300).
     The user's study books are a filter on the rows the trigram index finds, tested before
     any word similarity (pg_trgm's operators cost 500, see postgres_schema): as a join, every
-    user's candidate rows were rechecked first (`strt` on the parity corpus: 1,338 rechecked
-    for 103 of the user's, 44 -> 8 ms; bench/parity.py's PostgreSQL p95 16.8 -> 9.9 ms).
+    user's candidate rows were rechecked first (EXPLAIN ANALYZE of `strt` on the parity corpus:
+    1,338 rechecked for 103 of the user's, 44 -> 8 ms; bench/parity.py's PostgreSQL p95
+    16.8 -> 9.9 ms).
     """
     fuzzy = " AND ".join(f"${i + 5}::text <% {_DOC}" for i in range(n_terms))
     return (
