@@ -7,6 +7,7 @@ import asyncio
 import json
 import sqlite3
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -131,8 +132,13 @@ async def test_only_ranges_whose_checksums_differ_are_read_row_by_row(
     for _ in range(1500):
         await sqlite_store.record_learning_event(user_id=str(user.id), app_id="a", action="v")
     await run_backfill(sqlite_path, pg_dsn, rejects_path=tmp_path / "r.jsonl")
-    target = str(sorted(r[0] for r in sqlite3.connect(sqlite_path).execute(
-        "SELECT id FROM learning_events"))[700])
+    ids = sorted(str(r[0]) for r in sqlite3.connect(sqlite_path).execute(
+        "SELECT id FROM learning_events"))
+    # a row whose 256-way group (its id's first two hex digits) holds more than leaf_rows rows,
+    # so that the group must be split once more: with random ids about one row in 15 sits in a
+    # group of three or fewer, which is read row by row at once
+    group_sizes = Counter(i[:2] for i in ids)
+    target = next(i for i in ids[700:] + ids[:700] if group_sizes[i[:2]] > 3)
     await pg_exec(pg_dsn, "UPDATE learning_events SET action = 'x' WHERE id = $1",
                   uuid.UUID(target))
     fetched: list[int] = []
