@@ -47,8 +47,9 @@ from proxy.stores.searchtext import DEFAULT_LIMIT, check_limit
 from proxy.stores.sqlite import SQLiteStore
 from proxy.validation import parse_id
 from shadow import RankedHit, ShadowRunner, ShadowStore
+from shadow.experiment import DEFAULT_MAX_CONCURRENCY
 from shadow.verdict import MirrorFigures, OutboxFigures, Verdict, refresh_ready
-from shadow.worker import SearchWorker
+from shadow.worker import SHADOWS_IN_FLIGHT, SearchWorker
 
 log = structlog.get_logger("cutover.repository")
 T = TypeVar("T")
@@ -654,12 +655,14 @@ async def open_repository(
             await postgres.init_schema()
         shadow_store = ShadowStore(shadow_store_path or default_shadow_path(settings))
         repo = Repository(settings, sqlite, postgres, metrics=metrics)
+        in_process = settings.shadow_worker == "process"
         repo.shadow = ShadowRunner(
             metrics, sample_rate=settings.shadow_sample_rate,
             timeout_s=settings.shadow_timeout_ms / 1000, store=shadow_store,
             pending_rows=repo.pending_rows,
+            max_concurrency=SHADOWS_IN_FLIGHT if in_process else DEFAULT_MAX_CONCURRENCY,
         )
-        if settings.shadow_worker == "process":
+        if in_process:
             worker = SearchWorker(settings.sqlite_path, dsn,
                                   timeout_s=settings.shadow_timeout_ms / 1000)
             await worker.start()

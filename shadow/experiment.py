@@ -53,6 +53,8 @@ ShadowSearch = Callable[[], Awaitable[Sequence[RankedHit]]]
 MAX_BUFFERED_RECORDS = 10_000
 #: how long the first record of a batch waits for others before the store is written
 FLUSH_DELAY_S = 0.05
+#: shadow searches in flight at once (beyond, searches are shed)
+DEFAULT_MAX_CONCURRENCY = 8
 #: how long a finished shadow waits for the primary searches in flight before it is compared
 QUIET_WAIT_S = 0.05
 
@@ -94,7 +96,7 @@ class ShadowRunner:
         *,
         sample_rate: float,
         timeout_s: float,
-        max_concurrency: int = 8,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         store: ShadowStore | None = None,
         pending_rows: PendingRows | None = None,
         logger: Any = None,

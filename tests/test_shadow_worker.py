@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import pickle
 import signal
 import uuid
 from collections.abc import Callable
@@ -282,3 +283,37 @@ async def test_the_child_stops_work_past_the_callers_deadline(
     finally:
         await locker.close()
         await observer.close()
+
+
+async def test_searches_sent_together_travel_as_one_batch_each_way(
+    sqlite_path: Path, pg_dsn: str, settings: Settings
+) -> None:
+    """Each side wakes the other once per batch, not once per search (BATCH_DELAY_S)."""
+    async with open_repository(settings, registry=CollectorRegistry()) as repo:
+        aiko, _ = await seed(repo)
+    async with SearchWorker(sqlite_path, pg_dsn, batch_delay_s=0.2) as worker:
+        conn: Any = worker._conn
+        sent: list[bytes] = []
+        received: list[bytes] = []
+        send, recv = conn.send_bytes, conn.recv_bytes
+
+        def counted_send(payload: bytes) -> None:
+            sent.append(payload)
+            send(payload)
+
+        def counted_recv() -> bytes:
+            received.append(recv())
+            return received[-1]
+
+        conn.send_bytes, conn.recv_bytes = counted_send, counted_recv
+        results = await asyncio.gather(*(worker.search(backend, "json", aiko, 20)
+                                         for backend in ("postgres", "sqlite") * 3))
+        assert [len(hits) for hits in results] == [2] * 6
+        assert [len(pickle.loads(p)) for p in sent] == [6]
+        # six searches of eight rows take far less than the child's 0.2 s batch delay
+        assert [len(pickle.loads(m)) for m in received] == [6]
+
+
+def test_a_negative_batch_delay_is_refused(sqlite_path: Path) -> None:
+    with pytest.raises(ValueError, match="batch_delay_s"):
+        SearchWorker(sqlite_path, "postgresql://unused", batch_delay_s=-0.1)
