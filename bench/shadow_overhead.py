@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import glob
 import logging
 import os
 import random
@@ -101,6 +102,11 @@ class Side:
     steal_s: float = 0.0
     span_s: float = 0.0
     machine_s: float = 0.0  # CPU time every process on the machine used over the blocks
+    # wake-ups: the machine's inter-processor interrupts, the caller's threads' time slices and
+    # their wait for a CPU once woken (open loop; see `wakeups`)
+    ipis: float = 0.0
+    slices: float = 0.0
+    cpu_wait_s: float = 0.0
 
     def p(self, q: float) -> float:
         ordered = sorted(self.latencies)
@@ -123,6 +129,31 @@ def machine_cpu() -> tuple[float, float]:
     user, nice, system, _idle, _iowait, irq, softirq, steal = fields
     tick = os.sysconf("SC_CLK_TCK")
     return (user + nice + system + irq + softirq) / tick, steal / tick
+
+
+def wakeups() -> tuple[float, float, float]:
+    """The machine's inter-processor interrupts so far (rescheduling and function-call ones: how
+    the kernel wakes a thread on another CPU; on a virtual machine each is delivered by the
+    host), and the time slices this process's threads got and the seconds they waited for a CPU
+    once runnable (`/proc/<pid>/task/*/schedstat`; a thread that ended meanwhile drops out)."""
+    ipis = slices = waited_ns = 0
+    try:
+        with open("/proc/interrupts") as f:
+            for line in f:
+                name, _, rest = line.strip().partition(":")
+                if name in ("RES", "CAL"):
+                    ipis += sum(int(x) for x in rest.split() if x.isdigit())
+    except OSError:
+        pass
+    for path in glob.glob(f"/proc/{os.getpid()}/task/*/schedstat"):
+        try:
+            with open(path) as f:
+                _ran, waited, count = (int(x) for x in f.read().split())
+        except (OSError, ValueError):  # the thread ended meanwhile
+            continue
+        slices += count
+        waited_ns += waited
+    return float(ipis), float(slices), waited_ns / 1e9
 
 
 def shed_count(repo: Repository) -> float:
@@ -193,6 +224,7 @@ async def open_block(
     shed_before, cpu_before = shed_count(repo), time.process_time()
     failed_before = failed_count(repo)
     (machine_before, steal_before), span_before = machine_cpu(), time.perf_counter()
+    woken_before = wakeups()
     latencies: list[float] = []
     lags: list[float] = []
     tasks: list[asyncio.Task[None]] = []
@@ -228,6 +260,10 @@ async def open_block(
     side.failed += failed_count(repo) - failed_before
     side.cpu_s += time.process_time() - cpu_before  # the arrivals thread's share is tiny
     machine_after, steal_after = machine_cpu()
+    woken = [after - before for after, before in zip(wakeups(), woken_before, strict=True)]
+    side.ipis += woken[0]
+    side.slices += woken[1]
+    side.cpu_wait_s += woken[2]
     side.machine_s += machine_after - machine_before
     side.steal_s += steal_after - steal_before
     side.span_s += (time.perf_counter() - span_before) * (os.cpu_count() or 1)
@@ -252,6 +288,12 @@ def table(sides: dict[float, Side], *, open_loop: bool) -> None:
         print(f"  host steal (the hypervisor ran others on these CPUs): off "
               f"{off.steal_s / off.span_s:.1%}, 100% {on.steal_s / on.span_s:.1%} of the blocks' "
               "CPU time")
+        n_off, n_on = len(off.latencies), len(on.latencies)
+        print(f"  the machine's inter-processor interrupts (wake-ups across CPUs) per search: "
+              f"off {off.ipis / n_off:.2f}, 100% {on.ipis / n_on:.2f}")
+        print(f"  the caller's threads per search: time slices off {off.slices / n_off:.2f}, "
+              f"100% {on.slices / n_on:.2f}; waiting for a CPU once woken off "
+              f"{off.cpu_wait_s / n_off * 1000:.3f} ms, 100% {on.cpu_wait_s / n_on * 1000:.3f} ms")
 
 
 async def run(
