@@ -317,3 +317,23 @@ async def test_searches_sent_together_travel_as_one_batch_each_way(
 def test_a_negative_batch_delay_is_refused(sqlite_path: Path) -> None:
     with pytest.raises(ValueError, match="batch_delay_s"):
         SearchWorker(sqlite_path, "postgresql://unused", batch_delay_s=-0.1)
+
+
+async def test_the_runner_feeding_the_worker_takes_a_burst_of_24_shadows(
+    settings: Settings,
+) -> None:
+    """The runner that feeds the worker allows SHADOWS_IN_FLIGHT (32): its batches keep each
+    shadow in flight up to 40 ms longer. 24 searches at once are all compared, none shed (the
+    inline runner's bound of 8 sheds 16 of them)."""
+    registry = CollectorRegistry()
+    async with open_repository(settings, registry=registry) as repo:
+        aiko, _ = await seed(repo)
+        assert repo.shadow is not None
+        await repo.shadow.drain(60.0)
+        before = outcomes(registry)
+        await asyncio.gather(*(repo.search_questions(q, user_id=aiko) for q in QUERIES * 3))
+        assert await repo.shadow.drain(60.0) == 0
+        after = outcomes(registry)
+        assert registry.get_sample_value("cutover_shadow_shed_total") == 0.0
+        assert after["match"] + after["mismatch"] - before["match"] - before["mismatch"] == 24
+        assert after["error"] == after["timeout"] == 0.0
