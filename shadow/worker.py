@@ -67,13 +67,13 @@ NICENESS = 5
 CONCURRENCY = 1
 #: how long a request (in the parent) or an answer (in the child) waits for others to travel
 #: with it. Sent one by one, every shadow woke the child once and the caller's process once
-#: more, from the other CPU: on a virtual machine a wake-up across CPUs costs both sides (a
-#: thread ping-pong between two pinned threads here takes 100-180 us a round, 20-40 us on one
-#: CPU), and the caller's searches paid for it. In batches, at 230 searches/s with every search
-#: shadowed: the primary's p50 ratio 1.013-1.060 (median 1.037, four runs) against 1.078-1.112
-#: (median 1.08) in the same batch of runs, and the machine's CPU per search 2.6-3.1 ms against
-#: 3.3-3.5 ms (bench/shadow_overhead.py --qps 230). A shadow's answer comes up to twice this
-#: later, which nobody waits for.
+#: more, mostly from the other CPU, and on a virtual machine a wake-up across CPUs is dear
+#: (bench/wakeup.py: 81-179 us a round between two threads on two CPUs, 18-42 us on one). In
+#: batches, with every search shadowed (bench/shadow_overhead.py, alternating with the code
+#: before): the primary's p50 ratio at 230 searches/s, median 1.037 against 1.093 (five pairs);
+#: at the default load 1.042 against 1.095; the machine's inter-processor interrupts added per
+#: search 1.37 against 2.16, its CPU per search 2.9-3.2 ms against 3.1-3.7 ms. A shadow's
+#: answer comes up to twice this later, which nobody waits for.
 BATCH_DELAY_S = 0.02
 #: the bound a `ShadowRunner` feeding this worker should use (its `max_concurrency`). The
 #: runner counts a shadow from its submission to its comparison, which batching lengthens by up
@@ -406,6 +406,8 @@ async def _serve(conn: Connection, sqlite_path: str, dsn: str, concurrency: int,
     sending: list[asyncio.TimerHandle] = []  # the batch's timer, while one is set
 
     def send_batch() -> None:
+        for handle in sending:  # when called before its timer
+            handle.cancel()
         sending.clear()
         batch = answers[:]
         answers.clear()
@@ -467,8 +469,6 @@ async def _serve(conn: Connection, sqlite_path: str, dsn: str, concurrency: int,
         await done
         if tasks:
             await asyncio.wait(set(tasks), timeout=5.0)
-        for handle in sending:
-            handle.cancel()
         send_batch()  # what the last searches answered (the parent may be gone: no harm)
     finally:
         for store in stores.values():
