@@ -403,16 +403,17 @@ async def _serve(conn: Connection, sqlite_path: str, dsn: str, concurrency: int,
     done = loop.create_future()
 
     answers: list[tuple[Any, ...]] = []  # the batch not sent yet
-    sending: list[asyncio.TimerHandle] = []  # the batch's timer, while one is set
+    timer: asyncio.TimerHandle | None = None  # sends the batch, while one is set
 
     def send_batch() -> None:
-        for handle in sending:  # when called before its timer
-            handle.cancel()
-        sending.clear()
-        batch = answers[:]
-        answers.clear()
-        if not batch:
+        nonlocal timer
+        if timer is not None:  # called before its timer, or by it
+            timer.cancel()
+            timer = None
+        if not answers:
             return
+        batch = answers.copy()
+        answers.clear()
         try:
             conn.send_bytes(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
         except OSError:  # the parent is gone
@@ -420,9 +421,10 @@ async def _serve(conn: Connection, sqlite_path: str, dsn: str, concurrency: int,
                 done.set_result(None)
 
     def send(message: tuple[Any, ...]) -> None:
+        nonlocal timer
         answers.append(message)
-        if not sending:
-            sending.append(loop.call_later(batch_delay_s, send_batch))
+        if timer is None:
+            timer = loop.call_later(batch_delay_s, send_batch)
 
     running = asyncio.Semaphore(concurrency)
 
@@ -464,7 +466,7 @@ async def _serve(conn: Connection, sqlite_path: str, dsn: str, concurrency: int,
         with contextlib.suppress(Exception):
             await asyncio.wait_for(stores["postgres"].ping(), 10.0)
         loop.add_reader(conn.fileno(), readable)
-        send(("ready", 0, None))
+        answers.append(("ready", 0, None))
         send_batch()  # at once: the parent waits for it
         await done
         if tasks:
