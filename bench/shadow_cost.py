@@ -27,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._pg import scratch_database
-from bench.corpus import build_corpus, build_queries
+from bench.corpus import Corpus, Query, build_corpus, build_queries
 from bench.parity import AnyStore, load
 from proxy.stores.postgres import PostgresStore, search_statement
 from proxy.stores.searchtext import parse_query
@@ -78,7 +78,7 @@ async def timed(server_pid: int | None, calls: list[Callable[[], Awaitable[objec
     cost.wall_s = time.perf_counter() - wall
     cost.cpu_s = time.process_time() - cpu
     cost.n = len(calls)
-    if server_before is not None and server_pid:
+    if server_before is not None:  # a server on this machine was named
         cost.server_s = (process_cpu_s(server_pid) or server_before) - server_before
     return cost
 
@@ -93,53 +93,60 @@ async def run(repeat: int, dsn: str | None) -> None:
     queries = build_queries(corpus)
     print(f"questions={len(corpus.questions)} users={len(corpus.users)} "
           f"queries={len(queries)} repeat={repeat}")
-    classes = sorted({q.cls for q in queries})
     with tempfile.TemporaryDirectory() as tmp:
         async with scratch_database(dsn) as db:
             pg = PostgresStore(db, min_size=1, max_size=1)
             sq = SQLiteStore(Path(tmp) / "app.db", readers=1)
-            for store in (pg, sq):
-                await store.init_schema()
-                await load(store, corpus)
-            pid = int((await pg._fetch("SELECT pg_backend_pid()"))[0][0])
-            local = process_cpu_s(pid) is not None
-            for name, store in (("postgres", pg), ("sqlite", sq)):
-                server = name == "postgres" and local
+            try:
+                await measure(pg, sq, corpus, queries, repeat)
+            finally:
+                await pg.close()
+                await sq.close()
 
-                def searches(cls: str | None, store: AnyStore = store) -> list[Any]:
-                    return [lambda q=q: store.search(q.text, corpus.users[q.user], 20,
-                                                     highlights=False)
-                            for q in queries if cls is None or q.cls == cls]
 
-                await timed(None, searches(None))  # warm-up: caches, statements, ranking
-                header(f"{name}: per search, ms (our CPU: this process's, with "
-                       f"{'asyncpg and the shared ranking' if name == 'postgres' else 'SQLite'})")
-                total = Cost()
-                for cls in classes:
-                    cost = Cost()
-                    for _ in range(repeat):
-                        cost.add(await timed(pid if server else None, searches(cls)))
-                    total.add(cost)
-                    print(cost.line(cls, server))
-                print(total.line("all", server))
+async def measure(pg: PostgresStore, sq: SQLiteStore, corpus: Corpus, queries: list[Query],
+                  repeat: int) -> None:
+    classes = sorted({q.cls for q in queries})
+    for store in (pg, sq):
+        await store.init_schema()
+        await load(store, corpus)
+    pid = int((await pg._fetch("SELECT pg_backend_pid()"))[0][0])
+    local = process_cpu_s(pid) is not None
+    for name, store in (("postgres", pg), ("sqlite", sq)):
+        server = name == "postgres" and local
 
-            header("postgres, its search statements alone (no ranking), ms per statement:")
-            for label, wrap in (("with texts", "{}"),
-                                ("ids only", "SELECT id, is_fts, score FROM ({}) s")):
-                calls: list[Callable[[], Awaitable[object]]] = []
-                for q in queries:
-                    parsed = parse_query(q.text)
-                    if parsed.empty or not parsed.terms:
-                        continue
-                    sql, args = search_statement(parsed, corpus.users[q.user], 20)
-                    calls.append(lambda sql=wrap.format(sql), args=args: pg._fetch(sql, *args))
-                await timed(None, calls)  # prepares the statements
-                cost = Cost()
-                for _ in range(repeat):
-                    cost.add(await timed(pid if local else None, calls))
-                print(cost.line(label, local))
-            await pg.close()
-            await sq.close()
+        def searches(cls: str | None, store: AnyStore = store) -> list[Any]:
+            return [lambda q=q: store.search(q.text, corpus.users[q.user], 20,
+                                             highlights=False)
+                    for q in queries if cls is None or q.cls == cls]
+
+        await timed(None, searches(None))  # warm-up: caches, statements, ranking
+        header(f"{name}: per search, ms (our CPU: this process's, with "
+               f"{'asyncpg and the shared ranking' if name == 'postgres' else 'SQLite'})")
+        total = Cost()
+        for cls in classes:
+            cost = Cost()
+            for _ in range(repeat):
+                cost.add(await timed(pid if server else None, searches(cls)))
+            total.add(cost)
+            print(cost.line(cls, server))
+        print(total.line("all", server))
+
+    header("postgres, its search statements alone (no ranking), ms per statement:")
+    for label, wrap in (("with texts", "{}"),
+                        ("ids only", "SELECT id, is_fts, score FROM ({}) s")):
+        calls: list[Callable[[], Awaitable[object]]] = []
+        for q in queries:
+            parsed = parse_query(q.text)
+            if parsed.empty or not parsed.terms:
+                continue
+            sql, args = search_statement(parsed, corpus.users[q.user], 20)
+            calls.append(lambda sql=wrap.format(sql), args=args: pg._fetch(sql, *args))
+        await timed(None, calls)  # prepares the statements
+        cost = Cost()
+        for _ in range(repeat):
+            cost.add(await timed(pid if local else None, calls))
+        print(cost.line(label, local))
 
 
 def main() -> None:
