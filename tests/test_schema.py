@@ -447,12 +447,14 @@ async def test_postgres_columns_have_the_seeds_types(pg_store: PostgresStore, pg
         indexes = dict(await conn.fetch(
             "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'questions'"))
         assert "USING gin (search_vector)" in indexes["idx_questions_search_vector"]
-        trigram = indexes["idx_questions_trigram"]
-        assert "USING gin" in trigram and "gin_trgm_ops" in trigram
-        assert "question" in trigram and "answer" in trigram
+        assert "idx_questions_trigram" not in indexes  # the vocabulary's index replaced it
+        vocabulary = dict(await conn.fetch(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'cutover_search_words'"))
+        assert "gin_trgm_ops" in vocabulary["cutover_search_words_trigram"]
         assert "idx_questions_study_book_id" in indexes
         assert await conn.fetchval(
-            "SELECT count(*) FROM pg_extension WHERE extname IN ('pg_trgm', 'unaccent')") == 2
+            "SELECT count(*) FROM pg_extension "
+            "WHERE extname IN ('pg_trgm', 'unaccent', 'fuzzystrmatch')") == 3
     finally:
         await conn.close()
 
@@ -513,6 +515,41 @@ def test_the_project_copy_of_the_legacy_schema_matches_the_shared_one() -> None:
         return sorted(" ".join(s.split()) for s in sql.split(";") if s.strip())
 
     assert statements(SQLITE_LEGACY_SCHEMA) == statements(shared.read_text())
+
+
+async def test_the_vocabulary_follows_every_write_of_a_question(pg_store: PostgresStore,
+                                                                pg_dsn: str) -> None:
+    """The fuzzy branch corrects query words against the words of the questions: triggers add
+    the words of every question inserted (COPY and plain INSERT included) or updated, and
+    init_schema fills the vocabulary of a database whose schema predates it."""
+    user = await pg_store.create_user(name="v", email="v@example.com")
+    book = await pg_store.create_study_book(user_id=user.id, title="b")
+    q = await pg_store.create_question(study_book_id=book.id, language="en", category="c",
+                                       difficulty="d", question="What is Zyxwvut.Frobnicate?",
+                                       answer="It frobnicates quuxes.")
+    conn = await asyncpg.connect(pg_dsn)
+    words = "SELECT word FROM cutover_search_words WHERE word = ANY($1::text[]) ORDER BY word"
+    try:
+        assert [r[0] for r in await conn.fetch(
+            words, ["zyxwvut", "frobnicate", "frobnicates", "quuxes"])] == [
+            "frobnicate", "frobnicates", "quuxes", "zyxwvut"]
+        await pg_store.update_question(q.id, answer="Now it grommets.")
+        assert [r[0] for r in await conn.fetch(words, ["grommets"])] == ["grommets"]
+        await conn.copy_records_to_table(
+            "questions", columns=["study_book_id", "language", "category", "difficulty",
+                                  "question", "answer"],
+            records=[(book.id, "en", "c", "d", "Copied flibbertigibbet", "a")])
+        assert [r[0] for r in await conn.fetch(words, ["flibbertigibbet"])] == [
+            "flibbertigibbet"]
+        await conn.execute("DROP TABLE cutover_search_words")  # a schema from before it
+        await pg_store.init_schema()
+        assert [r[0] for r in await conn.fetch(
+            words, ["zyxwvut", "grommets", "flibbertigibbet"])] == [
+            "flibbertigibbet", "grommets", "zyxwvut"]
+        hits = await pg_store.search_questions("zyxwuvt", user_id=user.id)  # a typo
+        assert [h.question_id for h in hits] == [q.id] and hits[0].match_kind == "fuzzy"
+    finally:
+        await conn.close()
 
 
 async def test_init_tells_the_planner_what_word_similarity_costs(pg_store: PostgresStore,

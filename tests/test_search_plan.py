@@ -1,7 +1,8 @@
 """The PostgreSQL search really uses its indexes: on 100k questions owned by one user, the plan of
-the store's own SQL (with its real parameters) for a selective query is a BitmapOr of the
-full-text and trigram GIN indexes with no sequential scan of questions; a common word never runs
-the fuzzy branch."""
+the store's own SQL (with its real parameters) for a selective query reads questions through the
+full-text GIN index and the vocabulary through its trigram index, with no sequential scan of
+questions; a common word never runs the fuzzy branch; a typo of a common word scores at most
+FTS_CANDIDATES questions."""
 
 from __future__ import annotations
 
@@ -17,9 +18,14 @@ import asyncpg
 import pytest
 
 from proxy import PostgresStore
-from proxy.stores.postgres import FTS_ONLY_SQL, search_statement, substring_statement
+from proxy.stores.postgres import (
+    FTS_ONLY_SQL,
+    FUZZY_THRESHOLD,
+    search_statement,
+    substring_statement,
+)
 from proxy.stores.postgres_schema import SEARCH_INDEXES
-from proxy.stores.searchtext import parse_query
+from proxy.stores.searchtext import FTS_CANDIDATES, parse_query
 
 ROWS = 100_000
 USER = uuid.UUID("00000000-0000-4000-8000-0000000000a1")
@@ -63,7 +69,7 @@ def big_dsn(pg_server_dsn: str) -> Iterator[str]:
         try:
             started = time.perf_counter()
             # like the backfill: GIN indexes are built once after the bulk load
-            await conn.execute("DROP INDEX idx_questions_search_vector, idx_questions_trigram")
+            await conn.execute("DROP INDEX idx_questions_search_vector")
             await conn.execute("SET maintenance_work_mem = '256MB'")
             await conn.execute(LOAD_SQL, BOOK, ROWS, len(WORDS), WORDS)
             await conn.execute(SEARCH_INDEXES)
@@ -109,12 +115,11 @@ def _explain_nodes(raw: str) -> list[dict[str, Any]]:
 async def _generic_plan(conn: asyncpg.Connection, sql: str,
                         args: tuple[Any, ...]) -> list[dict[str, Any]]:
     """The nodes of the generic plan of the search statement `sql` for `args`."""
-    terms, text, user, limit, *fuzzy = args
-    types = ", ".join(["text[]", "text", "uuid", "int"] + ["text"] * len(fuzzy))
-    await conn.execute(f"PREPARE s({types}) AS {sql}")
+    terms, text, user, limit = args
+    await conn.execute(f"PREPARE s(text[], text, uuid, int) AS {sql}")
     await conn.execute("SET plan_cache_mode = force_generic_plan")
     values = ["ARRAY[" + ", ".join(_literal(t) for t in terms) + "]::text[]",
-              _literal(text), f"'{user}'", str(limit), *map(_literal, fuzzy)]
+              _literal(text), f"'{user}'", str(limit)]
     try:
         return _explain_nodes(
             await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE s({', '.join(values)})"))
@@ -125,7 +130,7 @@ async def _generic_plan(conn: asyncpg.Connection, sql: str,
 
 def _assert_uses_both_indexes(nodes: list[dict[str, Any]]) -> None:
     bitmap = {n.get("Index Name") for n in nodes if n["Node Type"] == "Bitmap Index Scan"}
-    assert {"idx_questions_search_vector", "idx_questions_trigram"} <= bitmap, bitmap
+    assert {"idx_questions_search_vector", "cutover_search_words_trigram"} <= bitmap, bitmap
     seq = [n for n in nodes if n["Node Type"] == "Seq Scan"
            and n.get("Relation Name") == "questions"]
     assert seq == [], seq
@@ -134,7 +139,7 @@ def _assert_uses_both_indexes(nodes: list[dict[str, Any]]) -> None:
 async def test_selective_query_plan_uses_both_gin_indexes(big_dsn: str) -> None:
     conn = await asyncpg.connect(big_dsn)
     try:
-        await conn.execute("SET pg_trgm.word_similarity_threshold = 0.4")  # as the store does
+        await conn.execute(f"SET pg_trgm.word_similarity_threshold = {FUZZY_THRESHOLD}")
         assert await conn.fetchval("SELECT count(*) FROM questions") == ROWS
         for query in (SELECTIVE, f"{SELECTIVE} parser"):
             sql, args = _statement(query)
@@ -166,16 +171,17 @@ async def test_short_query_plan_uses_the_full_text_index(big_dsn: str) -> None:
 async def test_common_word_never_runs_the_fuzzy_branch(big_dsn: str) -> None:
     conn = await asyncpg.connect(big_dsn)
     try:
-        await conn.execute("SET pg_trgm.word_similarity_threshold = 0.4")
+        await conn.execute(f"SET pg_trgm.word_similarity_threshold = {FUZZY_THRESHOLD}")
         sql, args = _statement("parser")
         raw = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *args)
         nodes = _explain_nodes(raw)
         fts_scans = [n for n in nodes if n.get("Index Name") == "idx_questions_search_vector"]
         assert fts_scans and all(n["Actual Loops"] == 1 for n in fts_scans)
         assert sum(n["Actual Rows"] for n in fts_scans) > 2000  # a common word indeed
-        # the full-text branch filled the page, so no row was compared by word similarity
-        trigram = [n for n in nodes if n.get("Index Name") == "idx_questions_trigram"]
-        assert all(n["Actual Loops"] == 0 for n in trigram), trigram
+        # the full-text branch filled the page, so no word was looked up in the vocabulary
+        vocabulary = [n for n in nodes if n.get("Relation Name") == "cutover_search_words"
+                      or n.get("Index Name", "").startswith("cutover_search_words")]
+        assert vocabulary and all(n["Actual Loops"] == 0 for n in vocabulary), vocabulary
         assert not [n for n in nodes if n["Node Type"] in ("Seq Scan", "Parallel Seq Scan")
                     and n.get("Relation Name") == "questions" and n["Actual Loops"] > 0]
     finally:
@@ -190,7 +196,7 @@ async def test_search_answers_correctly_on_the_big_table(big_dsn: str) -> None:
         assert SELECTIVE in hits[0].question
         hits = await store.search_questions("parser", user_id=USER)
         assert len(hits) == 20 and {h.match_kind for h in hits} == {"fts"}
-        # a misspelling of the selective token still finds it through the trigram index
+        # a misspelling of the selective token still finds it, corrected by the vocabulary
         typo = SELECTIVE[:10] + SELECTIVE[11:]
         hits = await store.search_questions(typo, user_id=USER, limit=5)
         assert hits and hits[0].match_kind == "fuzzy" and SELECTIVE in hits[0].question
@@ -201,15 +207,32 @@ async def test_search_answers_correctly_on_the_big_table(big_dsn: str) -> None:
         await store.close()
 
 
-def test_fuzzy_terms_are_tested_longest_first() -> None:
-    """Every fuzzy term must match, and PostgreSQL stops at the first that fails: the long,
-    rare word goes first, the short words that match nearly every document last. The full
-    query text ($2, the score) and the full-text terms ($1) keep the query's order."""
-    sql, args = search_statement(parse_query("what does the group do"), uuid.uuid4(), 10)
-    assert "<%" in sql
-    assert args[0] == ["what", "does", "the", "group", "do"]
-    assert args[1] == "what does the group do"
-    assert args[4:] == ("group", "what", "does", "the", "do")  # equal lengths keep their order
+async def test_a_typo_of_a_common_word_scores_few_questions(big_dsn: str) -> None:
+    """`parsr` is corrected to `parser`, in a fifth of the 100k questions: they are found
+    through the full-text index, and word similarity (the score) runs on FTS_CANDIDATES of
+    them, not on every question that resembles the typo."""
+    conn = await asyncpg.connect(big_dsn)
+    try:
+        await conn.execute(f"SET pg_trgm.word_similarity_threshold = {FUZZY_THRESHOLD}")
+        sql, args = _statement("parsr")
+        assert sql != FTS_ONLY_SQL
+        nodes = _explain_nodes(await conn.fetchval(
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *args))
+        fts_scans = [n for n in nodes if n.get("Index Name") == "idx_questions_search_vector"]
+        assert sum(n["Actual Rows"] * n["Actual Loops"] for n in fts_scans) > 2000
+        assert not [n for n in nodes if n["Node Type"] in ("Seq Scan", "Parallel Seq Scan")
+                    and n.get("Relation Name") == "questions" and n["Actual Loops"] > 0]
+        scored = [n for n in nodes if n.get("CTE Name") == "fuzzy_candidates"]
+        assert scored and sum(n["Actual Rows"] for n in scored) <= FTS_CANDIDATES, scored
+    finally:
+        await conn.close()
+    store = PostgresStore(big_dsn)
+    try:
+        hits = await store.search_questions("parsr", user_id=USER)
+        assert len(hits) == 20 and {h.match_kind for h in hits} == {"fuzzy"}
+        assert all("parser" in h.question + h.answer for h in hits)
+    finally:
+        await store.close()
 
 
 async def test_substring_search_reads_only_the_users_questions(pg_store: PostgresStore,
@@ -253,18 +276,11 @@ async def test_substring_search_reads_only_the_users_questions(pg_store: Postgre
     assert {h.match_kind for h in hits} == {"substring"}
 
 
-def _fuzzy_scan(nodes: list[dict[str, Any]]) -> dict[str, Any]:
-    (scan,) = [n for n in nodes if n.get("Relation Name") == "questions"
-               and "<%" in n.get("Filter", "")]
-    return scan
-
-
-async def test_fuzzy_branch_rechecks_only_the_users_questions(pg_store: PostgresStore,
-                                                              pg_dsn: str) -> None:
-    """Word similarity (costly: pg_trgm's operators cost 500 here) is computed only on the
-    user's questions: their study books are tested first, as a filter before it or as an index
-    condition, never by a join after it. Checked in the store's plans: generic ones, as
-    `_init_connection` asks for, and custom ones, as other settings give."""
+async def test_fuzzy_branch_finds_only_the_users_questions(pg_store: PostgresStore,
+                                                           pg_dsn: str) -> None:
+    """The vocabulary is shared by every user, the questions it leads to are not: a typo finds
+    the user's questions only, and no plan (generic, as `_init_connection` asks for, or custom)
+    computes word similarity while reading questions: only the candidates' score does."""
     me = await pg_store.create_user(name="me", email="me@example.com")
     other = await pg_store.create_user(name="other", email="other@example.com")
     rows = await pg_store._fetch("SHOW plan_cache_mode")
@@ -281,16 +297,20 @@ async def test_fuzzy_branch_rechecks_only_the_users_questions(pg_store: Postgres
                 "'It packs values into bytes' FROM unnest($1::uuid[]) b, "
                 "generate_series(1, 20) n", [r["id"] for r in books])
         await conn.execute("ANALYZE")
-        await conn.execute("SET pg_trgm.word_similarity_threshold = 0.4")
+        await conn.execute(f"SET pg_trgm.word_similarity_threshold = {FUZZY_THRESHOLD}")
         sql, args = search_statement(parse_query("strct"), me.id, 20)
-        assert "<%" in sql
-        custom = _fuzzy_scan(_explain_nodes(
-            await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, *args)))
-        generic = _fuzzy_scan(await _generic_plan(conn, sql, args))
-        for scan in (custom, generic):
-            assert ("study_book_id" in scan.get("Recheck Cond", "")
-                    or scan["Filter"].startswith("((study_book_id = ANY")), scan
+        assert sql != FTS_ONLY_SQL
+        custom = _explain_nodes(await conn.fetchval("EXPLAIN (FORMAT JSON) " + sql, *args))
+        generic = await _generic_plan(conn, sql, args)
+        for nodes in (custom, generic):
+            reads = [n for n in nodes if n.get("Relation Name") == "questions"]
+            assert reads and not [n for n in reads if "<%" in n.get("Filter", "")
+                                  or "similarity" in n.get("Filter", "")], reads
     finally:
         await conn.close()
     hits = await pg_store.search_questions("strct", user_id=me.id)
     assert len(hits) == 20 and {h.match_kind for h in hits} == {"fuzzy"}
+    mine = {r["id"] for r in await pg_store._fetch(
+        "SELECT q.id FROM questions q JOIN study_books b ON b.id = q.study_book_id "
+        "WHERE b.user_id = $1", me.id)}
+    assert {h.question_id for h in hits} <= mine

@@ -37,11 +37,13 @@ from proxy.stores.searchtext import (
     rank_fts,
 )
 
-# word_similarity threshold of the fuzzy branch: 'jsno encodr' scores 0.47 against a question
-# about json.JSONEncoder, pg_trgm's default of 0.6 would miss it.
-FUZZY_THRESHOLD = 0.4
+# word_similarity threshold of a query word to a vocabulary word it may be a typo of: 'tetsfile'
+# scores 0.38 against 'testfile', 'ceter' 0.44 against 'center'; pg_trgm's default of 0.6 would
+# miss most typos of short words.
+FUZZY_THRESHOLD = 0.3
 FUZZY_MIN_CHARS = 4  # shorter queries have too few trigrams for similarity to mean anything
-MAX_FUZZY_TERMS = 8  # longer queries get the full-text branch only (one index scan per term)
+MAX_FUZZY_TERMS = 8  # longer queries get the full-text branch only
+FUZZY_FIXES = 5  # corrections per query word, from the vocabulary
 SUBSTRING_SCORE = 0.5
 
 UNAVAILABLE = (
@@ -407,37 +409,64 @@ def _in_users_books(user_param: str) -> str:
             f"WHERE b.user_id = {user_param}))")
 
 
-def search_sql(n_terms: int) -> str:
-    """The hybrid search of a query with `n_terms` distinct terms ($5... are the terms).
+# Fuzzy scores are 1 + (_FIX_LIMIT - the corrections' rank + word similarity) / (_FIX_LIMIT + 1):
+# in [1, 2), better corrections first, word similarity orders rows with equal corrections.
+_FIX_LIMIT = 1000
+# A correction's tsquery restricted to the question (weight A), as _QUESTION_TSQUERY does.
+_QUESTION_ONLY = r"regexp_replace({}::text, '''( |\)|$)', ''':A\1', 'g')::tsquery"
 
-    Each term must be word-similar to the document (a BitmapAnd of one trigram index scan per
-    term): all terms required, as in the full-text branch, and far fewer rows to recheck than
-    one similarity of the whole query (`jsno encodr` on 100k questions: 26k candidate rows
-    rechecked, 1.2 s -> 215 rows, 38 ms). The score is the whole query's word similarity to
-    the question and to the whole document, averaged: a misspelled name is in its question, and
-    the document alone ranks every answer that mentions the name as high as the question itself
-    (bench/parity.py's misspellings: intended question in the top 10, 86% -> 89% of 300).
-    The user's study books are a filter on the rows the trigram index finds, tested before
-    any word similarity (pg_trgm's operators cost 500, see postgres_schema): as a join, every
-    user's candidate rows were rechecked first (EXPLAIN ANALYZE of `strt` on the parity corpus:
-    1,338 rechecked for 103 of the user's, 44 -> 8 ms; bench/parity.py's PostgreSQL p95
-    16.8 -> 9.9 ms).
+
+def _fuzzy_ctes() -> str:
+    """The typo fallback, run (a one-time filter) only when the full-text branch found nothing.
+
+    Each query word is looked up in the vocabulary (`cutover_search_words`, see
+    postgres_schema): of the words word-similar to it (its trigram index, FUZZY_THRESHOLD), the
+    FUZZY_FIXES fewest edits away are its corrections, the word itself first when it is there,
+    none more edits away than half the word's length (at least 2: a transposition).
+    Edits, not similarity, rank them: a transposition in a short word shares few trigrams
+    (`tetsfile` is as similar to `isfile` as to `testfile`; bench/parity.py's misspellings
+    found in the top 10, ranked by similarity: 88.3%, by edits: 93-95%).
+    The user's questions with a correction of every word (full text, the GIN index) are
+    ordered by how good their corrections are, one in the question before one in the answer
+    only; the first FTS_CANDIDATES of them are scored: that order first, then the whole query's
+    word similarity to the question and to the whole document, averaged. So word similarity
+    runs on at most FTS_CANDIDATES documents. Matching every document against the typo itself
+    (a trigram index over the documents, as before) rechecked every document that resembled
+    it: `relpacement` on 100k questions took 1.2 s (bench/search.py, README).
     """
-    fuzzy = " AND ".join(f"${i + 5}::text <% {_DOC}" for i in range(n_terms))
+    fix = "phraseto_tsquery('cutover_search', f.word)"
     return (
-        f"WITH {_FTS_CTE}, "
-        "fuzzy AS (SELECT q.id, q.question, q.answer, false AS is_fts, "
-        "1::float8 + (word_similarity($2::text, q.question) "
-        f"+ word_similarity($2::text, {_DOC})) / 2 AS score "
-        "FROM questions q "
-        f"WHERE {_in_users_books('$3')} AND {fuzzy} AND NOT EXISTS (SELECT 1 FROM fts) "
-        "ORDER BY score DESC, q.id LIMIT $4) "
-        "SELECT * FROM fts UNION ALL SELECT * FROM fuzzy"
+        "words AS MATERIALIZED (SELECT DISTINCT w FROM unnest($1::text[]) AS t, "
+        "cutover_document_words(t) AS w WHERE NOT EXISTS (SELECT 1 FROM fts)), "
+        f"fixes AS MATERIALIZED (SELECT words.w, f.rank, {fix} AS tq, "
+        f"{_QUESTION_ONLY.format(fix)} AS tq_question "
+        "FROM words CROSS JOIN LATERAL (SELECT v.word, row_number() OVER (ORDER BY "
+        "levenshtein(words.w, v.word), word_similarity(words.w, v.word) DESC, "
+        "similarity(words.w, v.word) DESC, v.word) "
+        "AS rank FROM cutover_search_words v WHERE words.w <% v.word "
+        "AND levenshtein(words.w, v.word) <= greatest(2, length(words.w) / 2) "
+        f"ORDER BY rank LIMIT {FUZZY_FIXES}) f), "
+        "fixed AS MATERIALIZED (SELECT cutover_tsquery_and(tq) AS tq, count(*) AS words "
+        "FROM (SELECT w, cutover_tsquery_or(tq) AS tq FROM fixes GROUP BY w) s), "
+        "fuzzy_candidates AS MATERIALIZED (SELECT q.id, q.question, q.answer, (SELECT sum(best) "
+        "FROM (SELECT min(CASE WHEN q.search_vector @@ f.tq_question THEN f.rank "
+        f"ELSE f.rank + {FUZZY_FIXES} END) AS best FROM fixes f "
+        "WHERE q.search_vector @@ f.tq GROUP BY f.w) s) AS fix "
+        "FROM questions q JOIN study_books b ON b.id = q.study_book_id "
+        "WHERE b.user_id = $3 AND q.search_vector @@ (SELECT tq FROM fixed) "
+        "AND (SELECT words FROM fixed) = (SELECT count(*) FROM words) "
+        f"ORDER BY fix, octet_length(q.question), q.id LIMIT {FTS_CANDIDATES}), "
+        "fuzzy AS (SELECT id, question, answer, false AS is_fts, "
+        f"1::float8 + ({_FIX_LIMIT} - least(fix, {_FIX_LIMIT - 1}) "
+        "+ (word_similarity($2::text, question) "
+        f"+ word_similarity($2::text, {_DOC})) / 2) / {_FIX_LIMIT + 1} AS score "
+        "FROM fuzzy_candidates ORDER BY score DESC, id LIMIT $4)"
     )
 
 
-_SEARCH_SQL = {n: search_sql(n) for n in range(1, MAX_FUZZY_TERMS + 1)}
-SEARCH_SQL = _SEARCH_SQL[1]
+# The hybrid search ($1 the terms, $2 the query's text, $3 the user, $4 the limit).
+SEARCH_SQL = (f"WITH {_FTS_CTE}, {_fuzzy_ctes()} "
+              "SELECT * FROM fts UNION ALL SELECT * FROM fuzzy")
 FTS_ONLY_SQL = f"WITH {_FTS_CTE} SELECT * FROM fts WHERE $2::text IS NOT NULL"
 
 
@@ -446,12 +475,8 @@ def search_statement(
 ) -> tuple[str, tuple[Any, ...]]:
     """The SQL and parameters `search` runs for a query with terms (tests EXPLAIN exactly this)."""
     args: tuple[Any, ...] = (list(parsed.terms), parsed.text, user_id, limit)
-    # longest first: the fuzzy branch requires every term, PostgreSQL tests the terms in this
-    # order and stops at the first that fails, and short words (`the`, `do`) are near every
-    # document while a long one rules most out (`what is the docother`: 87 -> 30 ms)
-    terms = tuple(sorted(dict.fromkeys(parsed.terms), key=len, reverse=True))
-    if len(parsed.text) >= FUZZY_MIN_CHARS and len(terms) <= MAX_FUZZY_TERMS:
-        return _SEARCH_SQL[len(terms)], (*args, *terms)
+    if len(parsed.text) >= FUZZY_MIN_CHARS and len(set(parsed.terms)) <= MAX_FUZZY_TERMS:
+        return SEARCH_SQL, args
     return FTS_ONLY_SQL, args
 
 
