@@ -233,7 +233,7 @@ async def load_ours(dsn: str, records: list[tuple[Any, ...]]) -> float:
     await store.close()
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute("DROP INDEX idx_questions_search_vector, idx_questions_trigram")
+        await conn.execute("DROP INDEX idx_questions_search_vector")
         await conn.copy_records_to_table("questions", records=records, columns=COPY_COLUMNS)
         await conn.execute("SET maintenance_work_mem = '256MB'")
         await conn.execute(SEARCH_INDEXES)

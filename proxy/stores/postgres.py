@@ -425,7 +425,7 @@ def _fuzzy_ctes() -> str:
     none more edits away than half the word's length (at least 2: a transposition).
     Edits, not similarity, rank them: a transposition in a short word shares few trigrams
     (`tetsfile` is as similar to `isfile` as to `testfile`; bench/parity.py's misspellings
-    found in the top 10, ranked by similarity: 88.3%, by edits: 93-95%).
+    found in the top 10, ranked by similarity: 88.3%, by edits: 95-97%).
     The user's questions with a correction of every word (full text, the GIN index) are
     ordered by how good their corrections are, one in the question before one in the answer
     only; the first FTS_CANDIDATES of them are scored: that order first, then the whole query's
