@@ -14,10 +14,11 @@ Two load models:
 
 1. Closed loop (printed second, the saturated worst case): one caller, each search started as
    soon as the previous one returned, no idle time. With shadowing on, every search also starts
-   a PostgreSQL search (its server-side work is several times the primary's: trigram scans for
-   misspellings and CJK) while the next primary runs at once, so the two cores are saturated
-   and shadows are shed at the concurrency bound. The primary must slow down there whatever
-   the runner does: this measures the machine's capacity, not what shadowing adds to a call.
+   a PostgreSQL search (its server-side work is several times the primary's: typo corrections
+   for misspellings, substring scans for CJK) while the next primary runs at once, so the two
+   cores are saturated and shadows are shed at the concurrency bound. The primary must slow
+   down there whatever the runner does: this measures the machine's capacity, not what
+   shadowing adds to a call.
 
 Capacity (sizes the open loop): the query set back to back with every search shadowed, the
 concurrency bound and timeout lifted so that no shadow is shed or cut short, timed until the

@@ -21,7 +21,7 @@ else `mismatch` with exactly one `Reason`, the first of these that fits:
   pending: the stores are briefly out of step, not answering differently.
 - `order_only`: the same ids in a different order.
 - `fuzzy_only`: every id found on one side only was a fuzzy or substring match on that side; the
-  full-text matches agree as a set (trigram and FTS5-trigram/LIKE paths differ by design).
+  full-text matches agree as a set (PostgreSQL's typo fallback has no FTS5 counterpart).
 - `k_boundary`: the lists differ only near the cut: each id found on one side only sits in the
   last ⌈limit/4⌉ places of its list, and the other list is full (`limit` results), so the id
   would probably be just past the other side's cut.
