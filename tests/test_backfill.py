@@ -184,6 +184,9 @@ async def test_the_planner_has_statistics_at_the_end(legacy: LegacyDB, pg_dsn: s
     analyzed = {r["tablename"] for r in await pg_rows(
         pg_dsn, "SELECT DISTINCT tablename FROM pg_stats WHERE schemaname = 'public'")}
     assert {"users", "study_books", "questions", "typing_logs", "learning_events"} <= analyzed
+    [vocabulary] = await pg_rows(pg_dsn, "SELECT last_analyze FROM pg_stat_user_tables "
+                                         "WHERE relname = 'cutover_search_words'")
+    assert vocabulary["last_analyze"] is not None  # filled by the questions' trigger
     columns = {r["attname"] for r in await pg_rows(
         pg_dsn, "SELECT attname FROM pg_stats WHERE tablename = 'questions'")}
     assert {"study_book_id", "search_vector"} <= columns

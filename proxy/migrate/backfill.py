@@ -803,8 +803,9 @@ async def run_backfill(
         async def analyze_after(table: str, builds: list[asyncio.Task[float]]) -> float:
             await asyncio.gather(*builds)  # statistics on its expression indexes too
             t0 = time.perf_counter()
+            analyzed = ", ".join((table, *postgres_schema.DERIVED_TABLES.get(table, ())))
             async with pool.acquire() as conn:
-                await conn.execute(f"ANALYZE {table}")
+                await conn.execute(f"ANALYZE {analyzed}")
             return time.perf_counter() - t0
 
         def build(table: str) -> None:

@@ -232,6 +232,9 @@ CREATE OR REPLACE TRIGGER cutover_words_updated AFTER UPDATE ON questions
     FOR EACH STATEMENT EXECUTE FUNCTION cutover_note_words();
 """
 
+# Tables the schema's triggers fill from a table's writes: the backfill analyzes them with it.
+DERIVED_TABLES = {"questions": ("cutover_search_words",)}
+
 # Built last (and by the backfill after a bulk load): building GIN indexes over loaded rows is
 # several times faster than maintaining them row by row.
 SEARCH_INDEXES = """
