@@ -21,6 +21,8 @@ from proxy import PostgresStore
 from proxy.stores.postgres import (
     FTS_ONLY_SQL,
     FUZZY_THRESHOLD,
+    MAX_FUZZY_WORDS,
+    SEARCH_SQL,
     search_statement,
     substring_statement,
 )
@@ -233,6 +235,17 @@ async def test_a_typo_of_a_common_word_scores_few_questions(big_dsn: str) -> Non
         assert all("parser" in h.question + h.answer for h in hits)
     finally:
         await store.close()
+
+
+def test_queries_of_many_words_skip_the_typo_lookups() -> None:
+    """Each distinct word of the fuzzy branch is a vocabulary lookup: a query of more than
+    MAX_FUZZY_WORDS of them (one dotted term may hold many) gets the full-text branch only."""
+    user = uuid.uuid4()
+    eight = search_statement(parse_query("a.b.c.d e.f.g.h"), user, 10)[0]
+    nine = search_statement(parse_query("a.b.c.d.e.f.g.h.i"), user, 10)[0]
+    repeated = search_statement(parse_query("a.b.a.b.a.b.a.b.a.b.a.b"), user, 10)[0]
+    assert MAX_FUZZY_WORDS == 8
+    assert (eight, nine, repeated) == (SEARCH_SQL, FTS_ONLY_SQL, SEARCH_SQL)
 
 
 async def test_substring_search_reads_only_the_users_questions(pg_store: PostgresStore,
