@@ -74,6 +74,24 @@ async def test_writes_reach_both_stores_and_reads_follow_the_flag(settings: Sett
         assert ok == 1
 
 
+async def test_mirrored_questions_feed_postgres_typo_vocabulary(settings: Settings) -> None:
+    """Mirror writes (upserts, committed once SQLite has) fire the vocabulary's triggers too:
+    after the flip, a typo of a word first written through the repository is corrected."""
+    async with open_repository(settings, registry=CollectorRegistry()) as repo:
+        user = await repo.create_user(name="Ren", email="ren@example.com")
+        book = await repo.create_study_book(user_id=user.id, title="Python")
+        q = await repo.create_question(study_book_id=book.id, language="en", category="python",
+                                       difficulty="easy", question="What is a quokkaplex?",
+                                       answer="A made-up word.")
+        await repo.update_question(q.id, answer="Now about a wombatrix.")
+        await repo.set_read_primary("postgres")
+        for typo in ("quokkalpex", "wombtarix"):
+            hits = await repo.search_questions(typo, user_id=user.id)
+            assert [(h.question_id, h.match_kind) for h in hits] == [(q.id, "fuzzy")], typo
+        await repo.set_read_primary("sqlite")
+        assert await repo.search_questions("quokkalpex", user_id=user.id) == []  # FTS5: none
+
+
 async def test_bad_input_leaves_both_stores_unchanged(settings: Settings) -> None:
     async with open_repository(settings) as repo:
         user = await repo.create_user(name="Aiko", email="aiko@example.com")
