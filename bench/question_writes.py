@@ -26,6 +26,7 @@ import asyncpg
 
 from bench._pg import scratch_database
 from bench.corpus import Question, build_corpus
+from bench.parity import percentile
 from proxy.stores.postgres import PostgresStore
 
 TRIGGERS = ("cutover_words_inserted", "cutover_words_updated")
@@ -56,10 +57,6 @@ async def writes(store: PostgresStore, book: object, texts: list[Question]) -> l
     return latencies
 
 
-def pct(values: list[float], p: float) -> float:
-    return sorted(values)[min(len(values) - 1, int(len(values) * p))]
-
-
 async def run(total: int, rounds: int, dsn: str | None) -> None:
     texts = build_corpus().questions
     per_round = max(1, total // (rounds * 4))  # texts a round: two configurations, two writes
@@ -88,10 +85,10 @@ async def run(total: int, rounds: int, dsn: str | None) -> None:
     print(f"{'configuration':<20} {'writes':>7} {'p50 ms':>8} {'p95 ms':>8}")
     for label, values in results.items():
         print(f"{label:<20} {len(values):>7} {statistics.median(values):>8.3f} "
-              f"{pct(values, 0.95):>8.3f}")
+              f"{percentile(values, 0.95):>8.3f}")
     kept, off = results["vocabulary kept"], results["triggers disabled"]
     print(f"p50 ratio (kept / disabled) = {statistics.median(kept) / statistics.median(off):.3f}; "
-          f"p95 ratio = {pct(kept, 0.95) / pct(off, 0.95):.3f}")
+          f"p95 ratio = {percentile(kept, 0.95) / percentile(off, 0.95):.3f}")
 
 
 def main() -> None:

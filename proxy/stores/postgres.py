@@ -372,13 +372,12 @@ _DOC = postgres_schema.SEARCH_DOCUMENT
 # generic plan (asyncpg prepares statements, PostgreSQL switches to a generic plan after five
 # runs) would otherwise call the SQL function again for every rechecked and ranked row.
 _TSQUERY = "(SELECT cutover_tsquery($1::text[]))"
-# The same query with every lexeme restricted to weight A (the question): 'json':A <-> 'dump':A.
+# A tsquery (`{}`) with every lexeme restricted to weight A (the question): 'json':A <-> 'dump':A.
 # In tsquery's text form every lexeme is quoted (an inner quote doubled), so a quote followed by
-# a space, a parenthesis or the end closes one. Built once per statement, like _TSQUERY.
-_QUESTION_TSQUERY = (
-    "(SELECT regexp_replace(cutover_tsquery($1::text[])::text, "
-    r"'''( |\)|$)', ''':A\1', 'g')::tsquery)"
-)
+# a space, a parenthesis or the end closes one.
+_QUESTION_ONLY = r"regexp_replace({}::text, '''( |\)|$)', ''':A\1', 'g')::tsquery"
+# The query's, built once per statement like _TSQUERY.
+_QUESTION_TSQUERY = f"(SELECT {_QUESTION_ONLY.format('cutover_tsquery($1::text[])')})"
 # Full-text hits rank before fuzzy ones (score 2..3 against 1..2). The fuzzy branch is the typo
 # fallback: it runs (a one-time filter) only when the full-text branch found nothing. A common
 # word then costs a GIN bitmap scan and a cheap sort key on its hits, never word_similarity over
@@ -414,8 +413,6 @@ def _in_users_books(user_param: str) -> str:
 # Fuzzy scores are 1 + (_FIX_LIMIT - the corrections' rank + word similarity) / (_FIX_LIMIT + 1):
 # in [1, 2), better corrections first, word similarity orders rows with equal corrections.
 _FIX_LIMIT = 1000
-# A correction's tsquery restricted to the question (weight A), as _QUESTION_TSQUERY does.
-_QUESTION_ONLY = r"regexp_replace({}::text, '''( |\)|$)', ''':A\1', 'g')::tsquery"
 
 
 def _fuzzy_ctes() -> str:
