@@ -552,6 +552,27 @@ async def test_the_vocabulary_follows_every_write_of_a_question(pg_store: Postgr
         await conn.close()
 
 
+async def test_a_documents_words_split_on_every_non_alphanumeric_run(pg_store: PostgresStore,
+                                                                      pg_dsn: str) -> None:
+    """What the vocabulary holds of a document: lower-case runs of letters and digits (any
+    script), split on punctuation and on every kind of blank, none longer than 64 characters;
+    a NULL document has none. And the planner inlines it where it is called in FROM."""
+    conn = await asyncpg.connect(pg_dsn)
+    doc = ("JSON.dumps(obj)\tUTF8\u00a0\u00dcn\u00efcode\n\n\u65e5\u672c\u8a9e\u306e\u57fa\u790e"
+           "--x_y  " + "a" * 64 + " " + "b" * 65 + " 3.14")
+    try:
+        words = [r[0] for r in await conn.fetch("SELECT cutover_document_words($1)", doc)]
+        assert words == ["json", "dumps", "obj", "utf8", "\u00fcn\u00efcode",
+                         "\u65e5\u672c\u8a9e\u306e\u57fa\u790e", "x", "y", "a" * 64, "3", "14"]
+        assert await conn.fetch("SELECT cutover_document_words(NULL)") == []
+        plan = await conn.fetchval(
+            "EXPLAIN (FORMAT JSON, VERBOSE) SELECT w FROM unnest($1::text[]) AS t, "
+            "cutover_document_words(t) AS w", ["a b"])
+        assert "cutover_document_words" not in plan and "string_to_table" in plan
+    finally:
+        await conn.close()
+
+
 async def test_init_tells_the_planner_what_word_similarity_costs(pg_store: PostgresStore,
                                                                  pg_dsn: str) -> None:
     conn = await asyncpg.connect(pg_dsn)
