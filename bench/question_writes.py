@@ -37,7 +37,7 @@ async def set_triggers(dsn: str, on: bool) -> None:
     try:
         for name in TRIGGERS:
             await conn.execute(
-                f"ALTER TABLE questions {'ENABLE' if on else 'DISABLE'} TRIGGER {name}")
+                f"ALTER TABLE questions {'ENABLE ALWAYS' if on else 'DISABLE'} TRIGGER {name}")
     finally:
         await conn.close()
 

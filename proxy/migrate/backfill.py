@@ -870,10 +870,10 @@ async def run_backfill(
 async def _may_skip_fk_checks(conn: asyncpg.Connection, table: str) -> bool:
     """True when this session may load `table` with its per-row foreign key checks off: it may
     set session_replication_role (a superuser, or granted it), and the table has no triggers of
-    its own that the setting would skip too."""
+    its own that the setting would skip too (the schema's own fire ALWAYS)."""
     own = await conn.fetchval(
-        "SELECT count(*) FROM pg_trigger WHERE tgrelid = $1::regclass AND NOT tgisinternal",
-        table)
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = $1::regclass AND NOT tgisinternal "
+        "AND tgenabled <> 'A'", table)
     if own:
         return False
     try:
