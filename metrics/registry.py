@@ -114,7 +114,8 @@ class Metrics:
         )
         self.shadow_rank_agreement = Histogram(
             "cutover_shadow_rank_agreement",
-            "Rank-biased overlap (p=0.9, extrapolated) of primary and shadow, per comparison.",
+            "Rank-biased overlap (p=0.9, extrapolated) of primary and shadow, per comparison "
+            "(of the full-text matches alone for a fuzzy_only one).",
             buckets=RATIO_BUCKETS, registry=r,
         )
         self.shadow_top1_agreement = Counter(

@@ -486,7 +486,7 @@ def format_summary(s: dict[str, Any]) -> str:
                                                       for k, v in sh["comparisons"].items())]
     rbo = "-" if sh["mean_rbo"] is None else f"{sh['mean_rbo']:.3f}"
     jac = "-" if sh["mean_jaccard"] is None else f"{sh['mean_jaccard']:.3f}"
-    lines.append(f"  mean rank-biased overlap {rbo}, mean Jaccard@k {jac}; shadow search mean "
+    lines.append(f"  mean rank agreement (RBO) {rbo}, mean Jaccard@k {jac}; shadow search mean "
                  + ", ".join(f"{b} {'-' if v is None else f'{v:.1f}'} ms"
                              for b, v in sh["shadow_search_mean_ms"].items()))
     disc = sh["discrepancies"]

@@ -326,7 +326,7 @@ class ShadowRunner:
         reason = None if c.reason is None else c.reason.value
         try:
             self.metrics.observe_comparison(
-                c.outcome.value, reason, jaccard=c.jaccard, rbo=c.rbo, top1=c.top1
+                c.outcome.value, reason, jaccard=c.jaccard, rbo=c.agreement, top1=c.top1
             )
         except Exception:
             self._internal_error("publish", "metrics")

@@ -17,6 +17,7 @@ The methods are blocking: the shadow runner calls `add` through `asyncio.to_thre
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -47,7 +48,8 @@ CREATE TABLE IF NOT EXISTS comparisons (
     top1 INTEGER,
     fingerprint TEXT NOT NULL,
     primary_backend TEXT NOT NULL,
-    shadow_ms REAL
+    shadow_ms REAL,
+    agreement REAL
 );
 CREATE INDEX IF NOT EXISTS comparisons_ts ON comparisons (ts);
 CREATE TABLE IF NOT EXISTS mismatches (
@@ -118,6 +120,8 @@ class WindowSummary:
     errors: int = 0
     timeouts: int = 0
     mean_jaccard: float | None = None
+    #: the mean of the comparisons' `agreement` (rank-biased overlap; of the full-text matches
+    #: alone for a fuzzy_only one, see shadow.compare)
     mean_rbo: float | None = None
     top1_rate: float | None = None
     by_reason: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
@@ -163,12 +167,21 @@ class ShadowStore:
         # a lost tail of comparisons after a power cut is acceptable; fsync per batch is not
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA)
+        self._add_agreement_column()
         self._conn.execute(
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('salt', ?)", (secrets.token_hex(16),)
         )
         row = self._conn.execute("SELECT value FROM meta WHERE key = 'salt'").fetchone()
         self.salt: bytes = bytes.fromhex(row[0])
         self._closed = False
+
+    def _add_agreement_column(self) -> None:
+        """A file written before `agreement` existed gets the column; its old rows read their
+        `rbo` instead (`summary`). Another process may add it at the same moment."""
+        columns = {r[1] for r in self._conn.execute("PRAGMA table_info(comparisons)")}
+        if "agreement" not in columns:
+            with contextlib.suppress(sqlite3.OperationalError):  # "duplicate column name"
+                self._conn.execute("ALTER TABLE comparisons ADD COLUMN agreement REAL")
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -183,7 +196,7 @@ class ShadowStore:
                 None if r.comparison.reason is None else r.comparison.reason.value,
                 r.comparison.jaccard, r.comparison.rbo,
                 None if r.comparison.top1 is None else int(r.comparison.top1),
-                r.fingerprint, r.primary_backend, r.shadow_ms,
+                r.fingerprint, r.primary_backend, r.shadow_ms, r.comparison.agreement,
             )
             for r in batch
         ]
@@ -204,7 +217,8 @@ class ShadowStore:
             try:
                 conn.executemany(
                     "INSERT INTO comparisons (ts, outcome, reason, jaccard, rbo, top1,"
-                    " fingerprint, primary_backend, shadow_ms) VALUES (?,?,?,?,?,?,?,?,?)",
+                    " fingerprint, primary_backend, shadow_ms, agreement)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?)",
                     comparisons,
                 )
                 if mismatches:
@@ -270,7 +284,7 @@ class ShadowStore:
                 "SELECT COUNT(*),"
                 " COALESCE(SUM(outcome = 'match'), 0), COALESCE(SUM(outcome = 'mismatch'), 0),"
                 " COALESCE(SUM(outcome = 'error'), 0), COALESCE(SUM(outcome = 'timeout'), 0),"
-                " AVG(jaccard), AVG(rbo), AVG(top1)"
+                " AVG(jaccard), AVG(COALESCE(agreement, rbo)), AVG(top1)"
                 " FROM comparisons WHERE ts >= ?",
                 (since,),
             ).fetchone()

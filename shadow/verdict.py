@@ -7,12 +7,16 @@ the window. Every check below must pass for `go`; each failing check adds one li
 | check | default threshold |
 |---|---|
 | enough comparisons in the window (default 15 min, bounded by the store's cap) | >= 200 |
-| mean rank-biased overlap of completed comparisons | >= 0.90 |
+| mean rank-biased overlap of completed comparisons (their `agreement`, see below) | >= 0.90 |
 | share of comparisons with reason `unexplained` | <= 1 % |
 | share of comparisons that errored or timed out | <= 1 % |
 | dead letters in any outbox | 0 |
 | oldest pending mirror write, any store | < 60 s |
 | mirror failures / mirror writes in the window (skipped when not given) | <= 1 % |
+
+A comparison's `agreement` is its rank-biased overlap, except for `fuzzy_only`, where it is that
+of the full-text matches alone (`shadow.compare`): a typo fallback's guesses, where FTS5 has
+none, are PostgreSQL's by design and do not count against a flip.
 """
 
 from __future__ import annotations

@@ -177,6 +177,25 @@ def test_fuzzy_only_when_every_one_side_id_is_a_fuzzy_or_substring_match() -> No
     )
     assert c.reason is Reason.FUZZY_ONLY
     assert c.only_primary == (C,) and c.only_shadow == (X, Y)
+    # the verdict's figure: the full-text matches (A, B on both sides) agree
+    assert c.rbo < 0.9 and c.agreement == 1.0
+
+
+def test_a_fuzzy_only_comparison_agrees_as_far_as_its_full_text_matches_do() -> None:
+    # a typo: FTS5 finds nothing, PostgreSQL's guesses; nothing to disagree on
+    typo = classify(hits(), hits((X, "fuzzy"), (Y, "fuzzy")), ctx())
+    assert typo.reason is Reason.FUZZY_ONLY and (typo.rbo, typo.agreement) == (0.0, 1.0)
+    # full-text matches in another order, and a fuzzy extra: the order still counts
+    moved = classify(hits(A, B, C), hits(C, B, A, (X, "fuzzy")), ctx())
+    assert moved.reason is Reason.FUZZY_ONLY
+    assert moved.agreement == pytest.approx(rbo((A, B, C), (C, B, A))) and moved.agreement < 1
+    # a shared id that only one side matched by full text
+    half = classify(hits(A, B), hits(A, (B, "fuzzy"), (X, "fuzzy")), ctx())
+    assert half.reason is Reason.FUZZY_ONLY and half.agreement == pytest.approx(rbo((A, B), (A,)))
+    # every other reason's agreement is its rbo
+    other = classify(hits(A, B, C), hits(A, C, B), ctx())
+    assert other.reason is Reason.ORDER_ONLY and other.agreement == other.rbo
+    assert classify(hits(A, B), hits(A, B), ctx()).agreement == 1.0
 
 
 def test_k_boundary_when_full_lists_differ_only_in_their_tails() -> None:

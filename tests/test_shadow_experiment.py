@@ -21,6 +21,7 @@ import shadow.experiment
 from metrics import Metrics
 from proxy.models import SearchResult
 from shadow import Reason, ShadowRunner, ShadowStore, fingerprint
+from shadow.compare import rbo
 from shadow.experiment import QUIET_WAIT_S
 
 A, B, C, X = (uuid.UUID(int=i + 1) for i in range(4))
@@ -272,6 +273,18 @@ async def test_pending_rows_explain_a_difference_as_stale_mirror(m: Metrics) -> 
     await r.drain(2.0)
     await r.aclose()
     assert value(m, "cutover_shadow_discrepancies_total", reason="stale_mirror") == 1
+
+
+async def test_rank_agreement_records_a_typo_guess_by_its_full_text_matches(
+        runner: ShadowRunner, m: Metrics) -> None:
+    """FTS5 found nothing for a typo, PostgreSQL guessed: a `fuzzy_only` difference, whose
+    full-text matches (none on either side) agree; a real difference in order still counts."""
+    submit(runner, [], FakeShadow(hits(A, B, kind="fuzzy")), query="pyhton")
+    submit(runner, hits(A, B), FakeShadow(hits(B, A)))
+    assert await runner.drain(2.0) == 0
+    assert value(m, "cutover_shadow_discrepancies_total", reason="fuzzy_only") == 1
+    assert value(m, "cutover_shadow_rank_agreement_count") == 2
+    assert value(m, "cutover_shadow_rank_agreement_sum") == pytest.approx(1.0 + rbo((A, B), (B, A)))
 
 
 async def test_a_failing_pending_rows_source_costs_only_the_explanation(m: Metrics) -> None:

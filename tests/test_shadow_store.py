@@ -96,6 +96,34 @@ def test_summary_aggregates_only_the_window(store: ShadowStore) -> None:
     assert (empty.total, empty.mean_rbo, empty.unexplained) == (0, None, 0)
 
 
+def test_the_summary_averages_agreement_which_spares_fuzzy_only_guesses(
+        store: ShadowStore) -> None:
+    typo = classify([], [Hit(X, "fuzzy")], CompareContext("pyhton", 20))  # FTS5 finds nothing
+    assert (typo.reason, typo.rbo, typo.agreement) == (Reason.FUZZY_ONLY, 0.0, 1.0)
+    store.add([record(match(), ts=1000.0), record(typo, ts=1001.0)])
+    assert store.summary(window_s=60.0, now=1010.0).mean_rbo == 1.0
+    [stored] = store.recent_mismatches(10)
+    assert stored.rbo == 0.0  # what `shadow list` shows is the lists' own overlap
+
+
+def test_a_file_from_before_agreement_is_upgraded_and_its_rows_still_count(
+        tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE comparisons (id INTEGER PRIMARY KEY, ts REAL NOT NULL, outcome TEXT NOT "
+        "NULL, reason TEXT, jaccard REAL, rbo REAL, top1 INTEGER, fingerprint TEXT NOT NULL, "
+        "primary_backend TEXT NOT NULL, shadow_ms REAL);"
+        "INSERT INTO comparisons (ts, outcome, reason, jaccard, rbo, top1, fingerprint,"
+        " primary_backend) VALUES (1000.0, 'mismatch', 'order_only', 1.0, 0.5, 0, 'f', 'sqlite')")
+    old.close()
+    with ShadowStore(path) as s:
+        s.add([record(match(), ts=1001.0)])
+        assert s.summary(window_s=60.0, now=1010.0).mean_rbo == pytest.approx(0.75)
+    with ShadowStore(path) as again:  # a second open finds the column there
+        assert again.summary(window_s=60.0, now=1010.0).total == 2
+
+
 def test_the_file_is_private_and_in_wal_mode(store: ShadowStore) -> None:
     mode = stat.S_IMODE(store.path.stat().st_mode)
     assert mode & 0o077 == 0, oct(mode)
