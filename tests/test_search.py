@@ -358,6 +358,9 @@ async def test_misspelled_query_is_fuzzy_on_postgres_and_empty_on_sqlite(corpus:
     assert "<mark>" in hits[0].highlight
     # documented: FTS5 matches whole (stemmed) tokens, SQLite has no fuzzy branch
     assert await search(corpus, "sqlite", "jsno encodr") == []
+    # a transposition shares few trigrams: word similarity 0.375 to `encoder`, under 0.4
+    hits = await search(corpus, "postgres", "encdoer")
+    assert [(h.question_id, h.match_kind) for h in hits] == [(Q_ENCODER, "fuzzy")]
 
 
 async def test_two_character_cjk_word_is_a_substring_match(corpus: Corpus, backend: str) -> None:
