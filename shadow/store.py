@@ -17,7 +17,6 @@ The methods are blocking: the shadow runner calls `add` through `asyncio.to_thre
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -178,10 +177,16 @@ class ShadowStore:
     def _add_agreement_column(self) -> None:
         """A file written before `agreement` existed gets the column; its old rows read their
         `rbo` instead (`summary`). Another process may add it at the same moment."""
-        columns = {r[1] for r in self._conn.execute("PRAGMA table_info(comparisons)")}
-        if "agreement" not in columns:
-            with contextlib.suppress(sqlite3.OperationalError):  # "duplicate column name"
+        def has_it() -> bool:
+            columns = self._conn.execute("PRAGMA table_info(comparisons)")
+            return any(r[1] == "agreement" for r in columns)
+
+        if not has_it():
+            try:
                 self._conn.execute("ALTER TABLE comparisons ADD COLUMN agreement REAL")
+            except sqlite3.OperationalError:  # "duplicate column name": the other one won
+                if not has_it():
+                    raise
 
     # -- writing -----------------------------------------------------------------------------
 
