@@ -481,6 +481,39 @@ async def test_a_finished_shadow_is_compared_once_no_primary_search_runs(
     assert outcome(m, "match") == 1
 
 
+async def test_a_search_that_arrives_with_a_shadows_answer_runs_before_its_comparison(
+    runner: ShadowRunner, m: Metrics
+) -> None:
+    """An arrival is a callback that starts the search's task (as a request from the network
+    would); queued before the comparison resumes, its search is running by the time the
+    comparison would begin, so the comparison waits for it."""
+    answer = asyncio.get_running_loop().create_future()
+
+    async def shadow() -> list[SearchResult]:
+        return await answer  # type: ignore[no-any-return]
+
+    assert submit(runner, hits(A), shadow)
+    await started()
+    searching = asyncio.Event()
+
+    async def primary_search() -> None:
+        runner.primary_started()
+        searching.set()
+        await asyncio.sleep(0.05)
+        runner.primary_finished()
+
+    tasks: list[asyncio.Task[None]] = []
+    answer.set_result(hits(A))  # the comparison's task is ready now ...
+    asyncio.get_running_loop().call_soon(  # ... and a search arrives right behind it
+        lambda: tasks.append(asyncio.get_running_loop().create_task(primary_search())))
+    await searching.wait()
+    await asyncio.sleep(0.01)
+    assert outcome(m, "match") == 0  # waiting for the search that arrived
+    assert await runner.drain(2.0) == 0
+    assert outcome(m, "match") == 1
+    await asyncio.gather(*tasks)
+
+
 async def test_primary_searches_that_never_pause_delay_a_comparison_by_a_bound_only(
     runner: ShadowRunner, m: Metrics
 ) -> None:
