@@ -83,7 +83,6 @@ from config import Settings
 from proxy import open_repository
 from proxy.faces import configure_logging
 from proxy.repository import Repository
-from shadow.worker import SearchWorker
 
 RATES = (0.0, 1.0)
 WAITING_SHADOWS = 32  # in flight while the capacity run waits (see `capacity`)
@@ -193,11 +192,8 @@ async def capacity(repo: Repository, queries: Sequence[tuple[str, object]]) -> f
     """
     shadow = repo.shadow
     assert shadow is not None
-    worker = getattr(repo.shadow_search, "__self__", None)
     bound, timeout = shadow.max_concurrency, shadow.timeout_s
     shadow.sample_rate, shadow.max_concurrency, shadow.timeout_s = 1.0, len(queries), 60.0
-    if isinstance(worker, SearchWorker):
-        worker_timeout, worker.timeout_s = worker.timeout_s, 60.0
     try:
         shed_before, failed_before = shed_count(repo), failed_count(repo)
         start = time.perf_counter()
@@ -211,8 +207,6 @@ async def capacity(repo: Repository, queries: Sequence[tuple[str, object]]) -> f
         return len(queries) / (time.perf_counter() - start)
     finally:
         shadow.max_concurrency, shadow.timeout_s = bound, timeout
-        if isinstance(worker, SearchWorker):
-            worker.timeout_s = worker_timeout
 
 
 async def open_block(

@@ -49,7 +49,7 @@ from proxy.validation import parse_id
 from shadow import RankedHit, ShadowRunner, ShadowStore
 from shadow.experiment import DEFAULT_MAX_CONCURRENCY
 from shadow.verdict import MirrorFigures, OutboxFigures, Verdict, refresh_ready
-from shadow.worker import SHADOWS_IN_FLIGHT, SearchWorker
+from shadow.worker import SHADOWS_IN_FLIGHT, Recording, SearchWorker, portable_log_config
 
 log = structlog.get_logger("cutover.repository")
 T = TypeVar("T")
@@ -131,8 +131,8 @@ class Repository(EntityMethods):
         self.metrics = metrics
         self.shadow = shadow
         self._stores: dict[str, AnyStore] = {"sqlite": sqlite, "postgres": postgres}
-        #: runs a shadow search: (backend, query, user id, limit) -> ids and match kinds;
-        #: the store in this process unless open_repository set a worker process's
+        #: runs a shadow search in this process: (backend, query, user id, limit) -> ids and
+        #: match kinds (unused when the runner compares in the worker's child process)
         self.shadow_search: Callable[
             [str, str, uuid.UUID, int], Awaitable[Sequence[RankedHit]]
         ] = self._store_search
@@ -400,7 +400,9 @@ class Repository(EntityMethods):
             shadow.submit(
                 query, user_id=uid, limit=limit, primary_backend=primary.backend,
                 primary_results=results,
-                run_shadow=lambda: shadow_search(other, query, uid, limit),
+                # a remote comparer (the worker's child) searches itself
+                run_shadow=None if shadow.remote is not None
+                else lambda: shadow_search(other, query, uid, limit),
             )
         return results
 
@@ -663,10 +665,15 @@ async def open_repository(
             max_concurrency=SHADOWS_IN_FLIGHT if in_process else DEFAULT_MAX_CONCURRENCY,
         )
         if in_process:
-            worker = SearchWorker(settings.sqlite_path, dsn,
-                                  timeout_s=settings.shadow_timeout_ms / 1000)
+            # the child searches, compares and records (log lines, the store's rows) itself
+            worker = SearchWorker(
+                settings.sqlite_path, dsn, timeout_s=settings.shadow_timeout_ms / 1000,
+                recording=Recording(salt=shadow_store.salt, store_path=str(shadow_store.path),
+                                    log_config=portable_log_config()),
+                on_internal_error=metrics.shadow_internal_error,
+            )
             await worker.start()
-            repo.shadow_search = worker.search
+            repo.shadow.remote = worker
         repo.start()
         if settings.metrics_port is not None:
             from metrics import serve_metrics

@@ -22,7 +22,8 @@ from shadow.compare import (
     snapshot,
     top1_agreement,
 )
-from shadow.experiment import ShadowRunner, fingerprint, other_backend
+from shadow.experiment import ShadowRunner, other_backend
+from shadow.recorder import fingerprint
 from shadow.replay import replay_mismatch
 from shadow.store import ComparisonRecord, MismatchRecord, ShadowStore, WindowSummary
 from shadow.verdict import (

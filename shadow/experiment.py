@@ -3,23 +3,28 @@
 The caller searches the primary, hands the results to `ShadowRunner.submit` and returns them at
 once. `submit` samples and freezes the primary's results; at the loop's next turn a task (held
 by a strong reference) starts that runs the shadow search under a timeout, compares, and
-publishes: metrics, one structlog event per discrepancy, and a row in the `ShadowStore` (in
-batches: a batch's first record waits `FLUSH_DELAY_S` for others, then a worker thread writes
-them in one transaction).
+publishes: metrics here, and through a `Recorder` one structlog event per discrepancy and a row
+in the `ShadowStore`.
+
+Where the comparison is made depends on the runner's `remote`:
+
+- None (the inline worker): here. The shadow search is the caller's `run_shadow`; its results
+  are compared and recorded in this process.
+- a `RemoteComparer` (the worker's child process, `shadow.worker`): there. The child searches,
+  compares and records; only the comparison's figures come back, for the metrics. Comparing
+  (73-81 us a mismatch) and its log line (67 us) then cost the caller's process nothing: with
+  both still here, they were about half of its added CPU per shadowed search.
+  Failures only this process sees (the child gone, busy or silent) are recorded here.
+
 Nothing that goes wrong in there reaches the caller: the shadow's exception is an `error`
 comparison; a failure to read pending rows, compare, publish or store is logged and counted in
 `cutover_shadow_internal_errors_total{stage}`.
-
-Log events: `shadow.mismatch` (outcome mismatch), `shadow.failed` (error or timeout; only the
-exception's type, since a message may quote the query), `shadow.internal_error`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import inspect
 import random
 import secrets
@@ -29,7 +34,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -44,25 +49,34 @@ from shadow.compare import (
     freeze,
     snapshot,
 )
-from shadow.store import ComparisonRecord, ShadowStore
+from shadow.recorder import FLUSH_DELAY_S, Compared, Recorder, SearchContext
+from shadow.store import ShadowStore
 
 PendingRows = Callable[[], AbstractSet[uuid.UUID] | Awaitable[AbstractSet[uuid.UUID]]]
 ShadowSearch = Callable[[], Awaitable[Sequence[RankedHit]]]
 
-#: records waiting for the store beyond this are dropped (oldest first) rather than grow memory
-MAX_BUFFERED_RECORDS = 10_000
-#: how long the first record of a batch waits for others before the store is written
-FLUSH_DELAY_S = 0.05
 #: shadow searches in flight at once (beyond, searches are shed)
 DEFAULT_MAX_CONCURRENCY = 8
 #: how long a finished shadow waits for the primary searches in flight before it is compared
 QUIET_WAIT_S = 0.05
+#: how much longer than the runner's timeout a remote comparer may take to answer before the
+#: runner gives up on it and records a timeout itself. The worker's child records nothing for a
+#: request it finishes more than `shadow.worker.LATE_S` (less than this) past its deadline, so
+#: one comparison is recorded once, by one side; the margin covers both directions' batching.
+REMOTE_GRACE_S = 1.0
 
 
-def fingerprint(query: str, salt: bytes) -> str:
-    """A short keyed hash of the query: equal for the same terms, useless without the salt."""
-    normalised = " ".join(query.split()).casefold()
-    return hmac.new(salt, normalised.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+class RemoteComparer(Protocol):
+    """Runs, compares and records the shadow search elsewhere (`shadow.worker.SearchWorker`)."""
+
+    async def compare(
+        self, ctx: SearchContext, primary: tuple[Hit, ...], pending: frozenset[uuid.UUID], *,
+        timeout_s: float,
+    ) -> Compared | None:
+        """The comparison's figures, once it is recorded there; None when comparing failed
+        there (counted there, nothing recorded). Raises when nothing was recorded, TimeoutError
+        when the answer came too late to be."""
+        ...
 
 
 def other_backend(backend: str) -> str:
@@ -74,13 +88,9 @@ def other_backend(backend: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Job:
-    query: str
-    user_id: str
-    limit: int
-    primary_backend: str
-    shadow_backend: str
+    context: SearchContext
     primary: tuple[Hit, ...]
-    run_shadow: ShadowSearch
+    run_shadow: ShadowSearch | None
 
 
 class ShadowRunner:
@@ -105,6 +115,7 @@ class ShadowRunner:
         store_query_text: bool = True,
         rng: random.Random | None = None,
         flush_delay_s: float = FLUSH_DELAY_S,
+        remote: RemoteComparer | None = None,
     ) -> None:
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError("sample_rate must be between 0.0 and 1.0")
@@ -117,22 +128,26 @@ class ShadowRunner:
         self.timeout_s = timeout_s
         self.max_concurrency = max_concurrency
         self.store = store
-        self.log_query_text = log_query_text
-        self.store_query_text = store_query_text
-        self.flush_delay_s = flush_delay_s
+        #: compares and records elsewhere when set (see the module docstring)
+        self.remote = remote
         self._pending_rows = pending_rows
         self._log = logger if logger is not None else structlog.get_logger("cutover.shadow")
         # the store's salt is shared by every process of the install, so fingerprints agree
-        self._salt = salt if salt is not None else (
-            store.salt if store is not None else secrets.token_bytes(16)
+        self.recorder = Recorder(
+            logger=self._log,
+            salt=salt if salt is not None else (
+                store.salt if store is not None else secrets.token_bytes(16)
+            ),
+            store=store, log_query_text=log_query_text, store_query_text=store_query_text,
+            flush_delay_s=flush_delay_s,
+            on_error=lambda stage, what: self.metrics.shadow_internal_error(stage),
+            before_flush=self._after_primaries,  # the writing thread wants the lock too
         )
         self._rng = rng if rng is not None else random.Random()
         self._tasks: set[asyncio.Task[None]] = set()
         self._queued: list[tuple[str, uuid.UUID | str, int, str, str, Sequence[RankedHit],
-                                 ShadowSearch]] = []  # submitted, task not started yet
+                                 ShadowSearch | None]] = []  # submitted, task not started yet
         self._inflight = 0
-        self._buffer: list[ComparisonRecord] = []
-        self._flush_task: asyncio.Task[None] | None = None
         self._closed = False
         # primary searches in flight (`primary_started`, `primary_finished`): comparing and
         # publishing wait for none, as the primary's thread needs the interpreter lock
@@ -185,7 +200,7 @@ class ShadowRunner:
 
     def fingerprint(self, query: str) -> str:
         """This install's fingerprint of `query` (what logs and the store show)."""
-        return fingerprint(query, self._salt)
+        return self.recorder.fingerprint(query)
 
     def submit(
         self,
@@ -195,10 +210,13 @@ class ShadowRunner:
         limit: int,
         primary_backend: str,
         primary_results: Sequence[RankedHit],
-        run_shadow: ShadowSearch,
+        run_shadow: ShadowSearch | None = None,
     ) -> bool:
         """Maybe shadow this search; returns at once, True when a shadow was queued (its task
         starts at the loop's next turn, after the caller's search has returned).
+
+        `run_shadow` runs the shadow search in this process; it is not called (and may be
+        None) when the runner has a `remote` comparer, which searches itself.
 
         Never raises: the caller's search has already succeeded and must be returned as is.
         """
@@ -216,7 +234,7 @@ class ShadowRunner:
         limit: int,
         primary_backend: str,
         primary_results: Sequence[RankedHit],
-        run_shadow: ShadowSearch,
+        run_shadow: ShadowSearch | None,
     ) -> bool:
         if self._closed or self.sample_rate <= 0.0 or self._rng.random() >= self.sample_rate:
             self.metrics.shadow_skipped()
@@ -246,11 +264,8 @@ class ShadowRunner:
         for query, user_id, limit, primary_backend, shadow_backend, primary, run_shadow in queued:
             try:
                 job = _Job(
-                    query=query,
-                    user_id=str(user_id),
-                    limit=limit,
-                    primary_backend=primary_backend,
-                    shadow_backend=shadow_backend,
+                    context=SearchContext(query, str(user_id), limit, primary_backend,
+                                          shadow_backend),
                     primary=snapshot(primary),  # drops the texts the results carry
                     run_shadow=run_shadow,
                 )
@@ -273,48 +288,73 @@ class ShadowRunner:
             except Exception:
                 self._internal_error("publish", "inflight")
             pending = await self._pending()
-            primary_ids = tuple(h.question_id for h in job.primary)
-            shadow: Sequence[RankedHit] | None = None
-            comparison: Comparison | None = None
-            start = time.perf_counter()
-            timer = asyncio.timeout(self.timeout_s)
-            try:
-                async with timer:
-                    shadow = snapshot(await job.run_shadow())
-            except TimeoutError:
-                if timer.expired():
-                    comparison = Comparison.failed(primary_ids, Outcome.TIMEOUT)
-                else:  # the shadow's own TimeoutError (a driver's), not ours
-                    comparison = Comparison.failed(primary_ids, Outcome.ERROR, "TimeoutError")
-            except Exception as exc:
-                comparison = Comparison.failed(primary_ids, Outcome.ERROR, type(exc).__name__)
-            shadow_s = time.perf_counter() - start
-            try:
-                self.metrics.observe_search(job.shadow_backend, "shadow", shadow_s)
-            except Exception:
-                self._internal_error("publish", "observe_search")
-            await self._after_primaries()
-            if comparison is None:
-                assert shadow is not None
-                # read pending rows again: a write that landed while the shadow ran explains it too
-                pending = pending | await self._pending()
-                try:
-                    comparison = classify(
-                        job.primary, shadow, CompareContext(job.query, job.limit, pending)
-                    )
-                except Exception:
-                    self._internal_error("compare", "compare")
-                    return
-            try:
-                self._publish(job, comparison, shadow_s)
-            except Exception:  # each step guards itself; this catches what falls between them
-                self._internal_error("publish", "publish")
+            if self.remote is not None:
+                await self._compare_remote(self.remote, job, pending)
+            else:
+                await self._compare_here(job, pending)
         finally:
             self._inflight -= 1
             try:
                 self.metrics.set_shadow_inflight(self._inflight)
             except Exception:
                 self._internal_error("publish", "inflight")
+
+    async def _compare_here(self, job: _Job, pending: frozenset[uuid.UUID]) -> None:
+        primary_ids = tuple(h.question_id for h in job.primary)
+        shadow: Sequence[RankedHit] | None = None
+        comparison: Comparison | None = None
+        start = time.perf_counter()
+        timer = asyncio.timeout(self.timeout_s)
+        try:
+            if job.run_shadow is None:
+                raise ValueError("no run_shadow for a runner without a remote comparer")
+            async with timer:
+                shadow = snapshot(await job.run_shadow())
+        except TimeoutError:
+            if timer.expired():
+                comparison = Comparison.failed(primary_ids, Outcome.TIMEOUT)
+            else:  # the shadow's own TimeoutError (a driver's), not ours
+                comparison = Comparison.failed(primary_ids, Outcome.ERROR, "TimeoutError")
+        except Exception as exc:
+            comparison = Comparison.failed(primary_ids, Outcome.ERROR, type(exc).__name__)
+        shadow_s = time.perf_counter() - start
+        await self._after_primaries()
+        if comparison is None:
+            assert shadow is not None
+            # read pending rows again: a write that landed while the shadow ran explains it too
+            pending = pending | await self._pending()
+            try:
+                comparison = classify(
+                    job.primary, shadow, CompareContext(job.context.query, job.context.limit,
+                                                        pending)
+                )
+            except Exception:
+                self._observe_search(job, shadow_s)
+                self._internal_error("compare", "compare")
+                return
+        self._publish(job, Compared.of(comparison, shadow_s))
+        self.recorder.record(job.context, comparison, shadow_s)
+
+    async def _compare_remote(
+        self, remote: RemoteComparer, job: _Job, pending: frozenset[uuid.UUID]
+    ) -> None:
+        start = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.timeout_s + REMOTE_GRACE_S):
+                compared = await remote.compare(job.context, job.primary, pending,
+                                                timeout_s=self.timeout_s)
+        except Exception as exc:  # nothing was recorded there: record it here
+            primary_ids = tuple(h.question_id for h in job.primary)
+            if isinstance(exc, TimeoutError):
+                comparison = Comparison.failed(primary_ids, Outcome.TIMEOUT)
+            else:
+                comparison = Comparison.failed(primary_ids, Outcome.ERROR, type(exc).__name__)
+            shadow_s = time.perf_counter() - start
+            self._publish(job, Compared.of(comparison, shadow_s))
+            self.recorder.record(job.context, comparison, shadow_s)
+            return
+        if compared is not None:
+            self._publish(job, compared)
 
     async def _pending(self) -> frozenset[uuid.UUID]:
         if self._pending_rows is None:
@@ -330,88 +370,26 @@ class ShadowRunner:
             self._internal_error("pending", "pending_rows")
             return frozenset()
 
-    def _publish(self, job: _Job, c: Comparison, shadow_s: float) -> None:
-        reason = None if c.reason is None else c.reason.value
+    def _observe_search(self, job: _Job, shadow_s: float | None) -> None:
+        if shadow_s is None:
+            return
+        try:
+            self.metrics.observe_search(job.context.shadow_backend, "shadow", shadow_s)
+        except Exception:
+            self._internal_error("publish", "observe_search")
+
+    def _publish(self, job: _Job, c: Compared) -> None:
+        """The metrics of a comparison (wherever it was made and recorded)."""
+        self._observe_search(job, c.shadow_s)
         try:
             self.metrics.observe_comparison(
-                c.outcome.value, reason, jaccard=c.jaccard, rbo=c.agreement, top1=c.top1
+                c.outcome, c.reason, jaccard=c.jaccard, rbo=c.agreement, top1=c.top1
             )
         except Exception:
             self._internal_error("publish", "metrics")
-        fp = self.fingerprint(job.query)
-        if c.outcome is not Outcome.MATCH:
-            try:
-                self._log_discrepancy(job, c, fp)
-            except Exception:
-                self._internal_error("publish", "log")
-        if self.store is not None:
-            try:
-                self._enqueue(ComparisonRecord(
-                    ts=time.time(), comparison=c, fingerprint=fp,
-                    query=job.query if self.store_query_text else None, user_id=job.user_id,
-                    limit=job.limit, primary_backend=job.primary_backend,
-                    shadow_backend=job.shadow_backend, shadow_ms=shadow_s * 1000.0,
-                ))
-            except Exception:
-                self._internal_error("store", "enqueue")
-
-    def _log_discrepancy(self, job: _Job, c: Comparison, fp: str) -> None:
-        fields: dict[str, Any] = {
-            "fingerprint": fp,
-            "outcome": c.outcome.value,
-            "reason": None if c.reason is None else c.reason.value,
-            "primary_backend": job.primary_backend,
-            "shadow_backend": job.shadow_backend,
-            "limit": job.limit,
-            "primary_ids": [str(x) for x in c.primary_ids],
-        }
-        if self.log_query_text:
-            fields["query"] = job.query
-        if c.outcome is Outcome.MISMATCH:
-            # the ids found on one side only follow from the two lists: logging them too would
-            # double the line, which the caller's process renders (the store keeps both lists)
-            fields.update(
-                shadow_ids=[str(x) for x in c.shadow_ids],
-                jaccard=c.jaccard, rbo=c.rbo, top1=c.top1, kendall_tau=c.kendall_tau,
-                hints=sorted(c.hints),
-            )
-            self._log.warning("shadow.mismatch", **fields)
-        else:
-            self._log.warning("shadow.failed", error=c.detail or None, **fields)
 
     def _internal_error(self, stage: str, what: str) -> None:
-        # the last line of defence: even a broken logger or metric must not escape
-        with contextlib.suppress(Exception):
-            self.metrics.shadow_internal_error(stage)
-        with contextlib.suppress(Exception):
-            self._log.exception("shadow.internal_error", stage=stage, what=what)
-
-    # -- the store ---------------------------------------------------------------------------
-
-    def _enqueue(self, record: ComparisonRecord) -> None:
-        self._buffer.append(record)
-        if len(self._buffer) > MAX_BUFFERED_RECORDS:
-            del self._buffer[: len(self._buffer) - MAX_BUFFERED_RECORDS]
-        if self._flush_task is None or self._flush_task.done():
-            # one flusher at a time; records arriving meanwhile form the next batch
-            loop = asyncio.get_running_loop()
-            task = loop.create_task(self._flush(), name="cutover-shadow-store")
-            self._flush_task = task
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _flush(self) -> None:
-        store = self.store
-        if not self._closed and self.flush_delay_s > 0:
-            # let a batch form: one thread hop and one transaction for many comparisons
-            await asyncio.sleep(self.flush_delay_s)
-            await self._after_primaries()  # the writing thread wants the lock too
-        while self._buffer and store is not None:
-            batch, self._buffer = self._buffer, []
-            try:
-                await asyncio.to_thread(store.add, batch)
-            except Exception:
-                self._internal_error("store", "add")
+        self.recorder.internal_error(stage, what)
 
     # -- closing -----------------------------------------------------------------------------
 
@@ -424,6 +402,8 @@ class ShadowRunner:
             if remaining <= 0:
                 break
             await asyncio.wait(set(self._tasks), timeout=remaining)
+        if not self._tasks:
+            await self.recorder.drain(max(0.0, deadline - time.monotonic()))
         return len(self._tasks)
 
     async def aclose(self, timeout_s: float = 5.0) -> None:
@@ -435,11 +415,7 @@ class ShadowRunner:
                 task.cancel()
             await asyncio.gather(*leftovers, return_exceptions=True)
         # a cancelled task may have left records behind: one last flush, bounded
-        if self._buffer and self.store is not None:
-            try:
-                await asyncio.wait_for(self._flush(), timeout=max(timeout_s, 1.0))
-            except Exception:
-                self._internal_error("store", "final_flush")
+        await self.recorder.aclose(timeout_s)
 
     async def __aenter__(self) -> ShadowRunner:
         return self

@@ -2,20 +2,34 @@
 
 `SearchWorker` spawns one child (the "spawn" start method: no copy of the caller's threads, locks
 or open connections) with its own event loop and its own `SQLiteStore` and `PostgresStore`. The
-parent sends `(request id, backend, query, user id, limit, deadline)` down a socket pair; the
-child runs `store.search(..., highlights=False)` for the requests, `concurrency` at a time (one by
-default), and answers `(request id, ids and match kinds)` or `(request id, error text)`. Both
+parent sends `(op, request id, backend, query, user id, limit, deadline, extra)` down a socket
+pair; the child runs `store.search(..., highlights=False)` for the requests, `concurrency` at a
+time (one by default), and answers:
+
+- `search`: `(request id, ids and match kinds)` or `(request id, error text)`;
+- `compare` (what `ShadowRunner` uses, as its `remote`): the child also compares the shadow's
+  list with the primary's (sent as ids and match kinds) and records the comparison through its
+  own `shadow.recorder.Recorder` (`Recording` says how: the shadow store's file, the salt, the
+  caller's structlog configuration), then answers only the figures the caller's metrics need
+  (`Compared`). Rows with a mirror write pending travel with a batch when they changed; the
+  child compares against those known when the request arrived and when its search ended, as
+  the inline runner reads them before and after. Its own failures travel as
+  `("internal_error", stage)`, which `on_internal_error` counts.
+
+Both
 directions travel in batches: a batch leaves `batch_delay_s` after its first message, so each
 side wakes the other once per batch rather than once per search (why: `BATCH_DELAY_S`). A request
 whose deadline (the caller's `timeout_s` after it was sent, on the machine's monotonic clock)
 passes while it waits is dropped, and a search still running at it is cancelled: nobody waits
-for its answer any more. Comparison reads ids and match
-kinds only, so that is all that crosses back (a question's text can be 100,000 characters): the
-parent returns `shadow.compare.Hit`s, which satisfy `RankedHit`. The parent reads answers from a
+for its answer any more (a `compare` is then recorded as a timeout; one the child finishes more
+than `LATE_S` past its deadline is not recorded there but answered "late", and the caller's
+process records it). Comparison reads ids and match kinds only, so that is all that crosses
+(a question's text can be 100,000 characters). The parent reads answers from a
 reader registered with `loop.add_reader` on the socket (no thread, no polling), so a child that
 dies is noticed at once, busy or idle.
 
-Failures raise `ShadowWorkerError` from `search` (the runner records an `error` comparison):
+Failures raise `ShadowWorkerError` from `search` and `compare` (the runner records an `error`
+comparison):
 the child died (every request waiting fails with `WorkerUnavailable`, and the next request
 starts a new child, at most `MAX_RESTARTS` per `RESTART_WINDOW_S`), too many requests are
 unanswered (`WorkerBusy`, so a stuck child can never fill the socket and block the caller's
@@ -24,7 +38,8 @@ loop on a send), or the store raised in the child (`WorkerSearchFailed`, naming 
 Log events: `shadow_worker.started`, `shadow_worker.died`, `shadow_worker.restart_refused`,
 `shadow_worker.killed` (did not stop within the close timeout).
 
-This module imports nothing of the project on the parent's side; the child imports the stores.
+On the parent's side this module imports only `shadow`'s comparison types; the child imports the
+stores and the recorder.
 """
 
 from __future__ import annotations
@@ -37,8 +52,11 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from types import TracebackType
@@ -47,6 +65,7 @@ from typing import Any
 import structlog
 
 from shadow.compare import Hit
+from shadow.recorder import Compared, SearchContext
 
 #: child restarts allowed within RESTART_WINDOW_S; beyond, requests fail until the window frees
 MAX_RESTARTS = 5
@@ -82,7 +101,46 @@ BATCH_DELAY_S = 0.02
 #: batches alone shed a quarter of the shadows at 250 searches/s.
 SHADOWS_IN_FLIGHT = 32
 
+#: a comparison the child finishes this long past its deadline is not recorded there: it
+#: answers "late" and the caller's process records a timeout (its runner gives up at
+#: `shadow.experiment.REMOTE_GRACE_S`, later than this, so one side records each comparison)
+LATE_S = 0.5
+
 _CLOSE = b""  # the message that asks the child to finish and exit
+
+
+@dataclass(frozen=True)
+class Recording:
+    """How the child records the comparisons it makes (what `shadow.recorder.Recorder` takes).
+
+    `log_config` is the caller's structlog configuration as far as it can travel to another
+    process (`portable_log_config`), so the child's events read like the caller's."""
+
+    salt: bytes
+    store_path: str | None = None
+    log_query_text: bool = False
+    store_query_text: bool = True
+    log_config: dict[str, Any] = field(default_factory=dict)
+
+
+def portable_log_config() -> dict[str, Any]:
+    """This process's structlog configuration, minus what cannot be pickled to a child.
+
+    A print logger on stderr or stdout travels as the stream's name; any other logger factory
+    does not (the child then prints to its stderr, which is the caller's)."""
+    portable: dict[str, Any] = {}
+    for key, value in structlog.get_config().items():
+        if key == "logger_factory":
+            target = getattr(value, "_file", None)
+            if isinstance(value, structlog.PrintLoggerFactory) and target is sys.stdout:
+                portable[key] = "stdout"
+            continue
+        try:
+            pickle.dumps(value)
+        except Exception:
+            continue
+        portable[key] = value
+    return portable
 
 
 class ShadowWorkerError(Exception):
@@ -114,6 +172,8 @@ class SearchWorker:
         max_outstanding: int = MAX_OUTSTANDING, max_restarts: int = MAX_RESTARTS,
         restart_window_s: float = RESTART_WINDOW_S, close_timeout_s: float = 5.0,
         batch_delay_s: float = BATCH_DELAY_S, logger: Any = None,
+        recording: Recording | None = None,
+        on_internal_error: Callable[[str], None] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -129,15 +189,23 @@ class SearchWorker:
         self.restart_window_s = restart_window_s
         self.close_timeout_s = close_timeout_s
         self.batch_delay_s = batch_delay_s
+        #: how the child records comparisons (`compare` needs it)
+        self.recording = recording
+        #: counts a failure of the child's own work (its stage: compare, publish, store)
+        self.on_internal_error = on_internal_error
         self._log = logger if logger is not None else structlog.get_logger("cutover.shadow")
         self._ctx = multiprocessing.get_context("spawn")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._process: Any = None  # the spawn context's Process
         self._conn: Connection | None = None
         self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future[tuple[Hit, ...]]] = {}
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._unanswered: set[int] = set()  # sent to the live child, not answered yet
         self._outgoing: list[tuple[Any, ...]] = []  # requests of the batch not sent yet
+        # rows with a mirror write pending: the newest set `compare` was given, and the last
+        # one sent to the child (a batch carries the set only when it changed)
+        self._pending: frozenset[uuid.UUID] = frozenset()
+        self._pending_sent: frozenset[uuid.UUID] = frozenset()
         self._send_handle: asyncio.TimerHandle | None = None
         self._starts: collections.deque[float] = collections.deque()
         self._refused_logged = False
@@ -185,7 +253,7 @@ class SearchWorker:
         process = self._ctx.Process(
             target=_child_main,
             args=(theirs, self.sqlite_path, self._dsn, self.niceness, self.concurrency,
-                  self.batch_delay_s),
+                  self.batch_delay_s, self.recording),
             name="cutover-shadow-worker", daemon=True,
         )
         try:
@@ -193,6 +261,7 @@ class SearchWorker:
         finally:
             theirs.close()  # the child holds the only other end: its exit is our EOF
         self._process, self._conn = process, ours
+        self._pending_sent = frozenset()  # a new child knows of none
         self._ready = self._loop.create_future()
         self._starts.append(time.monotonic())
         self._refused_logged = False
@@ -241,6 +310,36 @@ class SearchWorker:
 
         Raises `ShadowWorkerError` (and nothing else but cancellation) when it cannot answer.
         """
+        result: tuple[Hit, ...] = await self._request(
+            "search", backend, query, str(user_id), limit, self.timeout_s, None
+        )
+        return result
+
+    async def compare(
+        self, ctx: SearchContext, primary: tuple[Hit, ...], pending: frozenset[uuid.UUID], *,
+        timeout_s: float,
+    ) -> Compared | None:
+        """Search `ctx.shadow_backend` in the child, compare with `primary` and record it there.
+
+        Returns the comparison's figures once it is recorded (the child's shadow error or
+        timeout included), or None when comparing failed there (counted through
+        `on_internal_error`, nothing recorded). Raises `ShadowWorkerError` when the child could
+        not answer and TimeoutError when it answered too late to record (`LATE_S`): then nothing
+        was recorded. `pending` is the set of rows with a mirror write pending now.
+        """
+        if self.recording is None:
+            raise WorkerUnavailable("the shadow worker was started without recording")
+        self._pending = pending
+        extra = (ctx.primary_backend, [(h.question_id.bytes, h.match_kind) for h in primary])
+        result: Compared | None = await self._request(
+            "compare", ctx.shadow_backend, ctx.query, ctx.user_id, ctx.limit, timeout_s, extra
+        )
+        return result
+
+    async def _request(
+        self, op: str, backend: str, query: str, user_id: str, limit: int,
+        timeout_s: float | None, extra: Any,
+    ) -> Any:
         if self._closed or self._loop is None:
             raise WorkerUnavailable("the shadow worker is not running")
         if self._conn is None:
@@ -251,11 +350,11 @@ class SearchWorker:
             raise WorkerBusy(f"{len(self._unanswered)} requests wait for the shadow worker")
         rid = next(self._ids)
         # time.monotonic() is CLOCK_MONOTONIC on Linux: the same clock in the child
-        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
-        self._outgoing.append((rid, backend, query, str(user_id), limit, deadline))
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self._outgoing.append((op, rid, backend, query, user_id, limit, deadline, extra))
         if self._send_handle is None:
             self._send_handle = self._loop.call_later(self.batch_delay_s, self._send_batch)
-        future: asyncio.Future[tuple[Hit, ...]] = self._loop.create_future()
+        future: asyncio.Future[Any] = self._loop.create_future()
         self._unanswered.add(rid)
         self._waiting[rid] = future
         try:
@@ -290,8 +389,13 @@ class SearchWorker:
         conn = self._conn
         if not batch or conn is None:
             return
+        pending: bytes | None = None
+        if self._pending is not self._pending_sent and self._pending != self._pending_sent:
+            # 16 bytes a row: a mirror outage can leave thousands pending
+            pending = b"".join(u.bytes for u in self._pending)
+        self._pending_sent = self._pending
         try:
-            conn.send_bytes(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
+            conn.send_bytes(pickle.dumps((pending, batch), protocol=pickle.HIGHEST_PROTOCOL))
         except OSError as exc:  # fails every request waiting, these included
             self._child_gone(f"send failed: {type(exc).__name__}")
 
@@ -319,12 +423,21 @@ class SearchWorker:
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(None)
             return
+        if kind == "internal_error":
+            if self.on_internal_error is not None:
+                with contextlib.suppress(Exception):
+                    self.on_internal_error(str(body))
+            return
         self._unanswered.discard(rid)
         future = self._waiting.pop(rid, None)
         if future is None or future.done():
             return  # abandoned by its caller (timed out)
         if kind == "ok":
             future.set_result(tuple([Hit(uuid.UUID(bytes=b), k) for b, k in body]))
+        elif kind == "compared":
+            future.set_result(None if body is None else Compared._make(body))
+        elif kind == "late":
+            future.set_exception(TimeoutError("the shadow worker answered past its deadline"))
         else:
             future.set_exception(WorkerSearchFailed(str(body)))
 
@@ -368,7 +481,8 @@ class SearchWorker:
 # -- the child ---------------------------------------------------------------------------------
 
 def _child_main(conn: Connection, sqlite_path: str, dsn: str, niceness: int,
-                concurrency: int = CONCURRENCY, batch_delay_s: float = BATCH_DELAY_S) -> None:
+                concurrency: int = CONCURRENCY, batch_delay_s: float = BATCH_DELAY_S,
+                recording: Recording | None = None) -> None:
     # The parent decides when this process ends (a close message, or its end of the pipe
     # closing): a Ctrl-C in the terminal reaches the whole process group and must not kill it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -385,13 +499,31 @@ def _child_main(conn: Connection, sqlite_path: str, dsn: str, niceness: int,
         os.nice(niceness)
     with contextlib.suppress(AttributeError, OSError):  # not Linux, or not permitted
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    asyncio.run(_serve(conn, sqlite_path, dsn, concurrency, batch_delay_s))
+    if recording is not None:
+        _configure_logging(recording.log_config)
+    asyncio.run(_serve(conn, sqlite_path, dsn, concurrency, batch_delay_s, recording))
+
+
+def _configure_logging(config: dict[str, Any]) -> None:
+    """The caller's structlog configuration (`portable_log_config`), printing to stderr."""
+    config = dict(config)
+    stream = sys.stdout if config.pop("logger_factory", None) == "stdout" else sys.stderr
+    config.setdefault("processors", [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        structlog.processors.JSONRenderer(),
+    ])
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(stream), **config)
 
 
 async def _serve(conn: Connection, sqlite_path: str, dsn: str, concurrency: int,
-                 batch_delay_s: float) -> None:
+                 batch_delay_s: float, recording: Recording | None = None) -> None:
     from proxy.stores.postgres import PostgresStore
     from proxy.stores.sqlite import SQLiteStore
+    from shadow.compare import CompareContext, Comparison, Outcome, classify, snapshot
+    from shadow.recorder import Recorder
+    from shadow.store import ShadowStore
 
     loop = asyncio.get_running_loop()
     # no more connections or reader threads than searches it runs at once
@@ -426,34 +558,107 @@ async def _serve(conn: Connection, sqlite_path: str, dsn: str, concurrency: int,
         if timer is None:
             timer = loop.call_later(batch_delay_s, send_batch)
 
+    recorder: Recorder | None = None
+    shadow_store: ShadowStore | None = None
+    if recording is not None:
+        log = structlog.get_logger("cutover.shadow")
+        if recording.store_path is not None:
+            try:
+                shadow_store = ShadowStore(recording.store_path)
+            except Exception:  # comparisons are still logged and counted, just not kept
+                log.exception("shadow.internal_error", stage="store", what="open")
+                send(("internal_error", 0, "store"))
+        recorder = Recorder(
+            logger=log, salt=recording.salt, store=shadow_store,
+            log_query_text=recording.log_query_text,
+            store_query_text=recording.store_query_text,
+            on_error=lambda stage, what: send(("internal_error", 0, stage)),
+        )
+    pending: frozenset[uuid.UUID] = frozenset()  # the newest set the parent sent
+
     running = asyncio.Semaphore(concurrency)
 
-    async def one(rid: int, backend: str, query: str, user_id: str, limit: int,
-                  deadline: float | None) -> None:
+    async def search(backend: str, query: str, user_id: str, limit: int,
+                     deadline: float | None) -> tuple[list[Any] | None, str, bool, float | None]:
+        """(results, "", False) or (None, "Type: why", whether the deadline stopped it), and
+        the search's own time (None if it never started)."""
         # the loop's clock is time.monotonic() too
         timer = asyncio.timeout_at(deadline)  # None: no deadline
+        started: float | None = None
         try:
             async with running:
                 if deadline is not None and deadline <= time.monotonic():
-                    send(("error", rid, "TimeoutError: expired before it started"))
-                    return
+                    return None, "TimeoutError: expired before it started", True, None
+                started = time.perf_counter()
                 async with timer:
                     results = await stores[backend].search(query, uuid.UUID(user_id), limit,
                                                            highlights=False)
-            send(("ok", rid, [(r.question_id.bytes, r.match_kind) for r in results]))
+            return results, "", False, time.perf_counter() - started
         except TimeoutError as exc:
-            why = "cancelled at its deadline" if timer.expired() else str(exc)
-            send(("error", rid, f"TimeoutError: {why}"[:500]))
+            expired = timer.expired()
+            failure = f"TimeoutError: {'cancelled at its deadline' if expired else exc}"
         except Exception as exc:
-            send(("error", rid, f"{type(exc).__name__}: {exc}"[:500]))
+            expired, failure = False, f"{type(exc).__name__}: {exc}"
+        took = None if started is None else time.perf_counter() - started
+        return None, failure[:500], expired, took
+
+    async def one(rid: int, backend: str, query: str, user_id: str, limit: int,
+                  deadline: float | None) -> None:
+        results, failure, _, _ = await search(backend, query, user_id, limit, deadline)
+        if results is None:
+            send(("error", rid, failure))
+        else:
+            send(("ok", rid, [(r.question_id.bytes, r.match_kind) for r in results]))
+
+    async def compare(rid: int, backend: str, query: str, user_id: str, limit: int,
+                      deadline: float, primary_backend: str,
+                      primary_ids: list[tuple[bytes, str]]) -> None:
+        assert recorder is not None
+        pending_before = pending
+        results, failure, expired, shadow_s = await search(backend, query, user_id, limit,
+                                                           deadline)
+        if time.monotonic() > deadline + LATE_S:
+            send(("late", rid, None))  # the parent may have given up: it records a timeout
+            return
+        primary = tuple([Hit(uuid.UUID(bytes=b), k) for b, k in primary_ids])
+        if results is None:
+            ids = [h.question_id for h in primary]
+            if expired:
+                comparison = Comparison.failed(ids, Outcome.TIMEOUT)
+            else:  # only the type: a message may quote the query
+                comparison = Comparison.failed(ids, Outcome.ERROR, failure.split(":", 1)[0])
+        else:
+            try:
+                # pending rows read again: a write that landed meanwhile explains it too
+                comparison = classify(primary, snapshot(results),
+                                      CompareContext(query, limit, pending_before | pending))
+            except Exception:
+                recorder.internal_error("compare", "compare")
+                send(("compared", rid, None))
+                return
+        recorder.record(SearchContext(query, user_id, limit, primary_backend, backend),
+                        comparison, shadow_s)
+        send(("compared", rid, tuple(Compared.of(comparison, shadow_s))))
 
     def readable() -> None:
+        nonlocal pending
         try:
             message = conn.recv_bytes()  # one batch per wake-up, as in the parent's
             if message == _CLOSE:
                 raise EOFError
-            for request in pickle.loads(message):
-                task = loop.create_task(one(*request))
+            pending_update, batch = pickle.loads(message)
+            if pending_update is not None:
+                pending = frozenset(uuid.UUID(bytes=pending_update[i:i + 16])
+                                    for i in range(0, len(pending_update), 16))
+            for op, rid, backend, query, user_id, limit, deadline, extra in batch:
+                if op == "compare" and recorder is not None:
+                    work = compare(rid, backend, query, user_id, limit, deadline, *extra)
+                elif op == "compare":
+                    send(("error", rid, "RuntimeError: started without recording"))
+                    continue
+                else:
+                    work = one(rid, backend, query, user_id, limit, deadline)
+                task = loop.create_task(work)
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
         except (EOFError, OSError):
@@ -471,9 +676,14 @@ async def _serve(conn: Connection, sqlite_path: str, dsn: str, concurrency: int,
         await done
         if tasks:
             await asyncio.wait(set(tasks), timeout=5.0)
+        if recorder is not None:
+            await recorder.aclose()
         send_batch()  # what the last searches answered (the parent may be gone: no harm)
     finally:
         for store in stores.values():
             with contextlib.suppress(Exception):
                 await store.close()
+        if shadow_store is not None:
+            with contextlib.suppress(Exception):
+                shadow_store.close()
         conn.close()

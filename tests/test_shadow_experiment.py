@@ -21,8 +21,9 @@ import shadow.experiment
 from metrics import Metrics
 from proxy.models import SearchResult
 from shadow import Reason, ShadowRunner, ShadowStore, fingerprint
-from shadow.compare import rbo
+from shadow.compare import Hit, rbo
 from shadow.experiment import QUIET_WAIT_S
+from shadow.recorder import Compared, SearchContext
 
 A, B, C, X = (uuid.UUID(int=i + 1) for i in range(4))
 USER = uuid.UUID(int=99)
@@ -526,3 +527,91 @@ async def test_primary_searches_that_never_pause_delay_a_comparison_by_a_bound_o
         assert time.perf_counter() - started < QUIET_WAIT_S + 1.0
     finally:
         runner.primary_finished()
+
+
+# -- a remote comparer (the worker's child compares and records; this process counts) ---------
+
+class FakeRemote:
+    """Answers `compare` with `answer`, raises `exc`, or sleeps `delay` first."""
+
+    def __init__(self, answer: Compared | None = None, *, exc: BaseException | None = None,
+                 delay: float = 0.0) -> None:
+        self.answer, self.exc, self.delay = answer, exc, delay
+        self.calls: list[tuple[SearchContext, tuple[Hit, ...], frozenset[uuid.UUID], float]] = []
+
+    async def compare(self, ctx: SearchContext, primary: tuple[Hit, ...],
+                      pending: frozenset[uuid.UUID], *, timeout_s: float) -> Compared | None:
+        self.calls.append((ctx, primary, pending, timeout_s))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.exc is not None:
+            raise self.exc
+        return self.answer
+
+
+async def test_a_remote_comparison_is_counted_here_and_recorded_there(
+    m: Metrics, tmp_path: Path
+) -> None:
+    """The caller's process only observes the figures; the log line and the store row are the
+    remote side's. The runner's own `run_shadow` is never needed."""
+    remote = FakeRemote(Compared("mismatch", "fuzzy_only", 0.0, 1.0, False, 0.004))
+    with ShadowStore(tmp_path / "s.db") as store, capture_logs() as logs:
+        runner = ShadowRunner(m, sample_rate=1.0, timeout_s=0.5, store=store,
+                              pending_rows=lambda: frozenset({X}), remote=remote)
+        assert runner.submit("jsno", user_id=USER, limit=5, primary_backend="sqlite",
+                             primary_results=hits(A, B))
+        await runner.aclose()
+        assert store.counts() == (0, 0)
+    [(ctx, primary, pending, timeout_s)] = remote.calls
+    assert ctx == SearchContext("jsno", str(USER), 5, "sqlite", "postgres")
+    assert [h.question_id for h in primary] == [A, B] and pending == {X} and timeout_s == 0.5
+    assert outcome(m, "mismatch") == 1
+    assert value(m, "cutover_shadow_discrepancies_total", reason="fuzzy_only") == 1
+    assert value(m, "cutover_shadow_rank_agreement_count") == 1
+    assert value(m, "cutover_shadow_rank_agreement_sum") == 1.0
+    assert value(m, "cutover_search_duration_seconds_sum", backend="postgres",
+                 role="shadow") == pytest.approx(0.004)
+    assert [e for e in logs if e["event"].startswith("shadow.")] == []
+
+
+@pytest.mark.parametrize("failure", ["raises", "silent", "late"])
+async def test_a_remote_comparison_that_records_nothing_is_recorded_here_once(
+    m: Metrics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    """The child gone (raises), never answering (silent: the runner gives up at its timeout
+    plus REMOTE_GRACE_S) or answering too late to record (TimeoutError): this process records
+    the error or timeout, once."""
+    monkeypatch.setattr(shadow.experiment, "REMOTE_GRACE_S", 0.1)
+    remote = {
+        "raises": FakeRemote(exc=ConnectionResetError("the child died")),
+        "silent": FakeRemote(Compared("match", None, 1.0, 1.0, True, 0.001), delay=5.0),
+        "late": FakeRemote(exc=TimeoutError("answered past its deadline")),
+    }[failure]
+    with ShadowStore(tmp_path / "s.db") as store, capture_logs() as logs:
+        runner = ShadowRunner(m, sample_rate=1.0, timeout_s=0.1, store=store, remote=remote)
+        assert runner.submit("json", user_id=USER, limit=5, primary_backend="sqlite",
+                             primary_results=hits(A))
+        assert await runner.drain(3.0) == 0
+        await runner.aclose()
+        [mismatch] = store.recent_mismatches(10)
+    expected = "error" if failure == "raises" else "timeout"
+    assert outcome(m, expected) == 1 and outcome(m, "match") == 0
+    assert mismatch.outcome.value == expected and mismatch.primary_ids == (A,)
+    assert mismatch.detail == ("ConnectionResetError" if failure == "raises" else "")
+    assert [e["event"] for e in logs] == ["shadow.failed"]
+
+
+async def test_a_comparison_that_failed_remotely_is_neither_counted_nor_recorded_here(
+    m: Metrics, tmp_path: Path
+) -> None:
+    """None: comparing failed on the remote side, which counted it (as the inline runner counts
+    a failure of `classify`); there is no outcome to count."""
+    with ShadowStore(tmp_path / "s.db") as store:
+        runner = ShadowRunner(m, sample_rate=1.0, timeout_s=0.5, store=store,
+                              remote=FakeRemote(None))
+        assert runner.submit("json", user_id=USER, limit=5, primary_backend="sqlite",
+                             primary_results=hits(A))
+        await runner.aclose()
+        assert store.counts() == (0, 0)
+    assert sum(outcome(m, o) for o in ("match", "mismatch", "error", "timeout")) == 0
+    assert runner.in_flight == 0

@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sqlite3
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -18,11 +19,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
+import shadow.experiment
 from config import Settings
+from metrics import Metrics
 from proxy import open_repository
 from proxy.repository import Repository
-from shadow import snapshot
-from shadow.worker import SearchWorker, WorkerSearchFailed, WorkerUnavailable
+from shadow import ShadowRunner, ShadowStore, snapshot
+from shadow.compare import Hit
+from shadow.recorder import SearchContext
+from shadow.worker import Recording, SearchWorker, WorkerSearchFailed, WorkerUnavailable
 
 QUERIES = ["json", "json dumps", "jsno", "学習", "習と", "file python", "zebra", "serialize 学習"]
 
@@ -54,7 +59,7 @@ async def seed(repo: Repository) -> tuple[uuid.UUID, uuid.UUID]:
 
 
 def worker_of(repo: Repository) -> SearchWorker:
-    owner = getattr(repo.shadow_search, "__self__", None)
+    owner = repo.shadow.remote if repo.shadow is not None else None
     assert isinstance(owner, SearchWorker), "open_repository did not wire the worker"
     return owner
 
@@ -309,7 +314,7 @@ async def test_searches_sent_together_travel_as_one_batch_each_way(
         results = await asyncio.gather(*(worker.search(backend, "json", aiko, 20)
                                          for backend in ("postgres", "sqlite") * 3))
         assert [len(hits) for hits in results] == [2] * 6
-        assert [len(pickle.loads(p)) for p in sent] == [6]
+        assert [len(pickle.loads(p)[1]) for p in sent] == [6]  # (pending rows, requests)
         # six searches of eight rows take far less than the child's 0.2 s batch delay
         assert [len(pickle.loads(m)) for m in received] == [6]
 
@@ -337,3 +342,121 @@ async def test_the_runner_feeding_the_worker_takes_a_burst_of_24_shadows(
         assert registry.get_sample_value("cutover_shadow_shed_total") == 0.0
         assert after["match"] + after["mismatch"] - before["match"] - before["mismatch"] == 24
         assert after["error"] == after["timeout"] == 0.0
+
+
+# -- comparing and recording in the child ---------------------------------------------------------
+
+def recording(store_path: Path) -> Recording:
+    with ShadowStore(store_path) as store:  # creates the file and its salt, as the service does
+        salt = store.salt
+    return Recording(salt=salt, store_path=str(store_path))
+
+
+async def test_the_child_logs_and_stores_a_mismatch_the_callers_process_only_counts(
+    settings: Settings, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    registry = CollectorRegistry()
+    store_path = tmp_path / "shadow.db"
+    async with open_repository(settings, registry=registry, shadow_store_path=store_path) as repo:
+        aiko, _ = await seed(repo)
+        assert repo.shadow is not None
+        worker_of(repo)
+        capfd.readouterr()
+        # FTS5 has no match for the typo; PostgreSQL corrects it
+        assert await repo.search_questions("jsno", user_id=aiko) == []
+        assert await repo.shadow.drain(60.0) == 0
+        fp = repo.shadow.fingerprint("jsno")
+    assert outcomes(registry) == {"match": 0, "mismatch": 1, "error": 0, "timeout": 0}
+    assert registry.get_sample_value("cutover_shadow_discrepancies_total",
+                                     {"reason": "fuzzy_only"}) == 1.0
+    assert registry.get_sample_value("cutover_search_duration_seconds_count",
+                                     {"backend": "postgres", "role": "shadow"}) == 1.0
+    with ShadowStore(store_path) as store:  # the child's write, flushed when it closed
+        [mismatch] = store.recent_mismatches(10)
+    assert (mismatch.reason.value, mismatch.fingerprint, mismatch.query) == (
+        "fuzzy_only", fp, "jsno")
+    assert len(mismatch.shadow_ids) == 2 and mismatch.primary_ids == ()
+    out, err = capfd.readouterr()
+    # the event is the child's (on the stderr it shares), with the fingerprint, not the query
+    [line] = [x for x in err.splitlines() if "shadow.mismatch" in x]
+    assert fp in line and "jsno" not in line
+    assert "shadow.mismatch" not in out
+
+
+async def test_pending_rows_reach_the_child_and_explain_a_stale_mirror(
+    sqlite_path: Path, pg_dsn: str, settings: Settings, tmp_path: Path
+) -> None:
+    async with open_repository(settings, registry=CollectorRegistry()) as repo:
+        aiko, _ = await seed(repo)
+        expected = snapshot(await repo.stores["sqlite"].search("json", aiko, 20))
+    store_path = tmp_path / "shadow.db"
+    stale = uuid.uuid4()  # on the primary only: its mirror write is pending
+    ctx = SearchContext("json", str(aiko), 20, "sqlite", "postgres")
+    async with SearchWorker(sqlite_path, pg_dsn, recording=recording(store_path)) as worker:
+        got = [await worker.compare(ctx, (*expected, Hit(stale, "fts")), pending,
+                                    timeout_s=30.0)
+               for pending in (frozenset({stale}), frozenset())]
+        got.append(await worker.compare(ctx, expected, frozenset(), timeout_s=30.0))
+    assert [c[:2] if c is not None else None for c in got] == [
+        ("mismatch", "stale_mirror"), ("mismatch", "unexplained"), ("match", None)]
+    assert all(c is not None and c.shadow_s is not None and c.shadow_s > 0 for c in got)
+    with ShadowStore(store_path) as store:
+        assert store.counts() == (3, 2)
+
+
+async def test_a_store_failure_in_the_child_is_counted_by_the_callers_process(
+    settings: Settings, tmp_path: Path
+) -> None:
+    store_path = tmp_path / "shadow.db"
+    recording(store_path)
+    with sqlite3.connect(store_path) as conn:  # every write of the store fails
+        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON comparisons "
+                     "BEGIN SELECT RAISE(ABORT, 'injected'); END")
+    registry = CollectorRegistry()
+    async with open_repository(settings, registry=registry, shadow_store_path=store_path) as repo:
+        aiko, _ = await seed(repo)
+        assert repo.shadow is not None
+        expected = await repo.stores["sqlite"].search("json", aiko, 20)
+        assert await repo.search_questions("json", user_id=aiko) == expected
+        await repo.shadow.drain(60.0)
+        await until(lambda: (registry.get_sample_value(
+            "cutover_shadow_internal_errors_total", {"stage": "store"}) or 0) >= 1,
+            "the child's store failure to be counted")
+        assert outcomes(registry)["match"] == 1
+
+
+@pytest.mark.parametrize("stopped_s", [1.0, 2.0])
+async def test_a_child_too_late_to_record_leaves_the_record_to_the_callers_process(
+    sqlite_path: Path, pg_dsn: str, settings: Settings, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, stopped_s: float,
+) -> None:
+    """Stopped past its deadline plus LATE_S, the child answers "late" and records nothing
+    (1 s); stopped past the runner's patience too, its answer finds nobody waiting (2 s).
+    Either way, one timeout is recorded, by the caller's process."""
+    monkeypatch.setattr(shadow.experiment, "REMOTE_GRACE_S", 1.5)  # timeout + 1.5 = 1.7 s
+    async with open_repository(settings, registry=CollectorRegistry()) as repo:
+        aiko, _ = await seed(repo)
+        primary = await repo.stores["sqlite"].search("json", aiko, 20)
+    store_path = tmp_path / "shadow.db"
+    m = Metrics(CollectorRegistry())
+    async with SearchWorker(sqlite_path, pg_dsn, recording=recording(store_path)) as worker:
+        with ShadowStore(store_path) as store:
+            runner = ShadowRunner(m, sample_rate=1.0, timeout_s=0.2, store=store, remote=worker)
+            pid = worker.pid
+            assert pid is not None
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                assert runner.submit("json", user_id=aiko, limit=20, primary_backend="sqlite",
+                                     primary_results=primary)
+                await asyncio.sleep(stopped_s)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            assert await runner.drain(10.0) == 0
+            await runner.aclose()
+            await until(lambda: not worker._unanswered, "the child's answer")
+    assert m.registry.get_sample_value("cutover_shadow_comparisons_total",
+                                       {"outcome": "timeout"}) == 1.0
+    with ShadowStore(store_path) as store:
+        assert store.counts() == (1, 1)
+        [record] = store.recent_mismatches(10)
+    assert record.outcome.value == "timeout"
