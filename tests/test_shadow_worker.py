@@ -4,11 +4,14 @@ shadow errors only (never the caller's search), it comes back, and closing leave
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import multiprocessing
 import os
 import pickle
 import signal
 import sqlite3
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +19,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+import structlog
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
@@ -27,7 +31,14 @@ from proxy.repository import Repository
 from shadow import ShadowRunner, ShadowStore, snapshot
 from shadow.compare import Hit
 from shadow.recorder import SearchContext
-from shadow.worker import Recording, SearchWorker, WorkerSearchFailed, WorkerUnavailable
+from shadow.worker import (
+    Recording,
+    SearchWorker,
+    WorkerSearchFailed,
+    WorkerUnavailable,
+    _configure_logging,
+    portable_log_config,
+)
 
 QUERIES = ["json", "json dumps", "jsno", "学習", "習と", "file python", "zebra", "serialize 学習"]
 
@@ -460,3 +471,39 @@ async def test_a_child_too_late_to_record_leaves_the_record_to_the_callers_proce
         assert store.counts() == (1, 1)
         [record] = store.recent_mismatches(10)
     assert record.outcome.value == "timeout"
+
+
+def test_the_log_configuration_travels_as_far_as_it_pickles(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The child logs with the caller's processors and level; what cannot be pickled stays
+    behind, and the child then prints JSON lines to the stderr it shares with the caller."""
+
+    class Unpicklable:
+        def __call__(self, logger: Any, name: str, event: Any) -> Any:
+            return event
+
+        def __reduce__(self) -> Any:
+            raise TypeError("not picklable")
+
+    saved = structlog.get_config()
+    try:
+        structlog.configure(
+            processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
+            logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        )
+        config = portable_log_config()
+        assert config["logger_factory"] == "stdout" and len(config["processors"]) == 2
+        pickle.dumps(config)
+
+        structlog.configure(processors=[Unpicklable()],
+                            logger_factory=structlog.PrintLoggerFactory(io.StringIO()))
+        config = portable_log_config()
+        assert "processors" not in config and "logger_factory" not in config
+        _configure_logging(pickle.loads(pickle.dumps(config)))  # what the child does with it
+        structlog.get_logger("cutover.shadow").warning("shadow.mismatch", fingerprint="ab")
+        line = json.loads(capsys.readouterr().err)
+        assert (line["event"], line["fingerprint"], line["level"]) == (
+            "shadow.mismatch", "ab", "warning")
+    finally:
+        structlog.configure(**saved)
