@@ -330,7 +330,8 @@ class SearchWorker:
         if self.recording is None:
             raise WorkerUnavailable("the shadow worker was started without recording")
         self._pending = pending
-        extra = (ctx.primary_backend, [(h.question_id.bytes, h.match_kind) for h in primary])
+        # the UUIDs' ints: a plain attribute (`.bytes` is computed on each read)
+        extra = (ctx.primary_backend, [(h.question_id.int, h.match_kind) for h in primary])
         result: Compared | None = await self._request(
             "compare", ctx.shadow_backend, ctx.query, ctx.user_id, ctx.limit, timeout_s, extra
         )
@@ -612,7 +613,7 @@ async def _serve(conn: Connection, sqlite_path: str, dsn: str, concurrency: int,
 
     async def compare(rid: int, backend: str, query: str, user_id: str, limit: int,
                       deadline: float, primary_backend: str,
-                      primary_ids: list[tuple[bytes, str]]) -> None:
+                      primary_ids: list[tuple[int, str]]) -> None:
         assert recorder is not None
         pending_before = pending
         results, failure, expired, shadow_s = await search(backend, query, user_id, limit,
@@ -620,7 +621,7 @@ async def _serve(conn: Connection, sqlite_path: str, dsn: str, concurrency: int,
         if time.monotonic() > deadline + LATE_S:
             send(("late", rid, None))  # the parent may have given up: it records a timeout
             return
-        primary = tuple([Hit(uuid.UUID(bytes=b), k) for b, k in primary_ids])
+        primary = tuple([Hit(uuid.UUID(int=i), k) for i, k in primary_ids])
         if results is None:
             ids = [h.question_id for h in primary]
             if expired:
