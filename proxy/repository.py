@@ -49,7 +49,7 @@ from proxy.validation import parse_id
 from shadow import RankedHit, ShadowRunner, ShadowStore
 from shadow.experiment import DEFAULT_MAX_CONCURRENCY
 from shadow.verdict import MirrorFigures, OutboxFigures, Verdict, refresh_ready
-from shadow.worker import SHADOWS_IN_FLIGHT, Recording, SearchWorker, portable_log_config
+from shadow.worker import SHADOWS_IN_FLIGHT, Recording, SearchWorker
 
 log = structlog.get_logger("cutover.repository")
 T = TypeVar("T")
@@ -668,8 +668,7 @@ async def open_repository(
             # the child searches, compares and records (log lines, the store's rows) itself
             worker = SearchWorker(
                 settings.sqlite_path, dsn, timeout_s=settings.shadow_timeout_ms / 1000,
-                recording=Recording(salt=shadow_store.salt, store_path=str(shadow_store.path),
-                                    log_config=portable_log_config()),
+                recording=Recording.like(repo.shadow.recorder),
                 on_internal_error=metrics.shadow_internal_error,
             )
             await worker.start()

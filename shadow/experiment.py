@@ -332,8 +332,7 @@ class ShadowRunner:
                 self._observe_search(job, shadow_s)
                 self._internal_error("compare", "compare")
                 return
-        self._publish(job, Compared.of(comparison, shadow_s))
-        self.recorder.record(job.context, comparison, shadow_s)
+        self._finish(job, comparison, shadow_s)
 
     async def _compare_remote(
         self, remote: RemoteComparer, job: _Job, pending: frozenset[uuid.UUID]
@@ -349,9 +348,7 @@ class ShadowRunner:
                 comparison = Comparison.failed(primary_ids, Outcome.TIMEOUT)
             else:
                 comparison = Comparison.failed(primary_ids, Outcome.ERROR, type(exc).__name__)
-            shadow_s = time.perf_counter() - start
-            self._publish(job, Compared.of(comparison, shadow_s))
-            self.recorder.record(job.context, comparison, shadow_s)
+            self._finish(job, comparison, time.perf_counter() - start)
             return
         if compared is not None:
             self._publish(job, compared)
@@ -377,6 +374,11 @@ class ShadowRunner:
             self.metrics.observe_search(job.context.shadow_backend, "shadow", shadow_s)
         except Exception:
             self._internal_error("publish", "observe_search")
+
+    def _finish(self, job: _Job, comparison: Comparison, shadow_s: float) -> None:
+        """Count and record a comparison made here."""
+        self._publish(job, Compared.of(comparison, shadow_s))
+        self.recorder.record(job.context, comparison, shadow_s)
 
     def _publish(self, job: _Job, c: Compared) -> None:
         """The metrics of a comparison (wherever it was made and recorded)."""

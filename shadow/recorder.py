@@ -89,7 +89,7 @@ class Recorder:
         self.store_query_text = store_query_text
         self.flush_delay_s = flush_delay_s
         self._log = logger
-        self._salt = salt
+        self.salt = salt  # keys the fingerprints; the worker's child takes the same
         self._on_error = on_error
         self._before_flush = before_flush  # the runner waits for its primaries to finish
         self._buffer: list[ComparisonRecord] = []
@@ -97,7 +97,7 @@ class Recorder:
         self._closing = False
 
     def fingerprint(self, query: str) -> str:
-        return fingerprint(query, self._salt)
+        return fingerprint(query, self.salt)
 
     def record(self, ctx: SearchContext, c: Comparison, shadow_s: float | None) -> None:
         """Log a discrepancy and queue the store row; never raises."""

@@ -38,8 +38,8 @@ loop on a send), or the store raised in the child (`WorkerSearchFailed`, naming 
 Log events: `shadow_worker.started`, `shadow_worker.died`, `shadow_worker.restart_refused`,
 `shadow_worker.killed` (did not stop within the close timeout).
 
-On the parent's side this module imports only `shadow`'s comparison types; the child imports the
-stores and the recorder.
+On the parent's side this module imports only `shadow`'s own modules (the comparison types, the
+recorder's, the store's caps); the child imports the stores too.
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ from typing import Any
 import structlog
 
 from shadow.compare import Hit
-from shadow.recorder import Compared, SearchContext
+from shadow.recorder import Compared, Recorder, SearchContext
+from shadow.store import DEFAULT_MAX_COMPARISONS, DEFAULT_MAX_MISMATCHES
 
 #: child restarts allowed within RESTART_WINDOW_S; beyond, requests fail until the window frees
 MAX_RESTARTS = 5
@@ -118,9 +119,26 @@ class Recording:
 
     salt: bytes
     store_path: str | None = None
+    max_comparisons: int = DEFAULT_MAX_COMPARISONS
+    max_mismatches: int = DEFAULT_MAX_MISMATCHES
     log_query_text: bool = False
     store_query_text: bool = True
     log_config: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def like(cls, recorder: Recorder) -> Recording:
+        """The child records as `recorder` does (its salt, store file and caps, options), and
+        logs in this process's structlog configuration."""
+        store = recorder.store
+        return cls(
+            salt=recorder.salt,
+            store_path=None if store is None else str(store.path),
+            max_comparisons=DEFAULT_MAX_COMPARISONS if store is None else store.max_comparisons,
+            max_mismatches=DEFAULT_MAX_MISMATCHES if store is None else store.max_mismatches,
+            log_query_text=recorder.log_query_text,
+            store_query_text=recorder.store_query_text,
+            log_config=portable_log_config(),
+        )
 
 
 def portable_log_config() -> dict[str, Any]:
@@ -565,7 +583,9 @@ async def _serve(conn: Connection, sqlite_path: str, dsn: str, concurrency: int,
         log = structlog.get_logger("cutover.shadow")
         if recording.store_path is not None:
             try:
-                shadow_store = ShadowStore(recording.store_path)
+                shadow_store = ShadowStore(recording.store_path,
+                                           max_comparisons=recording.max_comparisons,
+                                           max_mismatches=recording.max_mismatches)
             except Exception:  # comparisons are still logged and counted, just not kept
                 log.exception("shadow.internal_error", stage="store", what="open")
                 send(("internal_error", 0, "store"))
