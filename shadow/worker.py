@@ -545,7 +545,8 @@ async def _serve(conn: Connection, sqlite_path: str, dsn: str, concurrency: int,
     from shadow.store import ShadowStore
 
     loop = asyncio.get_running_loop()
-    # no more connections or reader threads than searches it runs at once
+    # no more connections or reader threads than searches it runs at once (a store of one
+    # connection holds it rather than pooling it: less CPU a search)
     stores: dict[str, Any] = {
         "sqlite": SQLiteStore(sqlite_path, readers=concurrency),
         "postgres": PostgresStore(dsn, min_size=1, max_size=concurrency),
