@@ -57,8 +57,13 @@ LOAD_CONCURRENCY = 8
 
 async def load(store: AnyStore, corpus: Corpus) -> float:
     """Insert the corpus through the store's own insert path; return the seconds it took."""
+    return await load_rows(store, corpus_rows(corpus))
+
+
+async def load_rows(store: AnyStore, rows: dict[str, list[dict[str, Any]]]) -> float:
+    """Insert `rows` (by entity name, as `corpus_rows` gives them) through the store's own
+    insert path, then analyze as autovacuum would; return the seconds it took."""
     start = time.perf_counter()
-    rows = corpus_rows(corpus)
     for entity_name in ("user", "study_book"):
         for row in rows[entity_name]:
             await store.insert_row(BY_NAME[entity_name], row, version=1)

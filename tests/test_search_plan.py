@@ -114,9 +114,10 @@ def _explain_nodes(raw: str) -> list[dict[str, Any]]:
     return list(_nodes(json.loads(raw)[0]["Plan"]))
 
 
-async def _generic_plan(conn: asyncpg.Connection, sql: str,
-                        args: tuple[Any, ...]) -> list[dict[str, Any]]:
-    """The nodes of the generic plan of the search statement `sql` for `args`."""
+async def _generic_plan(conn: asyncpg.Connection, sql: str, args: tuple[Any, ...], *,
+                        analyze: bool = False) -> list[dict[str, Any]]:
+    """The nodes of the generic plan of the search statement `sql` for `args` (run, with
+    `analyze`)."""
     terms, text, user, limit = args
     await conn.execute(f"PREPARE s(text[], text, uuid, int) AS {sql}")
     await conn.execute("SET plan_cache_mode = force_generic_plan")
@@ -124,7 +125,8 @@ async def _generic_plan(conn: asyncpg.Connection, sql: str,
               _literal(text), f"'{user}'", str(limit)]
     try:
         return _explain_nodes(
-            await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE s({', '.join(values)})"))
+            await conn.fetchval(f"EXPLAIN ({'ANALYZE, ' if analyze else ''}FORMAT JSON) "
+                                f"EXECUTE s({', '.join(values)})"))
     finally:
         await conn.execute("DEALLOCATE s")
         await conn.execute("RESET plan_cache_mode")
@@ -327,3 +329,46 @@ async def test_fuzzy_branch_finds_only_the_users_questions(pg_store: PostgresSto
         "SELECT q.id FROM questions q JOIN study_books b ON b.id = q.study_book_id "
         "WHERE b.user_id = $1", me.id)}
     assert {h.question_id for h in hits} <= mine
+
+
+async def test_a_users_search_scans_the_full_text_index_once(pg_store: PostgresStore,
+                                                             pg_dsn: str) -> None:
+    """Among many users, one user's search reads the full-text index once per branch and the
+    table only where the user's study books meet the index's matches. Joined to the study books
+    instead, the plans read every user's matching rows (here 6,300 for my 300), or scanned the
+    whole index once per study book of the user (on 105,600 questions of 160 users, `what is a
+    set for` took 237 ms)."""
+    me = await pg_store.create_user(name="me", email="me@example.com")
+    others = [await pg_store.create_user(name=f"o{i}", email=f"o{i}@example.com")
+              for i in range(20)]
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        for user, n in [(me.id, 30)] + [(o.id, 30) for o in others]:
+            books = await conn.fetch("INSERT INTO study_books (user_id, title) SELECT $1, "
+                                     "'b' || n FROM generate_series(1, $2::int) n RETURNING id",
+                                     user, n)
+            await conn.execute(
+                "INSERT INTO questions (study_book_id, language, category, difficulty, "
+                "question, answer) SELECT b, 'en', 'c', 'd', 'How does struct.pack work ' || n, "
+                "'It packs values into bytes' FROM unnest($1::uuid[]) b, "
+                "generate_series(1, 10) n", [r["id"] for r in books])
+        await conn.execute("VACUUM ANALYZE")
+        await conn.execute(f"SET pg_trgm.word_similarity_threshold = {FUZZY_THRESHOLD}")
+        for query in ("pack work", "strct work"):  # full text; a typo of each word (fuzzy)
+            sql, args = search_statement(parse_query(query), me.id, 20)
+            nodes = await _generic_plan(conn, sql, args, analyze=True)
+            scans = [n for n in nodes if n.get("Index Name") == "idx_questions_search_vector"
+                     and n["Actual Loops"] > 0]
+            assert scans and all(n["Actual Loops"] == 1 for n in scans), (query, scans)
+            heap = [n for n in nodes if n.get("Relation Name") == "questions"
+                    and n["Actual Loops"] > 0]
+            assert heap and all(n["Actual Rows"] * n["Actual Loops"] <= 300 for n in heap), heap
+    finally:
+        await conn.close()
+    mine = {r["id"] for r in await pg_store._fetch(
+        "SELECT q.id FROM questions q JOIN study_books b ON b.id = q.study_book_id "
+        "WHERE b.user_id = $1", me.id)}
+    for query, kind in (("pack work", "fts"), ("strct work", "fuzzy")):
+        hits = await pg_store.search_questions(query, user_id=me.id)
+        assert len(hits) == 20 and {h.match_kind for h in hits} == {kind}
+        assert {h.question_id for h in hits} <= mine
