@@ -46,12 +46,13 @@ ordered by class, so what completes there is not the query mix.
 Prints per load model and side: p50/p95 of the caller-visible search latency, the shadows shed
 (at the runner's bound: 32 in flight with the worker child, 8 inline) and the shadows that timed
 out or failed (the worker's child runs at idle priority: a shadow starved of CPU would show
-there, not as a faster primary), then the p50 and p95 ratios (100% / off) and a 90 % interval of
-the open loop's p50 ratio (its slices' pairs of blocks resampled: `ratio_interval`), the CPU time per
-search of the caller's process and of the whole machine (the shadows' cost: the worker's and
-PostgreSQL's share too), and the host's steal over each side's blocks (a virtual machine's CPUs
-waiting for the host; it was a little higher on the shadowed side in most runs, presumably as
-more CPUs are busy, and a run with much more on one side was disturbed from outside). Target:
+there, not as a faster primary), then the p50 and p95 ratios (100% / off) and a 90 % interval
+of the open loop's p50 ratio (its slices' pairs of blocks resampled: `ratio_interval`), the CPU
+time per search of the caller's process and of the whole machine (the shadows' cost: the
+worker's and PostgreSQL's share too), and the host's steal over each side's blocks (a virtual
+machine's CPUs waiting for the host; it was a little higher on the shadowed side in most runs,
+presumably as more CPUs are busy, and a run with much more on one side was disturbed from
+outside). Target:
 the open loop's p50 ratio <= 1.05. Only the primary's latency is measured; the shadows' own
 latency is not a caller's.
 """

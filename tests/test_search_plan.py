@@ -337,7 +337,7 @@ async def test_a_users_search_scans_the_full_text_index_once(pg_store: PostgresS
     table only where the user's study books meet the index's matches. Joined to the study books
     instead, the plans read every user's matching rows (here 6,300 for my 300), or scanned the
     whole index once per study book of the user (on 105,600 questions of 160 users, `what is a
-    set for` took 237 ms)."""
+    set for` took 271 ms: bench/tenants.py)."""
     me = await pg_store.create_user(name="me", email="me@example.com")
     others = [await pg_store.create_user(name=f"o{i}", email=f"o{i}@example.com")
               for i in range(20)]

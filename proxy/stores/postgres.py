@@ -107,7 +107,8 @@ class _OneConnection:
     """A pool of one connection, held: callers take turns on it (a lock), as they would wait
     for a pool of one, without asyncpg's pool machinery per call (a task to release, timers, a
     few more turns of the loop). The shadow worker's child runs one search at a time on one of
-    these: its CPU per PostgreSQL search fell from 0.53 to 0.37-0.44 ms (bench/shadow_cost.py).
+    these: its CPU per PostgreSQL search fell from 0.48-0.50 to 0.33-0.35 ms (bench/shadow_cost.py,
+    alternating with the pool).
 
     The connection opens on first use and again after it closed (a server restart, a
     terminated backend). On release a transaction left open is rolled back (`reset`); a
@@ -129,7 +130,7 @@ class _OneConnection:
             if self._conn is None or self._conn.is_closed():
                 self._conn = None
                 async with asyncio.timeout(timeout):
-                    conn = await asyncpg.connect(self._dsn, command_timeout=30,
+                    conn = await asyncpg.connect(self._dsn, timeout=10, command_timeout=30,
                                                  connection_class=_Connection)
                     await _init_connection(conn)
                 self._conn = conn
@@ -475,7 +476,7 @@ def _in_users_books(user_param: str) -> str:
     the study books'), so the table is read only for the user's matches. Joined to the study
     books, a full-text branch read every user's matches, or scanned the GIN index once per
     study book of the user: on 105,600 questions of 160 users (bench/tenants.py) a search's
-    p95 was 41.8 ms and `what is a set for` 237 ms."""
+    p95 was 70.8 ms (3.95 ms as a filter) and `what is a set for` 271 ms (11 ms)."""
     return ("q.study_book_id = ANY (ARRAY(SELECT b.id FROM study_books b "
             f"WHERE b.user_id = {user_param}))")
 
