@@ -9,7 +9,9 @@ through one connection (PostgreSQL) or one reader thread (SQLite). Per query cla
 prints the wall time and this process's CPU per search and, for PostgreSQL on this machine, the
 CPU of the server process that served them (from `/proc/<pid>/stat`; "n/a" for a server
 elsewhere). Last, PostgreSQL's search statements run once more as they are and wrapped to return
-ids only: what carrying the candidates' texts (the shared ranking reads them) costs both sides.
+ids only: what carrying the candidates' texts (the shared ranking reads them) costs both sides;
+and as they are, PIPELINE of them a round trip (asyncpg's `fetchmany`): what a round trip per
+search costs both sides.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from proxy.stores.searchtext import parse_query
 from proxy.stores.sqlite import SQLiteStore
 
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+PIPELINE = 5  # statements a round trip in the pipelined measurement (about a shadow batch's)
 
 
 def process_cpu_s(pid: int) -> float | None:
@@ -147,6 +150,26 @@ async def measure(pg: PostgresStore, sq: SQLiteStore, corpus: Corpus, queries: l
         for _ in range(repeat):
             cost.add(await timed(pid if local else None, calls))
         print(cost.line(label, local))
+    # the same statements, PIPELINE of them (one statement, its own parameters) a round trip
+    groups: dict[str, list[tuple[Any, ...]]] = {}
+    for q in queries:
+        parsed = parse_query(q.text)
+        if not parsed.empty and parsed.terms:
+            sql, args = search_statement(parsed, corpus.users[q.user], 20)
+            groups.setdefault(sql, []).append(args)
+
+    async def pipelined(sql: str, batch: list[tuple[Any, ...]]) -> None:
+        async with (await pg._get_pool()).acquire() as conn:
+            await conn.fetchmany(sql, batch)
+
+    batched: list[Callable[[], Awaitable[object]]] = [
+        lambda sql=sql, batch=argl[i:i + PIPELINE]: pipelined(sql, batch)
+        for sql, argl in groups.items() for i in range(0, len(argl), PIPELINE)]
+    cost = Cost()
+    for _ in range(repeat):
+        cost.add(await timed(pid if local else None, batched))
+    cost.n = repeat * sum(len(argl) for argl in groups.values())  # per statement, not per trip
+    print(cost.line(f"{PIPELINE} a trip", local))
 
 
 def main() -> None:
