@@ -132,6 +132,23 @@ async def _generic_plan(conn: asyncpg.Connection, sql: str, args: tuple[Any, ...
         await conn.execute("RESET plan_cache_mode")
 
 
+STRUCT_PACK = "How does struct.pack work "
+
+
+async def _add_books(conn: asyncpg.Connection, user: uuid.UUID, books: int, per_book: int,
+                     question: str, *, answer: str = "It packs values into bytes",
+                     language: str = "en") -> None:
+    """`books` study books of `user`, each with `per_book` questions: `question` and the
+    question's number in its book."""
+    ids = await conn.fetch("INSERT INTO study_books (user_id, title) SELECT $1, 'b' || n "
+                           "FROM generate_series(1, $2::int) n RETURNING id", user, books)
+    await conn.execute(
+        "INSERT INTO questions (study_book_id, language, category, difficulty, question, "
+        "answer) SELECT b, $4, 'c', 'd', $2 || n, $5 "
+        "FROM unnest($1::uuid[]) b, generate_series(1, $3::int) n",
+        [r["id"] for r in ids], question, per_book, language, answer)
+
+
 def _assert_uses_both_indexes(nodes: list[dict[str, Any]]) -> None:
     bitmap = {n.get("Index Name") for n in nodes if n["Node Type"] == "Bitmap Index Scan"}
     assert {"idx_questions_search_vector", "cutover_search_words_trigram"} <= bitmap, bitmap
@@ -258,22 +275,13 @@ async def test_substring_search_reads_only_the_users_questions(pg_store: Postgre
     other = await pg_store.create_user(name="other", email="other@example.com")
     conn = await asyncpg.connect(pg_dsn)
     try:
-        async def books(user: uuid.UUID, n: int, per_book: int, text: str) -> None:
-            ids = await conn.fetch("INSERT INTO study_books (user_id, title) SELECT $1, 'b' || n "
-                                   "FROM generate_series(1, $2::int) n RETURNING id", user, n)
-            await conn.execute(
-                "INSERT INTO questions (study_book_id, language, category, difficulty, question, "
-                "answer) SELECT b, 'ja', 'c', 'd', $2 || n, 'a' "
-                "FROM unnest($1::uuid[]) b, generate_series(1, $3::int) n",
-                [r["id"] for r in ids], text, per_book)
-
         # a tenth of the questions are mine, and the term is rare: from its guess that strpos
         # matches a third of the rows, the planner expected the page filled within the first
         # few dozen rows in id order, and walked the whole table to find three
-        await books(me.id, 10, 40, "確率の問題 ")
+        await _add_books(conn, me.id, 10, 40, "確率の問題 ", answer="a", language="ja")
         await conn.execute("UPDATE questions SET question = '統計の基本 ' || id WHERE id IN ("
                            "SELECT id FROM questions ORDER BY id DESC LIMIT 3)")
-        await books(other.id, 50, 80, "確率の問題 ")
+        await _add_books(conn, other.id, 50, 80, "確率の問題 ", answer="a", language="ja")
         await conn.execute("ANALYZE")
         parsed = parse_query("統計")
         assert parsed.substrings == ("統計",)
@@ -303,14 +311,7 @@ async def test_fuzzy_branch_finds_only_the_users_questions(pg_store: PostgresSto
     conn = await asyncpg.connect(pg_dsn)
     try:
         for user, n in ((me.id, 3), (other.id, 60)):
-            books = await conn.fetch("INSERT INTO study_books (user_id, title) SELECT $1, "
-                                     "'b' || n FROM generate_series(1, $2::int) n RETURNING id",
-                                     user, n)
-            await conn.execute(
-                "INSERT INTO questions (study_book_id, language, category, difficulty, "
-                "question, answer) SELECT b, 'en', 'c', 'd', 'How does struct.pack work ' || n, "
-                "'It packs values into bytes' FROM unnest($1::uuid[]) b, "
-                "generate_series(1, 20) n", [r["id"] for r in books])
+            await _add_books(conn, user, n, 20, STRUCT_PACK)
         await conn.execute("ANALYZE")
         await conn.execute(f"SET pg_trgm.word_similarity_threshold = {FUZZY_THRESHOLD}")
         sql, args = search_statement(parse_query("strct"), me.id, 20)
@@ -343,15 +344,8 @@ async def test_a_users_search_scans_the_full_text_index_once(pg_store: PostgresS
               for i in range(20)]
     conn = await asyncpg.connect(pg_dsn)
     try:
-        for user, n in [(me.id, 30)] + [(o.id, 30) for o in others]:
-            books = await conn.fetch("INSERT INTO study_books (user_id, title) SELECT $1, "
-                                     "'b' || n FROM generate_series(1, $2::int) n RETURNING id",
-                                     user, n)
-            await conn.execute(
-                "INSERT INTO questions (study_book_id, language, category, difficulty, "
-                "question, answer) SELECT b, 'en', 'c', 'd', 'How does struct.pack work ' || n, "
-                "'It packs values into bytes' FROM unnest($1::uuid[]) b, "
-                "generate_series(1, 10) n", [r["id"] for r in books])
+        for user in [me.id, *(o.id for o in others)]:
+            await _add_books(conn, user, 30, 10, STRUCT_PACK)
         await conn.execute("VACUUM ANALYZE")
         await conn.execute(f"SET pg_trgm.word_similarity_threshold = {FUZZY_THRESHOLD}")
         for query in ("pack work", "strct work"):  # full text; a typo of each word (fuzzy)
