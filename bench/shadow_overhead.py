@@ -52,9 +52,8 @@ time per search of the caller's process and of the whole machine (the shadows' c
 worker's and PostgreSQL's share too), and the host's steal over each side's blocks (a virtual
 machine's CPUs waiting for the host; it was a little higher on the shadowed side in most runs,
 presumably as more CPUs are busy, and a run with much more on one side was disturbed from
-outside). Target:
-the open loop's p50 ratio <= 1.05. Only the primary's latency is measured; the shadows' own
-latency is not a caller's.
+outside). Target: the open loop's p50 ratio <= 1.05. Only the primary's latency is measured;
+the shadows' own latency is not a caller's.
 """
 
 from __future__ import annotations
