@@ -38,7 +38,9 @@ COPIES = uuid.UUID("7e4a4715-0000-4000-8000-000000000000")  # namespace of the c
 LIMIT = 20
 
 
-def with_tenants(rows: dict[str, list[dict[str, Any]]], tenants: int) -> dict[str, list[dict]]:
+def with_tenants(
+    rows: dict[str, list[dict[str, Any]]], tenants: int
+) -> dict[str, list[dict[str, Any]]]:
     """`rows` and `tenants` - 1 copies of them, every id (and reference) replaced by a uuid5
     of the original and the copy's number: each copy is a different user's."""
     def copied(value: uuid.UUID, k: int) -> uuid.UUID:

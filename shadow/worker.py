@@ -16,8 +16,7 @@ time (one by default), and answers:
   the inline runner reads them before and after. Its own failures travel as
   `("internal_error", stage)`, which `on_internal_error` counts.
 
-Both
-directions travel in batches: a batch leaves `batch_delay_s` after its first message, so each
+Both directions travel in batches: a batch leaves `batch_delay_s` after its first message, so each
 side wakes the other once per batch rather than once per search (why: `BATCH_DELAY_S`). A request
 whose deadline (the caller's `timeout_s` after it was sent, on the machine's monotonic clock)
 passes while it waits is dropped, and a search still running at it is cancelled: nobody waits
