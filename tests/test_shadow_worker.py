@@ -51,7 +51,8 @@ def settings(sqlite_path: Path, pg_dsn: str) -> Settings:
 
 
 async def seed(repo: Repository) -> tuple[uuid.UUID, uuid.UUID]:
-    """Questions for two users; returns their ids."""
+    """Questions for two users, mirrored and acknowledged (so no row is pending a mirror write,
+    which would make a mismatch a stale mirror); returns their ids."""
     users = []
     for name in ("aiko", "bo"):
         user = await repo.create_user(name=name, email=f"{name}@example.com")
@@ -66,6 +67,9 @@ async def seed(repo: Repository) -> tuple[uuid.UUID, uuid.UUID]:
                                        difficulty="easy", question=f"{question} ({name})",
                                        answer=answer)
         users.append(user.id)
+    await repo.replay_once()  # acknowledges the inline mirror writes
+    assert (await repo.outbox_stats())["postgres"].pending == 0  # and refreshes pending_rows
+    assert repo.pending_rows() == frozenset()
     return users[0], users[1]
 
 
