@@ -1,19 +1,24 @@
 """Shadowed searches off the caller's path (laboratory's shape, made async).
 
 The caller searches the primary, hands the results to `ShadowRunner.submit` and returns them at
-once. `submit` samples and freezes the primary's results; at the loop's next turn a task (held
-by a strong reference) starts that runs the shadow search under a timeout, compares, and
-publishes: metrics here, and through a `Recorder` one structlog event per discrepancy and a row
-in the `ShadowStore`.
+once. `submit` samples and freezes the primary's results; the rest waits for the loop's next
+turn. Then the shadow search runs under a timeout, is compared, and published: metrics here,
+and through a `Recorder` one structlog event per discrepancy and a row in the `ShadowStore`.
 
 Where the comparison is made depends on the runner's `remote`:
 
-- None (the inline worker): here. The shadow search is the caller's `run_shadow`; its results
-  are compared and recorded in this process.
+- None (the inline worker): here. A task (held by a strong reference) runs the caller's
+  `run_shadow`, compares and records in this process.
 - a `RemoteComparer` (the worker's child process, `shadow.worker`): there. The child searches,
   compares and records; only the comparison's figures come back, for the metrics. Comparing
   (73-81 us a mismatch) and its log line (67 us) then cost the caller's process nothing: with
   both still here, they were about half of its added CPU per shadowed search.
+  No task either: the runner hands the request over and a callback takes the answer (one timer
+  for all gives up on a shadow not answered `REMOTE_GRACE_S` past its timeout). A task, its
+  future and its timer per shadow had cost the caller's thread 117-152 us a shadow, against
+  98-122 us (bench/shadow_submit.py, four runs each, alternating); in bench/shadow_overhead.py
+  the caller's process's added CPU per search went from 0.14-0.21 to 0.12-0.15 ms (six
+  alternating pairs), though the primary's p50 ratio showed no difference in them.
   Failures only this process sees (the child gone, busy or silent) are recorded here.
 
 Nothing that goes wrong in there reaches the caller: the shadow's exception is an `error`
@@ -24,8 +29,11 @@ comparison; a failure to read pending rows, compare, publish or store is logged 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import inspect
+import itertools
 import random
 import secrets
 import time
@@ -69,13 +77,14 @@ REMOTE_GRACE_S = 1.0
 class RemoteComparer(Protocol):
     """Runs, compares and records the shadow search elsewhere (`shadow.worker.SearchWorker`)."""
 
-    async def compare(
+    def send_compare(
         self, ctx: SearchContext, primary: tuple[Hit, ...], pending: frozenset[uuid.UUID], *,
-        timeout_s: float,
-    ) -> Compared | None:
-        """The comparison's figures, once it is recorded there; None when comparing failed
-        there (counted there, nothing recorded). Raises when nothing was recorded, TimeoutError
-        when the answer came too late to be."""
+        timeout_s: float, done: Callable[[Compared | BaseException | None], None],
+    ) -> None:
+        """Queue the comparison and return; call `done` once, on the loop, with the
+        comparison's figures once it is recorded there, None when comparing failed there
+        (counted there, nothing recorded), or the exception when nothing was recorded there
+        (TimeoutError: the answer came too late to be). May raise at once instead."""
         ...
 
 
@@ -91,6 +100,14 @@ class _Job:
     context: SearchContext
     primary: tuple[Hit, ...]
     run_shadow: ShadowSearch | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """A job the remote comparer has, not answered yet."""
+
+    job: _Job
+    started: float  # time.perf_counter() when it was sent
 
 
 class ShadowRunner:
@@ -148,6 +165,12 @@ class ShadowRunner:
         self._queued: list[tuple[str, uuid.UUID | str, int, str, str, Sequence[RankedHit],
                                  ShadowSearch | None]] = []  # submitted, task not started yet
         self._inflight = 0
+        self._idle: asyncio.Event | None = None  # set when nothing is in flight (`drain`)
+        # jobs sent to the remote comparer: by token, and their give-up times in sending order
+        self._sent: dict[int, _Sent] = {}
+        self._give_ups: collections.deque[tuple[float, int]] = collections.deque()
+        self._give_up_timer: asyncio.TimerHandle | None = None
+        self._tokens = itertools.count()
         self._closed = False
         # primary searches in flight (`primary_started`, `primary_finished`): comparing and
         # publishing wait for none, as the primary's thread needs the interpreter lock
@@ -259,7 +282,8 @@ class ShadowRunner:
         return True
 
     def _start_queued(self) -> None:
-        """Start a task (held by a strong reference) for each job `submit` queued."""
+        """Send each job `submit` queued to the remote comparer, or start a task (held by a
+        strong reference) that runs it here."""
         queued, self._queued = self._queued, []
         for query, user_id, limit, primary_backend, shadow_backend, primary, run_shadow in queued:
             try:
@@ -269,11 +293,14 @@ class ShadowRunner:
                     primary=snapshot(primary),  # drops the texts the results carry
                     run_shadow=run_shadow,
                 )
+                if self.remote is not None:
+                    self._send(self.remote, job)  # never raises
+                    continue
                 task = asyncio.get_running_loop().create_task(
                     self._run(job), name="cutover-shadow"
                 )
             except Exception:
-                self._inflight -= 1
+                self._one_done()
                 self._internal_error("publish", "submit")
                 continue
             self._tasks.add(task)
@@ -283,21 +310,23 @@ class ShadowRunner:
 
     async def _run(self, job: _Job) -> None:
         try:
-            try:
-                self.metrics.set_shadow_inflight(self._inflight)
-            except Exception:
-                self._internal_error("publish", "inflight")
-            pending = await self._pending()
-            if self.remote is not None:
-                await self._compare_remote(self.remote, job, pending)
-            else:
-                await self._compare_here(job, pending)
+            self._publish_inflight()
+            await self._compare_here(job, await self._pending())
         finally:
-            self._inflight -= 1
-            try:
-                self.metrics.set_shadow_inflight(self._inflight)
-            except Exception:
-                self._internal_error("publish", "inflight")
+            self._one_done()
+
+    def _one_done(self) -> None:
+        """A job left the runner (finished, failed, given up on or never started)."""
+        self._inflight -= 1
+        self._publish_inflight()
+        if self._inflight <= 0 and self._idle is not None:
+            self._idle.set()
+
+    def _publish_inflight(self) -> None:
+        try:
+            self.metrics.set_shadow_inflight(self._inflight)
+        except Exception:
+            self._internal_error("publish", "inflight")
 
     async def _compare_here(self, job: _Job, pending: frozenset[uuid.UUID]) -> None:
         primary_ids = tuple(h.question_id for h in job.primary)
@@ -334,36 +363,109 @@ class ShadowRunner:
                 return
         self._finish(job, comparison, shadow_s)
 
-    async def _compare_remote(
+    # -- a remote comparer: no task, a callback --
+
+    def _send(self, remote: RemoteComparer, job: _Job) -> None:
+        """Hand `job` to the remote comparer; its answer or the give-up timer finishes it."""
+        self._publish_inflight()
+        value = self._read_pending()
+        if inspect.isawaitable(value):  # an async source (the repository's is not): a task
+            task = asyncio.get_running_loop().create_task(
+                self._send_when_read(remote, job, value), name="cutover-shadow"
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        self._send_now(remote, job, value)
+
+    async def _send_when_read(
+        self, remote: RemoteComparer, job: _Job, value: Awaitable[AbstractSet[uuid.UUID]]
+    ) -> None:
+        try:
+            pending = await self._await_pending(value)
+        except BaseException:  # cancelled at close: never sent
+            self._one_done()
+            raise
+        self._send_now(remote, job, pending)
+
+    def _send_now(
         self, remote: RemoteComparer, job: _Job, pending: frozenset[uuid.UUID]
     ) -> None:
-        start = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        token = next(self._tokens)
+        self._sent[token] = _Sent(job, time.perf_counter())
+        self._give_ups.append((loop.time() + self.timeout_s + REMOTE_GRACE_S, token))
+        if self._give_up_timer is None:
+            self._give_up_timer = loop.call_at(self._give_ups[0][0], self._give_up_overdue)
         try:
-            async with asyncio.timeout(self.timeout_s + REMOTE_GRACE_S):
-                compared = await remote.compare(job.context, job.primary, pending,
-                                                timeout_s=self.timeout_s)
-        except Exception as exc:  # nothing was recorded there: record it here
-            primary_ids = tuple(h.question_id for h in job.primary)
-            if isinstance(exc, TimeoutError):
-                comparison = Comparison.failed(primary_ids, Outcome.TIMEOUT)
-            else:
-                comparison = Comparison.failed(primary_ids, Outcome.ERROR, type(exc).__name__)
-            self._finish(job, comparison, time.perf_counter() - start)
+            remote.send_compare(job.context, job.primary, pending, timeout_s=self.timeout_s,
+                                done=functools.partial(self._answered, token))
+        except Exception as exc:
+            self._answered(token, exc)
+
+    def _answered(self, token: int, answer: Compared | BaseException | None) -> None:
+        """The remote comparer's answer for `token` (or the give-up's TimeoutError); the
+        first one counts. Never raises: it runs in the comparer's callbacks."""
+        sent = self._sent.pop(token, None)
+        if sent is None:  # given up on, or abandoned at close
             return
-        if compared is not None:
-            self._publish(job, compared)
+        try:
+            if isinstance(answer, BaseException):  # nothing was recorded there: record it here
+                primary_ids = tuple(h.question_id for h in sent.job.primary)
+                if isinstance(answer, TimeoutError):
+                    comparison = Comparison.failed(primary_ids, Outcome.TIMEOUT)
+                else:
+                    comparison = Comparison.failed(primary_ids, Outcome.ERROR,
+                                                   type(answer).__name__)
+                self._finish(sent.job, comparison, time.perf_counter() - sent.started)
+            elif answer is not None:
+                self._publish(sent.job, answer)
+        except Exception:
+            self._internal_error("publish", "remote_answer")
+        finally:
+            self._one_done()
+
+    def _give_up_overdue(self) -> None:
+        """Record a timeout for each sent job past its give-up time, and set the timer for
+        the next one still waiting (answered ones are dropped from the front)."""
+        self._give_up_timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while self._give_ups and (self._give_ups[0][0] <= now
+                                  or self._give_ups[0][1] not in self._sent):
+            _, token = self._give_ups.popleft()
+            if token in self._sent:
+                self._answered(token, TimeoutError("no answer from the remote comparer"))
+        if self._give_ups:
+            self._give_up_timer = loop.call_at(self._give_ups[0][0], self._give_up_overdue)
+
+    # -- pending rows --
 
     async def _pending(self) -> frozenset[uuid.UUID]:
+        value = self._read_pending()
+        return await self._await_pending(value) if inspect.isawaitable(value) else value
+
+    def _read_pending(self) -> frozenset[uuid.UUID] | Awaitable[AbstractSet[uuid.UUID]]:
         if self._pending_rows is None:
             return frozenset()
         try:
             value = self._pending_rows()
-            if inspect.isawaitable(value):  # only an awaitable can be timed out
-                async with asyncio.timeout(self.timeout_s):
-                    value = await value
+            if inspect.isawaitable(value):
+                return value
             return value if isinstance(value, frozenset) else frozenset(value)
         except Exception:
             # unknown pending rows only cost a clearer reason, never the comparison
+            self._internal_error("pending", "pending_rows")
+            return frozenset()
+
+    async def _await_pending(
+        self, value: Awaitable[AbstractSet[uuid.UUID]]
+    ) -> frozenset[uuid.UUID]:
+        try:
+            async with asyncio.timeout(self.timeout_s):  # only an awaitable can be timed out
+                rows = await value
+            return rows if isinstance(rows, frozenset) else frozenset(rows)
+        except Exception:
             self._internal_error("pending", "pending_rows")
             return frozenset()
 
@@ -396,26 +498,39 @@ class ShadowRunner:
     # -- closing -----------------------------------------------------------------------------
 
     async def drain(self, timeout_s: float = 5.0) -> int:
-        """Wait for the tasks in flight (and the store's flush); returns how many still run."""
+        """Wait for the shadows in flight (and the store's flush); returns how many still run."""
         deadline = time.monotonic() + timeout_s
         self._start_queued()  # submitted in this turn of the loop: in flight too
-        while self._tasks:
+        while self._inflight > 0:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            await asyncio.wait(set(self._tasks), timeout=remaining)
-        if not self._tasks:
+            if self._idle is None:
+                self._idle = asyncio.Event()
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._idle.wait()
+        if self._inflight <= 0:
             await self.recorder.drain(max(0.0, deadline - time.monotonic()))
-        return len(self._tasks)
+        return max(self._inflight, 0)
 
     async def aclose(self, timeout_s: float = 5.0) -> None:
-        """Stop sampling, wait up to `timeout_s` for tasks in flight, then cancel the rest."""
+        """Stop sampling, wait up to `timeout_s` for shadows in flight, then cancel the tasks
+        and abandon what the remote comparer still has (its answers are then ignored)."""
         self._closed = True
         if await self.drain(timeout_s):
             leftovers = set(self._tasks)
             for task in leftovers:
                 task.cancel()
             await asyncio.gather(*leftovers, return_exceptions=True)
+            abandoned, self._sent = len(self._sent), {}
+            for _ in range(abandoned):
+                self._one_done()
+        self._give_ups.clear()
+        if self._give_up_timer is not None:
+            self._give_up_timer.cancel()
+            self._give_up_timer = None
         # a cancelled task may have left records behind: one last flush, bounded
         await self.recorder.aclose(timeout_s)
 

@@ -216,7 +216,8 @@ class SearchWorker:
         self._process: Any = None  # the spawn context's Process
         self._conn: Connection | None = None
         self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        # what settles each request sent and not answered: (result, None) or (None, error)
+        self._waiting: dict[int, Callable[[Any, BaseException | None], None]] = {}
         self._unanswered: set[int] = set()  # sent to the live child, not answered yet
         self._outgoing: list[tuple[Any, ...]] = []  # requests of the batch not sent yet
         # rows with a mirror write pending: the newest set `compare` was given, and the last
@@ -344,20 +345,64 @@ class SearchWorker:
         not answer and TimeoutError when it answered too late to record (`LATE_S`): then nothing
         was recorded. `pending` is the set of rows with a mirror write pending now.
         """
+        result: Compared | None = await self._request(
+            "compare", ctx.shadow_backend, ctx.query, ctx.user_id, ctx.limit, timeout_s,
+            self._compare_extra(ctx, primary, pending),
+        )
+        return result
+
+    def send_compare(
+        self, ctx: SearchContext, primary: tuple[Hit, ...], pending: frozenset[uuid.UUID], *,
+        timeout_s: float, done: Callable[[Compared | BaseException | None], None],
+    ) -> None:
+        """`compare` without a coroutine: queue the request and return; `done` is called once,
+        on this loop, with what `compare` would return, or the exception it would raise (it
+        must not raise itself). Raises `ShadowWorkerError` at once when nothing was queued.
+
+        What `ShadowRunner` uses: the caller's process then spends no task, future or timer
+        on a shadow (bench/shadow_overhead.py, see `shadow.experiment`)."""
+        extra = self._compare_extra(ctx, primary, pending)
+        self._enqueue("compare", ctx.shadow_backend, ctx.query, ctx.user_id, ctx.limit,
+                      timeout_s, extra,
+                      lambda result, error: done(result if error is None else error))
+
+    def _compare_extra(
+        self, ctx: SearchContext, primary: tuple[Hit, ...], pending: frozenset[uuid.UUID]
+    ) -> tuple[str, list[tuple[int, str]]]:
         if self.recording is None:
             raise WorkerUnavailable("the shadow worker was started without recording")
         self._pending = pending
         # the UUIDs' ints: a plain attribute (`.bytes` is computed on each read)
-        extra = (ctx.primary_backend, [(h.question_id.int, h.match_kind) for h in primary])
-        result: Compared | None = await self._request(
-            "compare", ctx.shadow_backend, ctx.query, ctx.user_id, ctx.limit, timeout_s, extra
-        )
-        return result
+        return ctx.primary_backend, [(h.question_id.int, h.match_kind) for h in primary]
 
     async def _request(
         self, op: str, backend: str, query: str, user_id: str, limit: int,
         timeout_s: float | None, extra: Any,
     ) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            if future.done():  # cancelled (the runner's timeout)
+                return
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+
+        rid = self._enqueue(op, backend, query, user_id, limit, timeout_s, extra, settle)
+        try:
+            return await future
+        finally:
+            # cancelled: forget the future, keep counting the request as unanswered until the
+            # child answers it (or dies)
+            self._waiting.pop(rid, None)
+
+    def _enqueue(
+        self, op: str, backend: str, query: str, user_id: str, limit: int,
+        timeout_s: float | None, extra: Any, settle: Callable[[Any, BaseException | None], None],
+    ) -> int:
+        """Queue a request for the next batch; its answer (or the child's death) calls
+        `settle`. Returns the request's id."""
         if self._closed or self._loop is None:
             raise WorkerUnavailable("the shadow worker is not running")
         if self._conn is None:
@@ -372,15 +417,9 @@ class SearchWorker:
         self._outgoing.append((op, rid, backend, query, user_id, limit, deadline, extra))
         if self._send_handle is None:
             self._send_handle = self._loop.call_later(self.batch_delay_s, self._send_batch)
-        future: asyncio.Future[Any] = self._loop.create_future()
         self._unanswered.add(rid)
-        self._waiting[rid] = future
-        try:
-            return await future
-        finally:
-            # cancelled (the runner's timeout): forget the future, keep counting the request
-            # as unanswered until the child answers it (or dies)
-            self._waiting.pop(rid, None)
+        self._waiting[rid] = settle
+        return rid
 
     def _restart(self) -> None:
         now = time.monotonic()
@@ -447,17 +486,29 @@ class SearchWorker:
                     self.on_internal_error(str(body))
             return
         self._unanswered.discard(rid)
-        future = self._waiting.pop(rid, None)
-        if future is None or future.done():
+        settle = self._waiting.pop(rid, None)
+        if settle is None:
             return  # abandoned by its caller (timed out)
         if kind == "ok":
-            future.set_result(tuple([Hit(uuid.UUID(bytes=b), k) for b, k in body]))
+            self._settle(settle, tuple([Hit(uuid.UUID(bytes=b), k) for b, k in body]), None)
         elif kind == "compared":
-            future.set_result(None if body is None else Compared._make(body))
+            self._settle(settle, None if body is None else Compared._make(body), None)
         elif kind == "late":
-            future.set_exception(TimeoutError("the shadow worker answered past its deadline"))
+            self._settle(settle, None,
+                         TimeoutError("the shadow worker answered past its deadline"))
         else:
-            future.set_exception(WorkerSearchFailed(str(body)))
+            self._settle(settle, None, WorkerSearchFailed(str(body)))
+
+    def _settle(self, settle: Callable[[Any, BaseException | None], None], result: Any,
+                error: BaseException | None) -> None:
+        # a caller's callback that raises must not be taken for an unreadable answer (which
+        # detaches the child): count it as the runner's publishing failing
+        try:
+            settle(result, error)
+        except Exception:
+            if self.on_internal_error is not None:
+                with contextlib.suppress(Exception):
+                    self.on_internal_error("publish")
 
     def _child_gone(self, why: str) -> None:
         process = self._process
@@ -486,11 +537,9 @@ class SearchWorker:
                 conn.close()
         waiting, self._waiting = self._waiting, {}
         self._unanswered.clear()
-        failed = 0
-        for future in waiting.values():
-            if not future.done():
-                future.set_exception(error)
-                failed += 1
+        for settle in waiting.values():
+            self._settle(settle, None, error)
+        failed = len(waiting)
         if self._ready is not None and not self._ready.done():
             self._ready.cancel()
         return failed

@@ -9,7 +9,7 @@ import random
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -532,21 +532,21 @@ async def test_primary_searches_that_never_pause_delay_a_comparison_by_a_bound_o
 # -- a remote comparer (the worker's child compares and records; this process counts) ---------
 
 class FakeRemote:
-    """Answers `compare` with `answer`, raises `exc`, or sleeps `delay` first."""
+    """Answers `send_compare` with `answer` (or `exc`) after `delay`, or raises `refuse` at once."""
 
     def __init__(self, answer: Compared | None = None, *, exc: BaseException | None = None,
-                 delay: float = 0.0) -> None:
-        self.answer, self.exc, self.delay = answer, exc, delay
+                 delay: float = 0.0, refuse: BaseException | None = None) -> None:
+        self.answer, self.exc, self.delay, self.refuse = answer, exc, delay, refuse
         self.calls: list[tuple[SearchContext, tuple[Hit, ...], frozenset[uuid.UUID], float]] = []
 
-    async def compare(self, ctx: SearchContext, primary: tuple[Hit, ...],
-                      pending: frozenset[uuid.UUID], *, timeout_s: float) -> Compared | None:
+    def send_compare(self, ctx: SearchContext, primary: tuple[Hit, ...],
+                     pending: frozenset[uuid.UUID], *, timeout_s: float,
+                     done: Callable[[Compared | BaseException | None], None]) -> None:
         self.calls.append((ctx, primary, pending, timeout_s))
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if self.exc is not None:
-            raise self.exc
-        return self.answer
+        if self.refuse is not None:
+            raise self.refuse
+        asyncio.get_running_loop().call_later(
+            self.delay, done, self.exc if self.exc is not None else self.answer)
 
 
 async def test_a_remote_comparison_is_counted_here_and_recorded_there(
@@ -574,17 +574,19 @@ async def test_a_remote_comparison_is_counted_here_and_recorded_there(
     assert [e for e in logs if e["event"].startswith("shadow.")] == []
 
 
-@pytest.mark.parametrize("failure", ["raises", "silent", "late"])
+@pytest.mark.parametrize("failure", ["raises", "refuses", "silent", "late"])
 async def test_a_remote_comparison_that_records_nothing_is_recorded_here_once(
     m: Metrics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
 ) -> None:
-    """The child gone (raises), never answering (silent: the runner gives up at its timeout
-    plus REMOTE_GRACE_S) or answering too late to record (TimeoutError): this process records
-    the error or timeout, once."""
+    """The child gone (raises), no request taken (refuses: a busy worker raises at once), never
+    answering (silent: the runner gives up at its timeout plus REMOTE_GRACE_S, and ignores the
+    answer that comes after) or answering too late to record (TimeoutError): this process
+    records the error or timeout, once."""
     monkeypatch.setattr(shadow.experiment, "REMOTE_GRACE_S", 0.1)
     remote = {
         "raises": FakeRemote(exc=ConnectionResetError("the child died")),
-        "silent": FakeRemote(Compared("match", None, 1.0, 1.0, True, 0.001), delay=5.0),
+        "refuses": FakeRemote(refuse=ConnectionResetError("the child died")),
+        "silent": FakeRemote(Compared("match", None, 1.0, 1.0, True, 0.001), delay=0.5),
         "late": FakeRemote(exc=TimeoutError("answered past its deadline")),
     }[failure]
     with ShadowStore(tmp_path / "s.db") as store, capture_logs() as logs:
@@ -592,13 +594,35 @@ async def test_a_remote_comparison_that_records_nothing_is_recorded_here_once(
         assert runner.submit("json", user_id=USER, limit=5, primary_backend="sqlite",
                              primary_results=hits(A))
         assert await runner.drain(3.0) == 0
+        await asyncio.sleep(0.6)  # the silent one's answer comes, after the give-up
         await runner.aclose()
         [mismatch] = store.recent_mismatches(10)
-    expected = "error" if failure == "raises" else "timeout"
+    failed = failure in ("raises", "refuses")
+    expected = "error" if failed else "timeout"
     assert outcome(m, expected) == 1 and outcome(m, "match") == 0
     assert mismatch.outcome.value == expected and mismatch.primary_ids == (A,)
-    assert mismatch.detail == ("ConnectionResetError" if failure == "raises" else "")
+    assert mismatch.detail == ("ConnectionResetError" if failed else "")
+    assert runner.in_flight == 0
     assert [e["event"] for e in logs] == ["shadow.failed"]
+
+
+async def test_closing_abandons_what_the_remote_comparer_still_has(
+    m: Metrics, tmp_path: Path
+) -> None:
+    """Past the close's wait, a shadow the remote side has not answered is dropped: nothing
+    counted or recorded here, none left in flight, and its answer, when it comes, ignored."""
+    answer = Compared("match", None, 1.0, 1.0, True, 0.001)
+    with ShadowStore(tmp_path / "s.db") as store:
+        runner = ShadowRunner(m, sample_rate=1.0, timeout_s=5.0, store=store,
+                              remote=FakeRemote(answer, delay=0.3))
+        assert runner.submit("json", user_id=USER, limit=5, primary_backend="sqlite",
+                             primary_results=hits(A))
+        await runner.aclose(timeout_s=0.05)
+        assert runner.in_flight == 0
+        await asyncio.sleep(0.4)  # the answer comes
+        assert store.counts() == (0, 0)
+    assert sum(outcome(m, o) for o in ("match", "mismatch", "error", "timeout")) == 0
+    assert value(m, "cutover_shadow_inflight") == 0
 
 
 async def test_a_comparison_that_failed_remotely_is_neither_counted_nor_recorded_here(

@@ -30,7 +30,7 @@ from proxy import open_repository
 from proxy.repository import Repository
 from shadow import ShadowRunner, ShadowStore, snapshot
 from shadow.compare import Hit
-from shadow.recorder import SearchContext
+from shadow.recorder import Compared, SearchContext
 from shadow.worker import (
     Recording,
     SearchWorker,
@@ -417,6 +417,36 @@ async def test_pending_rows_reach_the_child_and_explain_a_stale_mirror(
     assert all(c is not None and c.shadow_s is not None and c.shadow_s > 0 for c in got)
     with ShadowStore(store_path) as store:
         assert store.counts() == (3, 2)
+
+
+async def test_send_compare_answers_through_its_callback_and_a_raising_one_keeps_the_child(
+    sqlite_path: Path, pg_dsn: str, settings: Settings, tmp_path: Path
+) -> None:
+    """The runner's path: no coroutine, the answer comes to `done` on the loop. A `done` that
+    raises is counted as publishing failing; it is not taken for an unreadable answer, which
+    would detach the child."""
+    async with open_repository(settings, registry=CollectorRegistry()) as repo:
+        aiko, _ = await seed(repo)
+        expected = snapshot(await repo.stores["sqlite"].search("json", aiko, 20))
+    ctx = SearchContext("json", str(aiko), 20, "sqlite", "postgres")
+    errors: list[str] = []
+    async with SearchWorker(sqlite_path, pg_dsn, recording=recording(tmp_path / "s.db"),
+                            on_internal_error=errors.append) as worker:
+        pid = worker.pid
+        answers: asyncio.Queue[object] = asyncio.Queue()
+
+        def bad(_: object) -> None:
+            raise RuntimeError("a bug in the caller's callback")
+
+        worker.send_compare(ctx, expected, frozenset(), timeout_s=30.0, done=bad)
+        worker.send_compare(ctx, expected, frozenset(), timeout_s=30.0,
+                            done=answers.put_nowait)
+        answer = await asyncio.wait_for(answers.get(), 30.0)
+        assert isinstance(answer, Compared) and (answer.outcome, answer.reason) == (
+            "match", None)
+        assert errors == ["publish"] and worker.pid == pid
+        assert await worker.search("sqlite", "json", aiko, 20)  # the same child still serves
+        assert worker.pid == pid
 
 
 async def test_a_store_failure_in_the_child_is_counted_by_the_callers_process(
