@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/shadow_overhead.py [--rounds 6] [--qps N] [--block 38] [--seed 1]
                                               [--dsn ...] [--worker process|inline]
+                                              [--stub answer|echo --qps N]
 
 One repository (SQLite primary, the service's JSON logging, SHADOW_WORKER=process unless
 `--worker inline`: the shadow searches run in a child process with its own store connections,
@@ -54,29 +55,43 @@ machine's CPUs waiting for the host; it was a little higher on the shadowed side
 presumably as more CPUs are busy, and a run with much more on one side was disturbed from
 outside). Target: the open loop's p50 ratio <= 1.05. Only the primary's latency is measured;
 the shadows' own latency is not a caller's.
+
+`--stub` tells what part of that cost is the shadow's own work (with `--qps`, so that the load
+is the full run's): every shadow is sampled, frozen and handed over as usual, but
+- `answer`: the runner's comparer answers at once, in the caller's process (no child involved:
+  what the runner's bookkeeping costs);
+- `echo`: the worker's child answers at once, in batches as it does, without searching (the
+  runner's bookkeeping and the trips to the child and back).
+Either answer says "compared there, nothing to publish". What the full run costs beyond `echo`
+is the shadow's search and comparison: the child's and PostgreSQL's work.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import glob
 import logging
 import os
+import pickle
 import random
+import signal
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prometheus_client import CollectorRegistry
 
+import shadow.worker
 from bench._pg import scratch_database
 from bench.corpus import Query, build_corpus, build_queries
 from bench.parity import load
@@ -84,9 +99,14 @@ from config import Settings
 from proxy import open_repository
 from proxy.faces import configure_logging
 from proxy.repository import Repository
+from shadow.worker import MAX_OUTSTANDING
 
 RATES = (0.0, 1.0)
-WAITING_SHADOWS = 32  # in flight while the capacity run waits (see `capacity`)
+# in flight while the capacity run waits (see `capacity`): just under the worker's bound on
+# unanswered requests. Fewer would pace the run below the machine's capacity, as each shadow
+# is in flight for up to twice the worker's batch delay and more: at the runner's bound (128)
+# with 100 ms batches the run measured 456 searches/s against 522-548 with 20 ms batches and 32
+WAITING_SHADOWS = MAX_OUTSTANDING - 16
 
 
 @dataclass
@@ -114,6 +134,57 @@ class Side:
         if q == 0.5:
             return statistics.median(ordered) * 1000
         return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000
+
+
+class AnswersAtOnce:
+    """`--stub answer`: a remote comparer that answers every comparison at once, here."""
+
+    def send_compare(self, *_: object, done: Callable[[None], None], **__: object) -> None:
+        asyncio.get_running_loop().call_soon(done, None)
+
+
+def echo_child(conn: Connection, _sqlite_path: str, _dsn: str, _niceness: int,
+               _concurrency: int, batch_delay_s: float, *_: object) -> None:
+    """`--stub echo`: the worker's child (in place of `shadow.worker._child_main`, at idle
+    priority as it runs) answering each request at once, in batches as it does."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    asyncio.run(_echo(conn, batch_delay_s))
+
+
+async def _echo(conn: Connection, batch_delay_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    answers: list[tuple[str, int, None]] = []
+    timer: asyncio.TimerHandle | None = None
+
+    def send() -> None:
+        nonlocal timer
+        timer = None
+        conn.send_bytes(pickle.dumps(answers, protocol=pickle.HIGHEST_PROTOCOL))
+        answers.clear()
+
+    def readable() -> None:
+        nonlocal timer
+        try:
+            message = conn.recv_bytes()
+        except (EOFError, OSError):
+            message = b""
+        if not message:  # closed, or asked to close
+            loop.remove_reader(conn.fileno())
+            if not done.done():
+                done.set_result(None)
+            return
+        _pending, batch = pickle.loads(message)
+        answers.extend(("compared", request[1], None) for request in batch)
+        if timer is None:
+            timer = loop.call_later(batch_delay_s, send)
+
+    answers.append(("ready", 0, None))
+    send()
+    loop.add_reader(conn.fileno(), readable)
+    await done
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -312,7 +383,8 @@ def table(sides: dict[float, Side], *, open_loop: bool) -> None:
 
 
 async def run(
-    rounds: int, qps: float | None, seed: int, dsn: str | None, worker: str, block: int
+    rounds: int, qps: float | None, seed: int, dsn: str | None, worker: str, block: int,
+    stub: str | None = None,
 ) -> None:
     corpus = build_corpus()
     query_set: list[Query] = build_queries(corpus)
@@ -322,8 +394,12 @@ async def run(
             settings = Settings(sqlite_path=Path(tmp) / "app.db", postgres_dsn=db,
                                 shadow_sample_rate=0.0, shadow_timeout_ms=2000,
                                 shadow_worker=worker)
+            if stub == "echo":  # the worker's child, spawned as the repository opens
+                shadow.worker._child_main = echo_child  # type: ignore[assignment]
             async with open_repository(settings, registry=CollectorRegistry()) as repo:
                 assert repo.shadow is not None
+                if stub == "answer":
+                    repo.shadow.remote = AnswersAtOnce()
                 for store in repo.stores.values():
                     await load(store, corpus)
                 for rate in RATES:  # warm-up: both stores' caches, statements, the ranking cache
@@ -363,7 +439,8 @@ async def run(
 
     n = rounds * len(queries)
     print(f"questions={len(corpus.questions)} queries={len(queries)} rounds={rounds} "
-          f"searches per side and load model={n} SHADOW_WORKER={worker}")
+          f"searches per side and load model={n} SHADOW_WORKER={worker}"
+          + (f" STUB={stub} (the shadows do no work: see the docstring)" if stub else ""))
     print("capacity with every search shadowed (back to back, nothing shed, until the last "
           f"shadow is done): {', '.join(f'{c:.0f}' for c in capacities)} searches/s, "
           f"median {full:.0f}")
@@ -394,12 +471,18 @@ def main() -> None:
     parser.add_argument("--dsn", default=None)
     parser.add_argument("--worker", choices=("process", "inline"), default="process",
                         help="where shadow searches run (SHADOW_WORKER; default process)")
+    parser.add_argument("--stub", choices=("answer", "echo"), default=None,
+                        help="shadows that do no work, answered here or by the child (with "
+                             "--qps and the process worker; see the module docstring)")
     args = parser.parse_args()
+    if args.stub is not None and (args.qps is None or args.worker != "process"):
+        parser.error("--stub needs --qps (the load of the full run) and --worker process")
     # the service's logging (JSON lines on stderr), so mismatch events cost what they cost there
     configure_logging(logging.INFO, json_lines=True)
     if args.block < 1:
         parser.error("--block must be at least 1")
-    asyncio.run(run(args.rounds, args.qps, args.seed, args.dsn, args.worker, args.block))
+    asyncio.run(run(args.rounds, args.qps, args.seed, args.dsn, args.worker, args.block,
+                    args.stub))
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
 #: requests sent and not answered (abandoned ones included) before new ones are refused: a few
 #: hundred bytes each, far below a socket buffer, so a send never blocks the caller's loop
-MAX_OUTSTANDING = 128
+MAX_OUTSTANDING = 256
 #: how much the child lowers its priority where the idle scheduling class is not available
 #: (see `_child_main`)
 NICENESS = 5
@@ -91,15 +91,29 @@ CONCURRENCY = 1
 #: batches, with every search shadowed (bench/shadow_overhead.py, alternating with the code
 #: before): the primary's p50 ratio at 230 searches/s, median 1.037 against 1.093 (five pairs);
 #: at the default load 1.042 against 1.095; the machine's inter-processor interrupts added per
-#: search 1.37 against 2.16, its CPU per search 2.9-3.2 ms against 3.1-3.7 ms. A shadow's
-#: answer comes up to twice this later, which nobody waits for.
-BATCH_DELAY_S = 0.02
+#: search 1.37 against 2.16, its CPU per search 2.9-3.2 ms against 3.1-3.7 ms. That was with
+#: 20 ms; 100 ms, with the shadows still in flight bounded at 128 rather than 32, at 303
+#: searches/s: median 1.033 against 1.057 (six alternating pairs, lower in five). The trips
+#: themselves are most of what shadowing costs the caller here (bench/shadow_overhead.py
+#: --stub echo: the child answering at once, without searching, cost 1.029 of the ratio to the
+#: full shadows' 1.051). A shadow's answer comes up to twice this later, which nobody waits for;
+#: the wait in a batch counts against its timeout, so a worker's delay is at most a tenth of
+#: that (`default_batch_delay`).
+BATCH_DELAY_S = 0.1
 #: the bound a `ShadowRunner` feeding this worker should use (its `max_concurrency`). The
 #: runner counts a shadow from its submission to its comparison, which batching lengthens by up
-#: to 2 x BATCH_DELAY_S, and the child runs CONCURRENCY at a time whatever the bound: here the
-#: bound limits the queue, not the searches running. With the runner's default of 8 the
-#: batches alone shed a quarter of the shadows at 250 searches/s.
-SHADOWS_IN_FLIGHT = 32
+#: to 2 x BATCH_DELAY_S (at 300 searches/s about 60 are in flight), and the child runs
+#: CONCURRENCY at a time whatever the bound: here the bound limits the queue, not the searches
+#: running. With the runner's default of 8 the 20 ms batches of before alone shed a quarter of
+#: the shadows at 250 searches/s. Below MAX_OUTSTANDING, so the runner sheds before the worker
+#: refuses.
+SHADOWS_IN_FLIGHT = 128
+
+
+def default_batch_delay(timeout_s: float | None) -> float:
+    """BATCH_DELAY_S, or a tenth of the caller's timeout when that is less: a request's
+    deadline runs from when it is queued, so its wait in a batch is part of its time."""
+    return BATCH_DELAY_S if timeout_s is None else min(BATCH_DELAY_S, timeout_s / 10)
 
 #: a comparison the child finishes this long past its deadline is not recorded there: it
 #: answers "late" and the caller's process records a timeout (its runner gives up at
@@ -188,12 +202,14 @@ class SearchWorker:
         concurrency: int = CONCURRENCY, timeout_s: float | None = None,
         max_outstanding: int = MAX_OUTSTANDING, max_restarts: int = MAX_RESTARTS,
         restart_window_s: float = RESTART_WINDOW_S, close_timeout_s: float = 5.0,
-        batch_delay_s: float = BATCH_DELAY_S, logger: Any = None,
+        batch_delay_s: float | None = None, logger: Any = None,
         recording: Recording | None = None,
         on_internal_error: Callable[[str], None] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if batch_delay_s is None:
+            batch_delay_s = default_batch_delay(timeout_s)
         if batch_delay_s < 0:
             raise ValueError("batch_delay_s must not be negative")
         self.sqlite_path = str(sqlite_path)

@@ -32,6 +32,7 @@ from shadow import ShadowRunner, ShadowStore, snapshot
 from shadow.compare import Hit
 from shadow.recorder import Compared, SearchContext
 from shadow.worker import (
+    BATCH_DELAY_S,
     Recording,
     SearchWorker,
     WorkerSearchFailed,
@@ -334,6 +335,15 @@ async def test_searches_sent_together_travel_as_one_batch_each_way(
         assert [len(pickle.loads(m)) for m in received] == [6]
 
 
+def test_a_short_timeout_shortens_the_batches(sqlite_path: Path) -> None:
+    """A request's deadline runs from when it is queued: its batch waits a tenth of it at most."""
+    assert SearchWorker(sqlite_path, "postgresql://unused",
+                        timeout_s=0.3).batch_delay_s == pytest.approx(0.03)
+    assert SearchWorker(sqlite_path, "postgresql://unused",
+                        timeout_s=5.0).batch_delay_s == BATCH_DELAY_S
+    assert SearchWorker(sqlite_path, "postgresql://unused").batch_delay_s == BATCH_DELAY_S
+
+
 def test_a_negative_batch_delay_is_refused(sqlite_path: Path) -> None:
     with pytest.raises(ValueError, match="batch_delay_s"):
         SearchWorker(sqlite_path, "postgresql://unused", batch_delay_s=-0.1)
@@ -342,9 +352,9 @@ def test_a_negative_batch_delay_is_refused(sqlite_path: Path) -> None:
 async def test_the_runner_feeding_the_worker_takes_a_burst_of_24_shadows(
     settings: Settings,
 ) -> None:
-    """The runner that feeds the worker allows SHADOWS_IN_FLIGHT (32): its batches keep each
-    shadow in flight up to 40 ms longer. 24 searches at once are all compared, none shed (the
-    inline runner's bound of 8 sheds 16 of them)."""
+    """The runner that feeds the worker allows SHADOWS_IN_FLIGHT (128): its batches keep each
+    shadow in flight up to 2 x BATCH_DELAY_S longer. 24 searches at once are all compared, none
+    shed (the inline runner's bound of 8 sheds 16 of them)."""
     registry = CollectorRegistry()
     async with open_repository(settings, registry=registry) as repo:
         aiko, _ = await seed(repo)
