@@ -12,7 +12,7 @@
    reading its answer and publishing its metrics. The child searches a SQLite store of the
    parity corpus (bench/corpus.py) and every comparison matches (the primary's results are that
    store's own). Each round submits 48 of the corpus's queries with the sample rate at 1 and
-   48 at 0, one every 3.3 ms (300 searches/s: the worker's batches carry about 6), then waits
+   48 at 0, one every 3.3 ms (300 searches/s), then waits
    for the shadows to finish, and reads the CPU time of the caller's thread (the event loop's,
    the kernel's work for it included; the child's work is not in it). Prints the medians per
    search and their difference: the caller's CPU per shadowed search, the wake-ups its

@@ -232,8 +232,9 @@ class SearchWorker:
         self._process: Any = None  # the spawn context's Process
         self._conn: Connection | None = None
         self._ids = itertools.count(1)
-        # what settles each request sent and not answered: (result, None) or (None, error)
-        self._waiting: dict[int, Callable[[Any, BaseException | None], None]] = {}
+        # what settles each request sent and not answered: with its result, or the exception
+        # to raise (never a result of a request)
+        self._waiting: dict[int, Callable[[Any], None]] = {}
         self._unanswered: set[int] = set()  # sent to the live child, not answered yet
         self._outgoing: list[tuple[Any, ...]] = []  # requests of the batch not sent yet
         # rows with a mirror write pending: the newest set `compare` was given, and the last
@@ -377,10 +378,8 @@ class SearchWorker:
 
         What `ShadowRunner` uses: the caller's process then spends no task, future or timer
         on a shadow (bench/shadow_overhead.py, see `shadow.experiment`)."""
-        extra = self._compare_extra(ctx, primary, pending)
         self._enqueue("compare", ctx.shadow_backend, ctx.query, ctx.user_id, ctx.limit,
-                      timeout_s, extra,
-                      lambda result, error: done(result if error is None else error))
+                      timeout_s, self._compare_extra(ctx, primary, pending), done)
 
     def _compare_extra(
         self, ctx: SearchContext, primary: tuple[Hit, ...], pending: frozenset[uuid.UUID]
@@ -397,13 +396,13 @@ class SearchWorker:
     ) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
-        def settle(result: Any, error: BaseException | None) -> None:
+        def settle(outcome: Any) -> None:
             if future.done():  # cancelled (the runner's timeout)
                 return
-            if error is None:
-                future.set_result(result)
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
             else:
-                future.set_exception(error)
+                future.set_result(outcome)
 
         rid = self._enqueue(op, backend, query, user_id, limit, timeout_s, extra, settle)
         try:
@@ -415,7 +414,7 @@ class SearchWorker:
 
     def _enqueue(
         self, op: str, backend: str, query: str, user_id: str, limit: int,
-        timeout_s: float | None, extra: Any, settle: Callable[[Any, BaseException | None], None],
+        timeout_s: float | None, extra: Any, settle: Callable[[Any], None],
     ) -> int:
         """Queue a request for the next batch; its answer (or the child's death) calls
         `settle`. Returns the request's id."""
@@ -506,21 +505,19 @@ class SearchWorker:
         if settle is None:
             return  # abandoned by its caller (timed out)
         if kind == "ok":
-            self._settle(settle, tuple([Hit(uuid.UUID(bytes=b), k) for b, k in body]), None)
+            self._settle(settle, tuple([Hit(uuid.UUID(bytes=b), k) for b, k in body]))
         elif kind == "compared":
-            self._settle(settle, None if body is None else Compared._make(body), None)
+            self._settle(settle, None if body is None else Compared._make(body))
         elif kind == "late":
-            self._settle(settle, None,
-                         TimeoutError("the shadow worker answered past its deadline"))
+            self._settle(settle, TimeoutError("the shadow worker answered past its deadline"))
         else:
-            self._settle(settle, None, WorkerSearchFailed(str(body)))
+            self._settle(settle, WorkerSearchFailed(str(body)))
 
-    def _settle(self, settle: Callable[[Any, BaseException | None], None], result: Any,
-                error: BaseException | None) -> None:
+    def _settle(self, settle: Callable[[Any], None], outcome: Any) -> None:
         # a caller's callback that raises must not be taken for an unreadable answer (which
         # detaches the child): count it as the runner's publishing failing
         try:
-            settle(result, error)
+            settle(outcome)
         except Exception:
             if self.on_internal_error is not None:
                 with contextlib.suppress(Exception):
@@ -554,7 +551,7 @@ class SearchWorker:
         waiting, self._waiting = self._waiting, {}
         self._unanswered.clear()
         for settle in waiting.values():
-            self._settle(settle, None, error)
+            self._settle(settle, error)
         failed = len(waiting)
         if self._ready is not None and not self._ready.done():
             self._ready.cancel()
