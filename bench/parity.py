@@ -66,13 +66,13 @@ async def load_rows(store: AnyStore, rows: dict[str, list[dict[str, Any]]]) -> f
     start = time.perf_counter()
     for entity_name in ("user", "study_book"):
         for row in rows[entity_name]:
-            await store.insert_row(BY_NAME[entity_name], row, version=1)
+            await store.insert_row(BY_NAME[entity_name], row, clock=1)
     gate = asyncio.Semaphore(LOAD_CONCURRENCY)
     questions = BY_NAME["question"]
 
     async def put(row: dict[str, Any]) -> None:
         async with gate:
-            await store.insert_row(questions, row, version=1)
+            await store.insert_row(questions, row, clock=1)
 
     await asyncio.gather(*(put(r) for r in rows["question"]))
     # what autovacuum does within a minute of a load this size (an insert-triggered vacuum and

@@ -1,7 +1,13 @@
 """The dual-write repository for the SQLite -> PostgreSQL cutover, and the two stores."""
 
 from proxy.connect import open_store
-from proxy.errors import CutoverError, NotFoundError, StoreUnavailable, ValidationError
+from proxy.errors import (
+    CutoverError,
+    NotFoundError,
+    OutcomeUnknown,
+    StoreUnavailable,
+    ValidationError,
+)
 from proxy.legacy import LEGACY_NAMESPACE
 from proxy.models import LearningEvent, Question, SearchResult, StudyBook, TypingLog, User
 from proxy.repository import FlipRefused, Repository, open_repository
@@ -13,6 +19,7 @@ __all__ = [
     "FlipRefused",
     "LearningEvent",
     "NotFoundError",
+    "OutcomeUnknown",
     "PostgresStore",
     "Question",
     "Repository",

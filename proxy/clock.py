@@ -1,8 +1,10 @@
-"""Write versions: microseconds since the epoch, strictly increasing within a process.
+"""The clock reading a write brings to its primary: microseconds since the epoch, strictly
+increasing within a process.
 
-A mirror keeps a row's highest version, so a replay of an older write is ignored. Wall-clock
-based versions stay ordered across restarts and across processes writing the same rows
-(the CLI beside the service), as long as clocks do not step back by more than a write's gap.
+It is only a floor. The primary gives each write the version `max(the version it replaces + 1,
+this reading)` inside its own transaction (see proxy.stores.base), so the order of a row's
+versions is the primary's commit order even when this clock steps back or another process's
+clock runs ahead; the reading keeps versions close to wall time, which makes them readable.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@
     ├── ValidationError (also ValueError)   bad input, raised before any store is touched
     ├── NotFoundError (also LookupError)    the row does not exist
     └── StoreUnavailable                    the primary could not be reached; nothing changed
+        └── OutcomeUnknown                  the primary did not answer in time: the write
+                                            may still commit (retry with the same id)
 """
 
 from __future__ import annotations
@@ -40,3 +42,9 @@ class StoreUnavailable(CutoverError):
         self.backend = backend
         self.reason = reason
         super().__init__(f"{backend} store unavailable: {reason}")
+
+
+class OutcomeUnknown(StoreUnavailable):
+    """Raised when a primary write was sent but not answered in time: it may still commit (and
+    then be mirrored). A retry of an update or delete is harmless; retry a create with the same
+    caller-given `id`, so a duplicate is refused instead of made."""

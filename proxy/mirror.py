@@ -1,13 +1,13 @@
-"""The inline mirror write: concurrent writers' mirror writes coalesced into one transaction.
+"""The inline mirror write: concurrent writers' mirror writes coalesced into one batch.
 
-Each write submits its mutation with a future that its primary write resolves (True once the
-primary committed, False if it failed). One worker per mirror store takes whatever has queued
-and hands the batch to `store.apply_when`, which may apply it while the primaries commit and
-commits only the confirmed ones (PostgreSQL), or waits for them first (SQLite). One worker, so
-batches to a store never interleave their row locks (no deadlocks between batches); while it
-runs, the next batch gathers, which is what makes the pipeline cheaper per write as writers
-multiply: one transaction and one commit per batch, not per write. (Two workers, one batch
-applied while the other waits for its primaries, measured no faster with 16 writers.)
+A write submits its mutation once its primary write has committed: the mutation carries the
+version the primary gave it, and nothing the primary has not committed ever reaches the mirror.
+(An earlier pipeline let a write join the batch before its primary committed, to overlap the
+two; that put the mirror's order out of step with the primary's, and the version cannot be known
+before the primary's transaction chooses it: it went.) One worker per mirror store takes
+whatever has queued and hands the batch to `store.apply_inline`. One worker, so batches to a
+store never interleave their row locks (no deadlocks between batches); while it runs, the next
+batch gathers, which is what makes the pipeline cheaper per write as writers multiply.
 
 A write's result arrives within the pipeline's timeout: past it the result is TIMED_OUT and
 the statement is abandoned, never cancelled (cancelling a driver mid-statement can poison its
@@ -20,28 +20,49 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-from proxy.stores.base import ApplyOutcome, ApplyResult, Confirmed, Mutation
+from proxy.models import BY_NAME
+from proxy.stores.base import ApplyOutcome, ApplyResult, Mutation, Store
 
 MAX_BATCH = 64
 TIMED_OUT = ApplyResult(ApplyOutcome.FAILED, "timed out")
-CONFIRM_TIMEOUT_S = 15.0  # longer than any primary write may take (the repository's 10 s cap)
 
 
 class MirrorStore(Protocol):
-    async def apply_when(
-        self, mutations: Sequence[Mutation], confirmed: Confirmed
-    ) -> list[ApplyResult | None]: ...
+    async def apply_inline(self, mutations: Sequence[Mutation]) -> list[ApplyResult]: ...
+
+
+async def settle_missing_parents(
+    primary: Store, mirror: Store, mutations: Sequence[Mutation],
+    results: Sequence[ApplyResult],
+) -> list[ApplyResult]:
+    """Settle the mirror writes that failed because a row they reference is missing on the
+    mirror, by what the primary holds now. No row there, or a newer version: superseded (the
+    newer write, or the delete, reaches the mirror by its own entry; a cascade, by the
+    mirror's own). The same version: its current image is applied instead, which differs from
+    the write's when the delete of a parent set the reference to NULL (`ON DELETE SET NULL`
+    changes a row without a write of its own). Still missing: the parent has not arrived yet,
+    a failure the replay loop retries."""
+    settled = list(results)
+    for i, (m, result) in enumerate(zip(mutations, results, strict=True)):
+        if not result.missing_parent or m.row is None:
+            continue
+        current = await primary.get_versioned(BY_NAME[m.entity], m.row_id)
+        if current is None or current[1] > m.version:
+            settled[i] = ApplyResult(ApplyOutcome.SUPERSEDED)
+        elif current[1] == m.version:
+            image = Mutation(m.entity, m.op, m.row_id, m.version, current[0])
+            settled[i] = (await mirror.apply([image]))[0]
+    return settled
 
 
 @dataclass(slots=True)
 class _Item:
     mutation: Mutation
-    primary: asyncio.Future[bool]
-    result: asyncio.Future[ApplyResult | None]
+    result: asyncio.Future[ApplyResult]
 
 
 class MirrorPipeline:
@@ -52,7 +73,7 @@ class MirrorPipeline:
         self._store = store
         self._timeout_s = timeout_s
         self._max_batch = max_batch
-        self._deadlines: deque[tuple[float, asyncio.Future[ApplyResult | None]]] = deque()
+        self._deadlines: deque[tuple[float, asyncio.Future[ApplyResult]]] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._queue: list[_Item] = []
         self._ready = asyncio.Event()
@@ -65,16 +86,10 @@ class MirrorPipeline:
         """True when a write submitted now starts a batch at once (nothing queued or running)."""
         return self._idle.is_set() and not self._queue
 
-    def submit(
-        self, mutation: Mutation, primary: asyncio.Future[bool]
-    ) -> asyncio.Future[ApplyResult | None]:
-        """Queue `mutation`; the result is None if its primary failed.
-
-        `primary` must be resolved by the caller in every case (a finally), or the batch waits
-        for it until CONFIRM_TIMEOUT_S and then treats it as failed.
-        """
+    def submit(self, mutation: Mutation) -> asyncio.Future[ApplyResult]:
+        """Queue the mutation of a committed primary write."""
         loop = asyncio.get_running_loop()
-        item = _Item(mutation, primary, loop.create_future())
+        item = _Item(mutation, loop.create_future())
         self._queue.append(item)
         self._deadlines.append((loop.time() + self._timeout_s, item.result))
         if self._timer is None:
@@ -111,8 +126,7 @@ class MirrorPipeline:
 
     async def _flush(self, batch: list[_Item]) -> None:
         try:
-            results = await self._store.apply_when([i.mutation for i in batch],
-                                                   _Confirmation([i.primary for i in batch]))
+            results = await self._store.apply_inline([i.mutation for i in batch])
         except Exception as exc:  # the store is down: every write in the batch stays queued
             failed = ApplyResult(ApplyOutcome.FAILED, f"{type(exc).__name__}: {exc}"[:300])
             results = [failed] * len(batch)
@@ -138,27 +152,3 @@ class MirrorPipeline:
                 item.result.cancel()
         self._queue.clear()
 
-
-class _Confirmation:
-    """Whether each primary committed, awaitable any number of times; a primary not resolved
-    within CONFIRM_TIMEOUT_S counts as failed."""
-
-    def __init__(self, primaries: list[asyncio.Future[bool]]) -> None:
-        self._primaries = primaries
-        self._result: list[bool] | None = None
-
-    @property
-    def settled(self) -> bool:
-        return all(p.done() for p in self._primaries)
-
-    def __await__(self) -> Generator[Any, None, list[bool]]:
-        return self._wait().__await__()
-
-    async def _wait(self) -> list[bool]:
-        if self._result is None:
-            pending = [p for p in self._primaries if not p.done()]
-            if pending:
-                await asyncio.wait(pending, timeout=CONFIRM_TIMEOUT_S)
-            self._result = [p.done() and not p.cancelled() and p.result()
-                            for p in self._primaries]
-        return self._result

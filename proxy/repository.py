@@ -22,6 +22,7 @@ import contextlib
 import os
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -38,10 +39,10 @@ from proxy.api import EntityMethods, stamp_create, stamp_update
 from proxy.clock import next_version
 from proxy.codec import now_utc
 from proxy.connect import resolve_dsn
-from proxy.errors import CutoverError, NotFoundError, StoreUnavailable
-from proxy.mirror import TIMED_OUT, MirrorPipeline
+from proxy.errors import CutoverError, NotFoundError, OutcomeUnknown, StoreUnavailable
+from proxy.mirror import TIMED_OUT, MirrorPipeline, settle_missing_parents
 from proxy.models import Entity, SearchResult
-from proxy.stores.base import ApplyOutcome, ApplyResult, Mutation, Op, OutboxStats
+from proxy.stores.base import ApplyOutcome, Mutation, Op, OutboxStats, Written
 from proxy.stores.postgres import PostgresStore
 from proxy.stores.searchtext import DEFAULT_LIMIT, check_limit
 from proxy.stores.sqlite import SQLiteStore
@@ -150,9 +151,10 @@ class Repository(EntityMethods):
         self._pipelines = {b: MirrorPipeline(store, timeout_s=self._mirror_timeout_s)
                            for b, store in self._stores.items()}
         self._acks: dict[str, list[int]] = {b: [] for b in BACKENDS}
-        # (row id, version) of each write from before its primary write until its inline mirror
-        # write settles: the replay loop leaves their outbox entries alone meanwhile
-        self._mirroring: set[tuple[uuid.UUID, int]] = set()
+        # rows with a write between its primary write and the end of its inline mirror write:
+        # the replay loop leaves their entries alone meanwhile (the inline write carries the
+        # row's latest image; replaying the entry too would be work for nothing)
+        self._mirroring: Counter[uuid.UUID] = Counter()
         self._pending_rows: frozenset[uuid.UUID] = frozenset()
         self._outbox: dict[str, OutboxStats] = {}
         self._replay_interval_s = replay_interval_s
@@ -228,103 +230,84 @@ class Repository(EntityMethods):
         self, entity: Entity, op: Op, row_id: uuid.UUID, values: dict[str, Any] | None,
     ) -> dict[str, Any] | None:
         async with self._gate.write():
-            version = next_version()
-            key = (row_id, version)
-            self._mirroring.add(key)
+            self._mirroring[row_id] += 1
             try:
-                return await self._primary_then_mirror(entity, op, row_id, values, version)
+                return await self._primary_then_mirror(entity, op, row_id, values)
             finally:
-                self._mirroring.discard(key)
+                self._mirroring[row_id] -= 1
+                if not self._mirroring[row_id]:
+                    del self._mirroring[row_id]
 
     async def _primary_then_mirror(
         self, entity: Entity, op: Op, row_id: uuid.UUID, values: dict[str, Any] | None,
-        version: int,
     ) -> dict[str, Any] | None:
         primary = self._stores[self._primary]
         target = self.mirror_backend
-        mirroring = self.settings.dual_write
-        # While the mirror is busy with earlier writes, this one joins the next batch at
-        # once, to be applied while its primary commits (and committed only once it has):
-        # with concurrent writers the mirror's work hides behind the primary's queue. The
-        # SQLite primary stores a complete insert's values as given, and a delete needs no
-        # row, so those can go early. Otherwise (and always with a single writer, where an
-        # idle mirror applies it in one round trip) it goes once the primary has committed.
-        confirm: asyncio.Future[bool] | None = None
-        mirrored: asyncio.Future[ApplyResult | None] | None = None
-        pipeline = self._pipelines[target]
-        if (mirroring and primary.backend == "sqlite" and not pipeline.idle
-                and not self._breaker_open[target]
-                and (op == "delete" or (values is not None
-                                        and entity.column_set <= values.keys()))):
-            confirm = asyncio.get_running_loop().create_future()
-            row = None if values is None else {c: values[c] for c in entity.column_names}
-            mirrored = pipeline.submit(Mutation(entity.name, op, row_id, version, row),
-                                       confirm)
         start = time.perf_counter()
-        committed = False
-        try:
-            async with asyncio.timeout(PRIMARY_TIMEOUT_S):
-                row, seq = await self._primary_write(primary, entity, op, row_id, values,
-                                                     version, [target] if mirroring else [])
-            committed = True
-        except TimeoutError as exc:
-            self._count(primary.backend, entity, op, "timeout", start)
-            self.metrics.store_error(primary.backend, "write")
-            log.error("write.failed", backend=primary.backend, entity=entity.name, op=op,
-                      reason="timeout")
-            raise StoreUnavailable(primary.backend, "timed out") from exc
-        except StoreUnavailable as exc:
-            self._count(primary.backend, entity, op, "error", start)
-            self.metrics.store_error(primary.backend, "write")
-            log.error("write.failed", backend=primary.backend, entity=entity.name, op=op,
-                      reason=exc.reason)
-            raise
-        finally:
-            if confirm is not None:
-                confirm.set_result(committed)
+        written = await self._primary_write(primary, entity, op, row_id, values,
+                                            [target] if self.settings.dual_write else [], start)
         self._count(primary.backend, entity, op, "ok", start)
-        if seq is None:
-            return row
-        mutation = Mutation(entity.name, op, row_id, version, row)
-        if mirrored is None:
-            if self._breaker_open[target]:
-                self.metrics.observe_write(target, entity.name, op, "deferred", 0.0)
-                self._wake.set()
-                return row
-            start = time.perf_counter()  # the mirror write starts now, not beside
-            mirrored = pipeline.submit(mutation, _committed())
-        await self._mirror(mirrored, mutation, seq, primary.backend, target, start)
-        return row
+        if written.seq is None:
+            return written.row
+        # the mirror write carries what the primary committed, with the primary's version, and
+        # starts only once the primary has committed: the mirror follows the primary's order
+        mutation = Mutation(entity.name, op, row_id, written.version, written.row)
+        if self._breaker_open[target]:
+            self.metrics.observe_write(target, entity.name, op, "deferred", 0.0)
+            self._wake.set()
+            return written.row
+        await self._mirror(mutation, written.seq, primary.backend, target)
+        return written.row
 
     async def _primary_write(
         self, store: AnyStore, entity: Entity, op: Op, row_id: uuid.UUID,
-        values: dict[str, Any] | None, version: int, targets: Sequence[str],
-    ) -> tuple[dict[str, Any] | None, int | None]:
-        if op == "insert":
-            assert values is not None
-            return await store.insert_row(entity, values, version=version, outbox_targets=targets)
-        if op == "update":
-            assert values is not None
-            return await store.update_row(entity, row_id, values, version=version,
-                                          outbox_targets=targets)
-        seq = await store.delete_row(entity, row_id, version=version, outbox_targets=targets)
-        return None, seq
+        values: dict[str, Any] | None, targets: Sequence[str], start: float,
+    ) -> Written:
+        clock = next_version()
+        try:
+            async with asyncio.timeout(PRIMARY_TIMEOUT_S):
+                if op == "insert":
+                    assert values is not None
+                    return await store.insert_row(entity, values, clock=clock,
+                                                  outbox_targets=targets)
+                if op == "update":
+                    assert values is not None
+                    return await store.update_row(entity, row_id, values, clock=clock,
+                                                  outbox_targets=targets)
+                return await store.delete_row(entity, row_id, clock=clock,
+                                              outbox_targets=targets)
+        except TimeoutError as exc:
+            # the statement was sent: it may still commit (and then be mirrored). Say so, so a
+            # caller knows a blind retry of a create may duplicate it (retry with the same id)
+            self._count(store.backend, entity, op, "timeout", start)
+            self.metrics.store_error(store.backend, "write")
+            log.error("write.failed", backend=store.backend, entity=entity.name, op=op,
+                      reason="timeout")
+            raise OutcomeUnknown(store.backend, f"no answer within {PRIMARY_TIMEOUT_S:g} s; "
+                                 "the write may still commit") from exc
+        except StoreUnavailable as exc:
+            self._count(store.backend, entity, op, "error", start)
+            self.metrics.store_error(store.backend, "write")
+            log.error("write.failed", backend=store.backend, entity=entity.name, op=op,
+                      reason=exc.reason)
+            raise
 
-    async def _mirror(
-        self, mirrored: asyncio.Future[ApplyResult | None], mutation: Mutation, seq: int,
-        source: str, target: Backend, start: float,
-    ) -> None:
-        """Wait (bounded) for the mirror write; never raises. A failure or a timeout leaves the
-        outbox entry to the replay loop and opens the breaker."""
+    async def _mirror(self, mutation: Mutation, seq: int, source: str, target: Backend) -> None:
+        """Mirror one committed write inline, within the timeout; never raises. A failure or a
+        timeout leaves the outbox entry to the replay loop and opens the breaker."""
         self._mirror_writes += 1
+        start = time.perf_counter()
         outcome = "ok"
         try:
-            result = await mirrored  # within the timeout: the pipeline enforces it
+            result = await self._pipelines[target].submit(mutation)  # the pipeline's timeout
             if result is TIMED_OUT:
                 outcome = "timeout"
                 reason = f"no answer within {self.settings.mirror_timeout_ms} ms"
-            elif result is None or result.outcome is ApplyOutcome.FAILED:
-                outcome, reason = "error", (result.error if result else None) or "failed"
+            else:
+                result = (await settle_missing_parents(
+                    self._stores[source], self._stores[target], [mutation], [result]))[0]
+                if result.outcome is ApplyOutcome.FAILED:
+                    outcome, reason = "error", result.error or "failed"
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -437,17 +420,20 @@ class Repository(EntityMethods):
         # moment ago), or already mirrored and waiting to be deleted (the acknowledgements
         # below): re-applying them would be wasted work, and logged as replays that were not
         acked = set(self._acks[source.backend])
-        entries = [e for e in entries if e.seq not in acked
-                   and (e.mutation.row_id, e.mutation.version) not in self._mirroring]
+        entries = [e for e in entries
+                   if e.seq not in acked and e.mutation.row_id not in self._mirroring]
         if not entries:
             if self._failures[target] == generation:
                 self._breaker_open[target] = False
             return 0
+        mutations = [e.mutation for e in entries]
         try:
             results = await self._bounded(
-                self._stores[target].apply([e.mutation for e in entries]),
+                self._stores[target].apply(mutations),
                 max(self._mirror_timeout_s, 1.0) * 5 + 0.02 * len(entries),
             )
+            results = await settle_missing_parents(source, self._stores[target], mutations,
+                                                   results)
         except Exception as exc:
             # a slow store gets smaller batches, so a pass can finish within its time
             self._batch[target] = max(10, self._batch[target] // 2)
@@ -497,7 +483,7 @@ class Repository(EntityMethods):
             if seqs:
                 batch, self._acks[backend] = seqs, []
                 try:
-                    # inline mirror commits may skip the WAL flush (see `apply_when`): make
+                    # inline mirror commits may skip the WAL flush (see `apply_inline`): make
                     # them durable before the outbox forgets them
                     await self._stores[_other(backend)].flush_wal()
                     await self._stores[backend].outbox_ack(batch)

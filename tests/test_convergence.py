@@ -179,9 +179,9 @@ class FlakyMirror:
             raise ConnectionError("injected failure after apply (the ack is lost)")
         return list(results)
 
-    async def apply_when(self, mutations: list[Mutation], confirmed: Any) -> list[Any]:
+    async def apply_inline(self, mutations: list[Mutation]) -> list[Any]:
         roll = self._roll()
-        results = await self._store.apply_when(mutations, confirmed)
+        results = await self._store.apply_inline(mutations)
         if roll < self._rate:
             raise ConnectionError("injected failure after commit (the ack is lost)")
         return list(results)

@@ -87,23 +87,23 @@ async def test_writes_waiting_together_commit_as_one_group_each_with_its_outbox_
 ) -> None:
     groups = Groups(store)
     writes = await _queued_together(store, *(store.insert_row(
-        USERS, _user(f"u{i}", f"u{i}@example.com"), version=1, outbox_targets=("postgres",))
+        USERS, _user(f"u{i}", f"u{i}@example.com"), clock=1, outbox_targets=("postgres",))
         for i in range(20)))
     results = await asyncio.gather(*writes)
     assert groups.sizes == [20]
-    seqs = [seq for _, seq in results]
+    seqs = [w.seq for w in results]
     assert seqs == sorted(seqs) and len(set(seqs)) == 20  # one entry each, in submission order
     assert _emails(store.path) == sorted(f"u{i}@example.com" for i in range(20))
-    assert [row_id for _, row_id in _outbox(store.path)] == [str(r["id"]) for r, _ in results]
+    assert [row_id for _, row_id in _outbox(store.path)] == [str(w.row["id"]) for w in results if w.row]
 
 
 async def test_a_write_its_first_statement_refuses_fails_alone_and_the_group_commits(
     store: SQLiteStore,
 ) -> None:
-    await store.insert_row(USERS, _user("a", "taken@example.com"), version=1)
+    await store.insert_row(USERS, _user("a", "taken@example.com"), clock=1)
     groups = Groups(store)
     before, duplicate, after = await _queued_together(store, *(store.insert_row(
-        USERS, _user(name, email), version=1, outbox_targets=("postgres",))
+        USERS, _user(name, email), clock=1, outbox_targets=("postgres",))
         for name, email in (("b", "b@example.com"), ("c", "taken@example.com"),
                             ("d", "d@example.com"))))
     await before
@@ -127,9 +127,9 @@ async def test_a_write_failing_after_it_wrote_is_undone_whole_and_the_others_sti
         raise RuntimeError("failed after its first statement")
 
     first, broken, last = await _queued_together(
-        store, store.insert_row(USERS, _user("b", "b@example.com"), version=1),
+        store, store.insert_row(USERS, _user("b", "b@example.com"), clock=1),
         store._run(half_written, write=True, grouped=True),
-        store.insert_row(USERS, _user("d", "d@example.com"), version=1))
+        store.insert_row(USERS, _user("d", "d@example.com"), clock=1))
     await first
     with pytest.raises(RuntimeError, match="after its first statement"):
         await broken
@@ -141,11 +141,11 @@ async def test_a_write_failing_after_it_wrote_is_undone_whole_and_the_others_sti
 async def test_a_database_locked_by_another_connection_fails_the_group_and_writes_nothing(
     store: SQLiteStore,
 ) -> None:
-    await store.insert_row(USERS, _user("a", "a@example.com"), version=1)
+    await store.insert_row(USERS, _user("a", "a@example.com"), clock=1)
     other = sqlite3.connect(store.path, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     try:
-        writes = [store.insert_row(USERS, _user(f"u{i}", f"u{i}@example.com"), version=1,
+        writes = [store.insert_row(USERS, _user(f"u{i}", f"u{i}@example.com"), clock=1,
                                    outbox_targets=("postgres",)) for i in range(5)]
         outcomes = await asyncio.gather(*writes, return_exceptions=True)
         assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
@@ -154,7 +154,7 @@ async def test_a_database_locked_by_another_connection_fails_the_group_and_write
         other.close()
     assert _emails(store.path) == ["a@example.com"]
     assert _outbox(store.path) == []
-    await store.insert_row(USERS, _user("b", "b@example.com"), version=1)
+    await store.insert_row(USERS, _user("b", "b@example.com"), clock=1)
     assert _emails(store.path) == ["a@example.com", "b@example.com"]
 
 
@@ -169,10 +169,10 @@ async def test_a_group_cut_short_by_a_base_exception_leaves_no_transaction_open(
         raise _Abort
 
     first, broken = await _queued_together(
-        store, store.insert_row(USERS, _user("b", "b@example.com"), version=1),
+        store, store.insert_row(USERS, _user("b", "b@example.com"), clock=1),
         store._run(abort, write=True, grouped=True))
     outcomes = await asyncio.gather(first, broken, return_exceptions=True)
     assert all(isinstance(o, _Abort) for o in outcomes), outcomes
     # the writer goes on: the group's transaction was rolled back, not left open
-    await store.insert_row(USERS, _user("d", "d@example.com"), version=1)
+    await store.insert_row(USERS, _user("d", "d@example.com"), clock=1)
     assert _emails(store.path) == ["d@example.com"]

@@ -1,5 +1,5 @@
-"""The inline mirror pipeline on a real PostgreSQL: batched, overlapped with the primary, and
-never committing a write whose primary failed (issue 3, points 1 and 3)."""
+"""The inline mirror pipeline on a real PostgreSQL: batched, fed only with committed primary
+writes, never leaving its connection inside a transaction."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
-import pytest
 from prometheus_client import CollectorRegistry
 
 from config import Settings
@@ -36,40 +35,22 @@ async def _ids(dsn: str) -> set[uuid.UUID]:
         await conn.close()
 
 
-async def test_a_batch_commits_only_the_writes_whose_primary_committed(pg_dsn: str) -> None:
+async def test_writes_submitted_together_share_a_batch_and_all_land(pg_dsn: str) -> None:
     store = PostgresStore(pg_dsn)
     await store.init_schema()
     pipeline = MirrorPipeline(store)
-    loop = asyncio.get_running_loop()
+    conn = await asyncpg.connect(pg_dsn)
     try:
-        mutations = [_user(i) for i in range(3)]
-        primaries = [loop.create_future() for _ in mutations]
-        results = [pipeline.submit(m, p) for m, p in zip(mutations, primaries, strict=True)]
-        await asyncio.sleep(0.3)  # the batch is applied and waits, uncommitted
-        assert await _ids(pg_dsn) == set(), "visible before any primary committed"
-        primaries[0].set_result(True)
-        primaries[1].set_result(False)  # this primary failed: its row must never appear
-        primaries[2].set_result(True)
-        outcomes = await asyncio.gather(*results)
-        assert [o.outcome if o else None for o in outcomes] == [
-            ApplyOutcome.APPLIED, None, ApplyOutcome.APPLIED]
-        assert await _ids(pg_dsn) == {mutations[0].row_id, mutations[2].row_id}
+        mutations = [_user(i) for i in range(5)]
+        outcomes = await asyncio.gather(*(pipeline.submit(m) for m in mutations))
+        assert [o.outcome for o in outcomes] == [ApplyOutcome.APPLIED] * 5
+        assert await _ids(pg_dsn) == {m.row_id for m in mutations}
+        idle_in_tx = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND state = 'idle in transaction'")
+        assert idle_in_tx == 0
     finally:
-        await pipeline.aclose()
-        await store.close()
-
-
-async def test_a_primary_never_confirmed_leaves_nothing(pg_dsn: str,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("proxy.mirror.CONFIRM_TIMEOUT_S", 0.5)
-    store = PostgresStore(pg_dsn)
-    await store.init_schema()
-    pipeline = MirrorPipeline(store)
-    try:
-        lost: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        assert await pipeline.submit(_user(0), lost) is None
-        assert await _ids(pg_dsn) == set()
-    finally:
+        await conn.close()
         await pipeline.aclose()
         await store.close()
 
@@ -123,36 +104,4 @@ async def test_flush_wal_makes_asynchronous_commits_durable(pg_dsn: str) -> None
         assert await conn.fetchval("SELECT flushes FROM cutover_wal_flushes") == 1
     finally:
         await conn.close()
-        await store.close()
-
-
-async def test_the_mirror_session_does_not_sit_idle_in_a_transaction(
-    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Between batches the next transaction is open (empty); idle, it is committed."""
-    monkeypatch.setattr("proxy.stores.postgres.MIRROR_IDLE_S", 0.2)
-    store = PostgresStore(pg_dsn)
-    await store.init_schema()
-    pipeline = MirrorPipeline(store)
-    loop = asyncio.get_running_loop()
-    conn = await asyncpg.connect(pg_dsn)
-    states = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-              "AND state = 'idle in transaction'")
-    try:
-        primary = loop.create_future()  # still committing: the batch waits in a transaction
-        result = pipeline.submit(_user(0), primary)
-        await asyncio.sleep(0.05)
-        primary.set_result(True)
-        assert await result is not None
-        assert await conn.fetchval(states) == 1  # the next batch's transaction, opened ahead
-        await asyncio.sleep(0.6)
-        assert await conn.fetchval(states) == 0
-        again = loop.create_future()
-        again.set_result(True)
-        assert await pipeline.submit(_user(1), again) is not None  # committed: no transaction
-        assert await conn.fetchval(states) == 0
-        assert len(await _ids(pg_dsn)) == 2
-    finally:
-        await conn.close()
-        await pipeline.aclose()
         await store.close()

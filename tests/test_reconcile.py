@@ -28,11 +28,11 @@ async def test_pending_mirror_writes_are_replayed_both_ways(
     a = uuid.uuid4()
     row = {"id": a, "name": "A", "email": "a@example.com"}
     stamp = {"created_at": _now(), "updated_at": _now()}
-    await sqlite_store.insert_row(USERS, {**row, **stamp}, version=10,
+    await sqlite_store.insert_row(USERS, {**row, **stamp}, clock=10,
                                   outbox_targets=["postgres"])
     b = uuid.uuid4()
     await pg_store.insert_row(USERS, {"id": b, "name": "B", "email": "b@example.com", **stamp},
-                              version=11, outbox_targets=["sqlite"])
+                              clock=11, outbox_targets=["sqlite"])
     report = await drain_outboxes(sqlite_store, pg_store)
     assert report["sqlite->postgres"]["applied"] == 1
     assert report["postgres->sqlite"]["applied"] == 1
@@ -49,7 +49,7 @@ async def test_a_write_that_keeps_failing_becomes_a_dead_letter(
     await sqlite_store.insert_row(
         STUDY_BOOKS, {"id": uuid.uuid4(), "user_id": user.id, "title": "T",
                       "description": None, **stamp},
-        version=12, outbox_targets=["postgres"])
+        clock=12, outbox_targets=["postgres"])
     for attempt in range(1, MAX_ATTEMPTS + 1):
         report = await drain_outboxes(sqlite_store, pg_store)
         # the parent is missing on PostgreSQL: retried, then given up on

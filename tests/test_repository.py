@@ -30,7 +30,7 @@ class UnreachableMirror:
     async def apply(self, mutations: object) -> object:
         raise ConnectionError("down")
 
-    async def apply_when(self, mutations: object, confirmed: object) -> object:
+    async def apply_inline(self, mutations: object) -> object:
         raise ConnectionError("down")
 
 

@@ -297,7 +297,7 @@ async def test_same_input_is_stored_identically_on_both(
 ) -> None:
     for entity, values in FIXED_ROWS:
         for s in (sqlite_store, pg_store):
-            await s.insert_row(entity, dict(values), version=1_700_000_000_000_000)
+            await s.insert_row(entity, dict(values), clock=1_700_000_000_000_000)
     for entity, values in FIXED_ROWS:
         a = await sqlite_store.get_row(entity, values["id"])
         b = await pg_store.get_row(entity, values["id"])

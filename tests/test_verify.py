@@ -208,7 +208,7 @@ async def test_rows_with_a_pending_mirror_write_are_listed_apart(
     sqlite_store, _ = both
     user = await sqlite_store.create_user(name="Late", email="late@example.com")
     # the primary's write and its outbox entry, the mirror not reached yet
-    await sqlite_store.update_row(USERS, user.id, {"name": "Later"}, version=2**53,
+    await sqlite_store.update_row(USERS, user.id, {"name": "Later"}, clock=2**53,
                                   outbox_targets=["postgres"])
     report = await run_verify(sqlite_path, pg_dsn, queries=0)
     assert report.ok

@@ -4,20 +4,22 @@ A store knows one database. It never imports the repository or the shadow: the r
 decides which store is primary and what goes to the outbox; the store only does what it is told,
 atomically.
 
-Writes carry a `version` (microseconds from the repository's clock). The primary takes the write
-as given; a mirror applies a `Mutation` only when its version is newer than what it holds and no
-tombstone of a newer delete exists, so replays are idempotent and a late replay never overwrites
-newer data or brings a deleted row back.
+A row's version is chosen by the primary, inside the transaction that writes it: one more than
+the version it replaces (the row's, or for a re-created row its tombstone's), and at least the
+caller's clock reading. So versions follow the primary's commit order for each row, whatever the
+clocks of the processes writing it. A mirror applies a `Mutation` only when its version is newer
+than what it holds and no tombstone of a newer delete exists, so replays are idempotent and a
+late replay never overwrites newer data or brings a deleted row back.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from proxy.models import Entity, SearchResult
 
@@ -72,6 +74,18 @@ class ApplyResult:
     outcome: ApplyOutcome
     error: str | None = None
     permanent: bool = False  # a constraint only this store enforces: retrying will not help
+    #: a row this one references is not here: not yet arrived, or deleted meanwhile (the
+    #: repository asks the primary which, see `Repository._resolve_missing_parents`)
+    missing_parent: bool = False
+
+
+class Written(NamedTuple):
+    """What a primary write committed: the row after it (None for a delete), the outbox seq
+    of its mirror write (None without a target) and the version the primary gave it."""
+
+    row: dict[str, Any] | None
+    seq: int | None
+    version: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,16 +109,6 @@ class OutboxStats:
     by_row: frozenset[uuid.UUID] = field(default_factory=frozenset)
 
 
-class Confirmed(Protocol):
-    """Whether each primary write of a batch committed: awaitable (more than once), and
-    `settled` once every answer is known."""
-
-    @property
-    def settled(self) -> bool: ...
-
-    def __await__(self) -> Generator[Any, None, Sequence[bool]]: ...
-
-
 class Store(Protocol):
     """One database. Every method is safe to call concurrently."""
 
@@ -118,27 +122,33 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    # -- writes as the primary: the row and its outbox entries in one transaction --
+    # -- writes as the primary: the row, its version and its outbox entries in one transaction
+    # (`clock`: the least version the write may take, see the module docstring) --
     async def insert_row(
-        self, entity: Entity, values: dict[str, Any], *, version: int,
+        self, entity: Entity, values: dict[str, Any], *, clock: int,
         outbox_targets: Sequence[str] = (),
-    ) -> tuple[dict[str, Any], int | None]:
-        """Insert; return the stored row and the outbox seq (None when no target)."""
+    ) -> Written:
+        """Insert; return the stored row, the outbox seq and the version."""
 
     async def update_row(
-        self, entity: Entity, row_id: uuid.UUID, changes: dict[str, Any], *, version: int,
+        self, entity: Entity, row_id: uuid.UUID, changes: dict[str, Any], *, clock: int,
         outbox_targets: Sequence[str] = (),
-    ) -> tuple[dict[str, Any], int | None]:
+    ) -> Written:
         """Partial update; return the whole row after it. `NotFoundError` if absent."""
 
     async def delete_row(
-        self, entity: Entity, row_id: uuid.UUID, *, version: int,
+        self, entity: Entity, row_id: uuid.UUID, *, clock: int,
         outbox_targets: Sequence[str] = (),
-    ) -> int | None:
+    ) -> Written:
         """Delete (children follow the seed's ON DELETE rules). `NotFoundError` if absent."""
 
     # -- reads --
     async def get_row(self, entity: Entity, row_id: uuid.UUID) -> dict[str, Any] | None: ...
+
+    async def get_versioned(
+        self, entity: Entity, row_id: uuid.UUID
+    ) -> tuple[dict[str, Any], int] | None:
+        """The row as it is now and its version; None when absent."""
 
     async def list_rows(
         self, entity: Entity, owner: Any | None, *, limit: int, offset: int
@@ -152,14 +162,12 @@ class Store(Protocol):
     async def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
         """Apply each mutation if newer than what is held; idempotent, in the order given."""
 
-    async def apply_when(
-        self, mutations: Sequence[Mutation], confirmed: Confirmed
-    ) -> list[ApplyResult | None]:
-        """Apply mutations whose primary writes run now; only those `confirmed` (True) stay
-        applied (None for the others). A store may overlap its work with the primaries'."""
+    async def apply_inline(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
+        """`apply` for the inline mirror writes of committed primary writes; a store may commit
+        them without waiting for durability (the primary's outbox still holds each)."""
 
     async def flush_wal(self) -> None:
-        """Make every commit so far durable, the asynchronous ones of `apply_when` included."""
+        """Make every commit so far durable, the asynchronous ones of `apply_inline` included."""
 
     # -- the outbox kept in this store for writes that must reach `target` --
     async def outbox_pending(self, target: str, limit: int) -> list[OutboxEntry]:

@@ -19,19 +19,22 @@ class StoreMethods(EntityMethods):
     """Mixed into each store: validated named methods over the store's primitives."""
 
     async def _create(self: Store, entity: Entity, values: dict[str, Any]) -> Any:
-        row, _ = await self.insert_row(entity, stamp_create(entity, values, now_utc()),
-                                       version=next_version())
-        return entity.make(row)
+        written = await self.insert_row(entity, stamp_create(entity, values, now_utc()),
+                                        clock=next_version())
+        assert written.row is not None
+        return entity.make(written.row)
 
     async def _update(
         self: Store, entity: Entity, row_id: uuid.UUID, changes: dict[str, Any]
     ) -> Any:
-        row, _ = await self.update_row(entity, row_id, stamp_update(entity, changes, now_utc()),
-                                       version=next_version())
-        return entity.make(row)
+        written = await self.update_row(entity, row_id,
+                                        stamp_update(entity, changes, now_utc()),
+                                        clock=next_version())
+        assert written.row is not None
+        return entity.make(written.row)
 
     async def _delete(self: Store, entity: Entity, row_id: uuid.UUID) -> None:
-        await self.delete_row(entity, row_id, version=next_version())
+        await self.delete_row(entity, row_id, clock=next_version())
 
     async def _get(self: Store, entity: Entity, row_id: uuid.UUID) -> Any:
         row = await self.get_row(entity, row_id)

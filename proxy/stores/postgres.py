@@ -23,10 +23,10 @@ from proxy.stores import postgres_schema
 from proxy.stores.base import (
     ApplyOutcome,
     ApplyResult,
-    Confirmed,
     Mutation,
     OutboxEntry,
     OutboxStats,
+    Written,
 )
 from proxy.stores.methods import StoreMethods
 from proxy.stores.searchtext import (
@@ -94,11 +94,12 @@ def _payload_sql(entity: Entity, alias: str) -> str:
     return f"jsonb_build_object('row', jsonb_build_object({', '.join(parts)}))"
 
 
-def _outbox_cte(entity: Entity, op: str, target_param: str, version_param: str) -> str:
+def _outbox_cte(entity: Entity, op: str, target_param: str) -> str:
+    """The outbox entries of the write `r` (which returns the version it gave the row)."""
     payload = "NULL" if op == "delete" else _payload_sql(entity, "r")
     return (
         "o AS (INSERT INTO cutover_outbox (target, entity, op, row_id, version, payload) "
-        f"SELECT t, '{entity.name}', '{op}', r.id, {version_param}, {payload} "
+        f"SELECT t, '{entity.name}', '{op}', r.id, r.row_version, {payload} "
         f"FROM r, unnest({target_param}::text[]) AS t RETURNING seq)"
     )
 
@@ -230,59 +231,64 @@ class PostgresStore(StoreMethods):
             except UNAVAILABLE:
                 pool.terminate()
 
-    # -- writes as the primary --
+    # -- writes as the primary: the version is chosen in the statement, under the row's lock
+    # (see proxy.stores.base) --
     async def insert_row(
-        self, entity: Entity, values: dict[str, Any], *, version: int,
+        self, entity: Entity, values: dict[str, Any], *, clock: int,
         outbox_targets: Sequence[str] = (),
-    ) -> tuple[dict[str, Any], int | None]:
+    ) -> Written:
         cols = list(values)
         n = len(cols)
+        id_param = f"${cols.index('id') + 1}"
         sql = (
             f"WITH r AS (INSERT INTO {entity.table} ({', '.join(cols)}, row_version) "
-            f"VALUES ({', '.join(f'${i + 1}' for i in range(n))}, ${n + 1}) RETURNING *), "
-            f"{_outbox_cte(entity, 'insert', f'${n + 2}', f'${n + 1}')} "
+            f"VALUES ({', '.join(f'${i + 1}' for i in range(n))}, GREATEST(${n + 1}, "
+            "COALESCE((SELECT version + 1 FROM cutover_tombstones "
+            f"WHERE entity = '{entity.name}' AND row_id = {id_param}), 0))) RETURNING *), "
+            f"{_outbox_cte(entity, 'insert', f'${n + 2}')} "
             "SELECT r.*, (SELECT max(seq) FROM o) AS outbox_seq FROM r"
         )
-        rows = await self._write(entity, values, sql, *values.values(), version,
+        rows = await self._write(entity, values, sql, *values.values(), clock,
                                  list(outbox_targets))
-        return from_postgres(entity, rows[0]), rows[0]["outbox_seq"]
+        return _written(entity, rows[0])
 
     async def update_row(
-        self, entity: Entity, row_id: uuid.UUID, changes: dict[str, Any], *, version: int,
+        self, entity: Entity, row_id: uuid.UUID, changes: dict[str, Any], *, clock: int,
         outbox_targets: Sequence[str] = (),
-    ) -> tuple[dict[str, Any], int | None]:
+    ) -> Written:
         cols = list(changes)
         n = len(cols)
         sets = ", ".join(f"{c} = ${i + 1}" for i, c in enumerate(cols))
         sql = (
-            f"WITH r AS (UPDATE {entity.table} SET {sets}, row_version = ${n + 1} "
+            f"WITH r AS (UPDATE {entity.table} SET {sets}, "
+            f"row_version = GREATEST({entity.table}.row_version + 1, ${n + 1}) "
             f"WHERE id = ${n + 3} RETURNING *), "
-            f"{_outbox_cte(entity, 'update', f'${n + 2}', f'${n + 1}')} "
+            f"{_outbox_cte(entity, 'update', f'${n + 2}')} "
             "SELECT r.*, (SELECT max(seq) FROM o) AS outbox_seq FROM r"
         )
-        rows = await self._write(entity, changes, sql, *changes.values(), version,
+        rows = await self._write(entity, changes, sql, *changes.values(), clock,
                                  list(outbox_targets), row_id)
         if not rows:
             raise NotFoundError(entity.name, row_id)
-        return from_postgres(entity, rows[0]), rows[0]["outbox_seq"]
+        return _written(entity, rows[0])
 
     async def delete_row(
-        self, entity: Entity, row_id: uuid.UUID, *, version: int,
+        self, entity: Entity, row_id: uuid.UUID, *, clock: int,
         outbox_targets: Sequence[str] = (),
-    ) -> int | None:
+    ) -> Written:
         sql = (
-            f"WITH r AS (DELETE FROM {entity.table} WHERE id = $1 RETURNING id), "
+            f"WITH r AS (DELETE FROM {entity.table} WHERE id = $1 "
+            "RETURNING id, GREATEST(row_version + 1, $2) AS row_version), "
             "t AS (INSERT INTO cutover_tombstones (entity, row_id, version) "
-            f"SELECT '{entity.name}', r.id, $2 FROM r ON CONFLICT (entity, row_id) DO UPDATE "
-            "SET version = GREATEST(cutover_tombstones.version, EXCLUDED.version)), "
-            f"{_outbox_cte(entity, 'delete', '$3', '$2')} "
-            "SELECT (SELECT count(*) FROM r) AS n, (SELECT max(seq) FROM o) AS outbox_seq"
+            f"SELECT '{entity.name}', r.id, r.row_version FROM r ON CONFLICT (entity, row_id) "
+            "DO UPDATE SET version = GREATEST(cutover_tombstones.version, EXCLUDED.version)), "
+            f"{_outbox_cte(entity, 'delete', '$3')} "
+            "SELECT r.row_version, (SELECT max(seq) FROM o) AS outbox_seq FROM r"
         )
-        rows = await self._write(entity, {}, sql, row_id, version, list(outbox_targets))
-        if rows[0]["n"] == 0:
+        rows = await self._write(entity, {}, sql, row_id, clock, list(outbox_targets))
+        if not rows:
             raise NotFoundError(entity.name, row_id)
-        seq: int | None = rows[0]["outbox_seq"]
-        return seq
+        return Written(None, rows[0]["outbox_seq"], rows[0]["row_version"])
 
     async def _write(
         self, entity: Entity, values: dict[str, Any], sql: str, *args: Any
@@ -304,6 +310,12 @@ class PostgresStore(StoreMethods):
     async def get_row(self, entity: Entity, row_id: uuid.UUID) -> dict[str, Any] | None:
         rows = await self._fetch(f"SELECT * FROM {entity.table} WHERE id = $1", row_id)
         return from_postgres(entity, rows[0]) if rows else None
+
+    async def get_versioned(
+        self, entity: Entity, row_id: uuid.UUID
+    ) -> tuple[dict[str, Any], int] | None:
+        rows = await self._fetch(f"SELECT * FROM {entity.table} WHERE id = $1", row_id)
+        return (from_postgres(entity, rows[0]), rows[0]["row_version"]) if rows else None
 
     async def list_rows(
         self, entity: Entity, owner: Any | None, *, limit: int, offset: int
@@ -361,29 +373,18 @@ class PostgresStore(StoreMethods):
         except UNAVAILABLE as exc:
             raise StoreUnavailable("postgres", _reason(exc)) from exc
 
-    async def apply_when(
-        self, mutations: Sequence[Mutation], confirmed: Confirmed
-    ) -> list[ApplyResult | None]:
-        """Apply `mutations` beside their primary writes; commit only those that committed.
-
-        A batch whose primaries have all committed is applied as it is. Otherwise it is applied
-        in one open transaction while the primaries commit, and committed once `confirmed`
-        says every primary did: the mirror's work overlaps the primary's, yet
-        a write whose primary failed (or whose process died) never becomes visible here. If a
-        primary failed, or a mutation cannot apply (a parent row not here yet), the transaction
-        is rolled back and the confirmed mutations are applied one by one. None marks a
-        mutation whose primary failed. The commit is asynchronous (no WAL flush): callers
-        acknowledge the outbox entries only after a `flush_wal` that followed it.
-        """
+    async def apply_inline(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
+        """`apply` on a connection of its own whose commits skip the WAL flush (see
+        `_MirrorSession`): callers acknowledge the outbox entries only after a `flush_wal`."""
         if self._mirror is None:
             self._mirror = _MirrorSession(self.dsn)
         try:
-            return await self._mirror.apply_when(mutations, confirmed)
+            return await self._mirror.apply(mutations)
         except UNAVAILABLE as exc:
             raise StoreUnavailable("postgres", _reason(exc)) from exc
 
     async def flush_wal(self) -> None:
-        """Make every commit so far durable, the asynchronous ones of `apply_when` included.
+        """Make every commit so far durable, the asynchronous ones of `apply_inline` included.
 
         A transaction that writes (here one counter row) and commits synchronously flushes
         the WAL up to its commit record, so past every earlier commit. (One that only takes a
@@ -602,32 +603,20 @@ _FLUSH_WAL = (
     "INSERT INTO cutover_wal_flushes VALUES (1, 1) ON CONFLICT (id) "
     "DO UPDATE SET flushes = cutover_wal_flushes.flushes + 1; COMMIT"
 )
-MIRROR_IDLE_S = 1.0  # how long the next mirror transaction stays open, empty, with no writes
 
 
 class _MirrorSession:
     """The connection inline mirror writes use: commits skip the WAL flush (the primary's
-    outbox entry holds each write until `flush_wal` has run after it).
-
-    A batch whose primaries have all committed is applied as it is (one round trip, each
-    statement its own transaction). A batch applied while its primaries commit (see
-    `apply_when`) runs in a transaction committed once they have; while such batches follow
-    each other, the next transaction is opened in the message that commits the last one
-    (`COMMIT; BEGIN`), two round trips a batch instead of three. An open transaction that has
-    run no statement holds no snapshot, lock or transaction id; after MIRROR_IDLE_S without
-    writes it is committed, so the session never sits idle in a transaction. Batches come one
-    at a time (the mirror pipeline has one worker); a lock keeps the idle commit out of one.
-    The connection is the session's own, not the pool's: its setting never reaches a write
-    that must be durable on its own.
+    outbox entry holds each write until `flush_wal` has run after it). A batch is applied in
+    one round trip when it can be, each statement its own transaction; one by one, each in a
+    savepoint, when one of them fails. The connection is the session's own, not the pool's:
+    its setting never reaches a write that must be durable on its own. Batches come one at a
+    time (the mirror pipeline has one worker).
     """
 
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
         self._conn: asyncpg.Connection | None = None
-        self._open = False
-        self._lock = asyncio.Lock()
-        self._idle: asyncio.TimerHandle | None = None
-        self._ending: asyncio.Task[None] | None = None  # held: a task nobody holds may vanish
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
@@ -635,84 +624,32 @@ class _MirrorSession:
                 self._dsn, timeout=10, command_timeout=30, connection_class=_Connection,
                 server_settings={"synchronous_commit": "off"},
             )
-            self._open = False
         return self._conn
 
-    async def apply_when(
-        self, mutations: Sequence[Mutation], confirmed: Confirmed
-    ) -> list[ApplyResult | None]:
-        async with self._lock:
-            if self._idle is not None:
-                self._idle.cancel()
-            try:
-                conn = await self._connection()
-                if not self._open and confirmed.settled:
-                    return await self._apply_committed(conn, mutations, list(await confirmed))
-                if not self._open:
-                    await conn.execute("BEGIN")
-                    self._open = True
-                try:
-                    await _apply_all(conn, mutations)
-                    ok = list(await confirmed)
-                    if all(ok):
-                        self._open = False
-                        await conn.execute("COMMIT; BEGIN")
-                        self._open = True
-                        return [ApplyResult(ApplyOutcome.APPLIED) for _ in mutations]
-                except BATCH_REJECTED:
-                    ok = list(await confirmed)
-                self._open = False
-                await conn.execute("ROLLBACK")
-                live = [m for m, good in zip(mutations, ok, strict=True) if good]
-                results = iter(await _apply_each(conn, live) if live else [])
-                return [next(results) if good else None for good in ok]
-            except BaseException:
-                await self._drop()  # its state is unknown: a fresh connection next time
-                raise
-            finally:
-                if self._open:
-                    self._idle = asyncio.get_running_loop().call_later(
-                        MIRROR_IDLE_S, self._schedule_end_idle)
-
-    async def _apply_committed(
-        self, conn: asyncpg.Connection, mutations: Sequence[Mutation], ok: list[bool]
-    ) -> list[ApplyResult | None]:
-        """Mutations whose primaries already committed (or failed): no transaction needed."""
-        live = [m for m, good in zip(mutations, ok, strict=True) if good]
+    async def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
         try:
-            await _apply_all(conn, live)
-            applied = iter([ApplyResult(ApplyOutcome.APPLIED)] * len(live))
-        except BATCH_REJECTED:
-            applied = iter(await _apply_each(conn, live))  # idempotent: again, one by one
-        return [next(applied) if good else None for good in ok]
+            conn = await self._connection()
+            try:
+                await _apply_all(conn, mutations)
+                return [ApplyResult(ApplyOutcome.APPLIED)] * len(mutations)
+            except BATCH_REJECTED:
+                return await _apply_each(conn, mutations)  # idempotent: again, one by one
+        except BaseException:
+            self.terminate()  # its state is unknown: a fresh connection next time
+            raise
 
-    def _schedule_end_idle(self) -> None:
-        self._ending = asyncio.ensure_future(self._end_idle())
-
-    async def _end_idle(self) -> None:
-        async with self._lock:
-            if self._open and self._conn is not None:
-                try:
-                    await self._conn.execute("COMMIT")
-                    self._open = False
-                except Exception:
-                    await self._drop()
-
-    async def _drop(self) -> None:
-        conn, self._conn, self._open = self._conn, None, False
+    def terminate(self) -> None:
+        conn, self._conn = self._conn, None
         if conn is not None:
             conn.terminate()
 
     async def close(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-        async with self._lock:
-            conn, self._conn, self._open = self._conn, None, False
-            if conn is not None:
-                try:
-                    await asyncio.wait_for(conn.close(), 5)  # ends the empty transaction
-                except Exception:
-                    conn.terminate()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await asyncio.wait_for(conn.close(), 5)
+            except Exception:
+                conn.terminate()
 
 
 def _fk_error(entity: Entity, values: dict[str, Any], exc: asyncpg.PostgresError) -> Exception:
@@ -737,6 +674,10 @@ def _hit(
         if marks else "",
         score=score, match_kind=kind,
     )
+
+
+def _written(entity: Entity, r: asyncpg.Record) -> Written:
+    return Written(from_postgres(entity, r), r["outbox_seq"], r["row_version"])
 
 
 def _entry(r: asyncpg.Record) -> OutboxEntry:
@@ -810,9 +751,7 @@ async def _apply_one(conn: asyncpg.Connection, m: Mutation, *, savepoint: bool) 
         applied = not str(status).endswith(" 0")
         return ApplyResult(ApplyOutcome.APPLIED if applied else ApplyOutcome.SUPERSEDED)
     except asyncpg.ForeignKeyViolationError as exc:
-        if m.row is not None and await _parent_deleted(conn, entity, m):
-            return ApplyResult(ApplyOutcome.SUPERSEDED)
-        return ApplyResult(ApplyOutcome.FAILED, str(exc))
+        return ApplyResult(ApplyOutcome.FAILED, str(exc), missing_parent=True)
     except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError,
             asyncpg.ProgramLimitExceededError) as exc:
         return ApplyResult(ApplyOutcome.FAILED, f"{type(exc).__name__}: {exc}", permanent=True)
@@ -830,17 +769,3 @@ def _delete_sql(entity: Entity) -> str:
 
 
 _DELETE = {e.name: _delete_sql(e) for e in ENTITIES}
-
-
-async def _parent_deleted(conn: asyncpg.Connection, entity: Entity, m: Mutation) -> bool:
-    assert m.row is not None
-    for col in entity.columns:
-        value = m.row.get(col.name)
-        if col.references and value is not None:
-            hit = await conn.fetchval(
-                "SELECT 1 FROM cutover_tombstones WHERE entity = $1 AND row_id = $2",
-                BY_TABLE[col.references].name, value,
-            )
-            if hit:
-                return True
-    return False

@@ -36,11 +36,11 @@ from proxy.stores import sqlite_schema
 from proxy.stores.base import (
     ApplyOutcome,
     ApplyResult,
-    Confirmed,
     Mutation,
     Op,
     OutboxEntry,
     OutboxStats,
+    Written,
 )
 from proxy.stores.methods import StoreMethods
 from proxy.stores.searchtext import (
@@ -170,9 +170,9 @@ class SQLiteStore(StoreMethods):
 
     # -- writes as the primary --
     async def insert_row(
-        self, entity: Entity, values: dict[str, Any], *, version: int,
+        self, entity: Entity, values: dict[str, Any], *, clock: int,
         outbox_targets: Sequence[str] = (),
-    ) -> tuple[dict[str, Any], int | None]:
+    ) -> Written:
         cols = list(values)
         # given every column, the stored row is the values themselves: skip reading it back
         # (decoding timestamps and decimals costs more than the insert)
@@ -182,58 +182,63 @@ class SQLiteStore(StoreMethods):
             f"VALUES ({', '.join('?' * len(cols))}, ?)" + ("" if complete else " RETURNING *")
         )
         encoded = encode_values(entity, values)
-        params = [*sqlite_params(entity, encoded).values(), version]
-        outbox = (_outbox_rows(outbox_targets, entity, "insert", values["id"], version, encoded)
+        params = list(sqlite_params(entity, encoded).values())
+        outbox = (_outbox_rows(outbox_targets, entity, "insert", values["id"], encoded)
                   if complete else [])
 
-        def tx(conn: sqlite3.Connection) -> tuple[dict[str, Any], int | None]:
+        def tx(conn: sqlite3.Connection) -> Written:
+            # a re-created row outranks its tombstone, whatever the clock says
+            version = max(clock, _tombstone_version(conn, entity, values["id"]) + 1)
             try:
-                cur = conn.execute(sql, params)
+                cur = conn.execute(sql, [*params, version])
                 row = ({c: values[c] for c in entity.column_names} if complete
                        else from_sqlite(entity, cur.fetchone()))
             except sqlite3.IntegrityError as exc:
                 raise _integrity_error(conn, entity, values, exc) from exc
             seq = _outbox_add(conn, outbox if complete else _outbox_rows(
-                outbox_targets, entity, "insert", row["id"], version,
-                encode_row(entity.name, row)))
-            return row, seq
+                outbox_targets, entity, "insert", row["id"], encode_row(entity.name, row)),
+                version)
+            return Written(row, seq, version)
 
         return await self._run(tx, write=True, grouped=True)
 
     async def update_row(
-        self, entity: Entity, row_id: uuid.UUID, changes: dict[str, Any], *, version: int,
+        self, entity: Entity, row_id: uuid.UUID, changes: dict[str, Any], *, clock: int,
         outbox_targets: Sequence[str] = (),
-    ) -> tuple[dict[str, Any], int | None]:
+    ) -> Written:
         sets = ", ".join(f"{c} = ?" for c in changes)
-        sql = f"UPDATE {entity.table} SET {sets}, row_version = ? WHERE id = ? RETURNING *"
-        params = [*to_sqlite(entity, changes).values(), version, str(row_id)]
+        sql = (f"UPDATE {entity.table} SET {sets}, row_version = max(row_version + 1, ?) "
+               "WHERE id = ? RETURNING *")
+        params = [*to_sqlite(entity, changes).values(), clock, str(row_id)]
 
-        def tx(conn: sqlite3.Connection) -> tuple[dict[str, Any], int | None]:
+        def tx(conn: sqlite3.Connection) -> Written:
             try:
                 found = conn.execute(sql, params).fetchone()
             except sqlite3.IntegrityError as exc:
                 raise _integrity_error(conn, entity, changes, exc) from exc
             if found is None:
                 raise NotFoundError(entity.name, row_id)
-            row = from_sqlite(entity, found)
+            row, version = from_sqlite(entity, found), found["row_version"]
             seq = _outbox_add(conn, _outbox_rows(outbox_targets, entity, "update", row_id,
-                                                 version, encode_row(entity.name, row)))
-            return row, seq
+                                                 encode_row(entity.name, row)), version)
+            return Written(row, seq, version)
 
         return await self._run(tx, write=True, grouped=True)
 
     async def delete_row(
-        self, entity: Entity, row_id: uuid.UUID, *, version: int,
+        self, entity: Entity, row_id: uuid.UUID, *, clock: int,
         outbox_targets: Sequence[str] = (),
-    ) -> int | None:
-        outbox = _outbox_rows(outbox_targets, entity, "delete", row_id, version, None)
+    ) -> Written:
+        outbox = _outbox_rows(outbox_targets, entity, "delete", row_id, None)
 
-        def tx(conn: sqlite3.Connection) -> int | None:
-            cur = conn.execute(f"DELETE FROM {entity.table} WHERE id = ?", (str(row_id),))
-            if cur.rowcount == 0:
+        def tx(conn: sqlite3.Connection) -> Written:
+            found = conn.execute(f"DELETE FROM {entity.table} WHERE id = ? RETURNING row_version",
+                                 (str(row_id),)).fetchone()
+            if found is None:
                 raise NotFoundError(entity.name, row_id)
+            version = max((found[0] or 0) + 1, clock)
             _tombstone(conn, entity, row_id, version)
-            return _outbox_add(conn, outbox)
+            return Written(None, _outbox_add(conn, outbox, version), version)
 
         return await self._run(tx, write=True, grouped=True)
 
@@ -244,6 +249,17 @@ class SQLiteStore(StoreMethods):
         def read(conn: sqlite3.Connection) -> dict[str, Any] | None:
             found = conn.execute(sql, (str(row_id),)).fetchone()
             return None if found is None else from_sqlite(entity, found)
+
+        return await self._run(read, write=False)
+
+    async def get_versioned(
+        self, entity: Entity, row_id: uuid.UUID
+    ) -> tuple[dict[str, Any], int] | None:
+        sql = f"SELECT * FROM {entity.table} WHERE id = ?"
+
+        def read(conn: sqlite3.Connection) -> tuple[dict[str, Any], int] | None:
+            found = conn.execute(sql, (str(row_id),)).fetchone()
+            return None if found is None else (from_sqlite(entity, found), found["row_version"])
 
         return await self._run(read, write=False)
 
@@ -281,18 +297,8 @@ class SQLiteStore(StoreMethods):
         return await self._run(lambda conn: [_apply_one(conn, m) for m in mutations],
                                write=True, grouped=True)
 
-    async def apply_when(
-        self, mutations: Sequence[Mutation], confirmed: Confirmed
-    ) -> list[ApplyResult | None]:
-        """Apply the mutations whose primaries committed, after they did (None for the others).
-
-        Unlike PostgreSQL, SQLite cannot hold a transaction open beside the primary's commit
-        without holding its only writer: the mirror write waits for the primary instead.
-        """
-        ok = list(await confirmed)
-        live = [m for m, good in zip(mutations, ok, strict=True) if good]
-        results = iter(await self.apply(live) if live else [])
-        return [next(results) if good else None for good in ok]
+    async def apply_inline(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
+        return await self.apply(mutations)  # every commit here is as durable as the primary's
 
     async def flush_wal(self) -> None:
         """Nothing to do: every commit here is as durable as it will be (see `_connect`)."""
@@ -377,10 +383,11 @@ def _is_unavailable(exc: sqlite3.OperationalError) -> bool:
 
 
 def _outbox_rows(
-    targets: Sequence[str], entity: Entity, op: Op, row_id: Any, version: int,
+    targets: Sequence[str], entity: Entity, op: Op, row_id: Any,
     encoded: dict[str, Any] | None,
 ) -> list[tuple[Any, ...]]:
-    """The outbox rows of one write (one per target); `encoded` is its `encode_row` form.
+    """The outbox rows of one write (one per target; the version joins them in `_outbox_add`);
+    `encoded` is its `encode_row` form.
 
     Built before the writer thread runs when the row is known, since that thread is the one
     place every SQLite write waits for."""
@@ -388,17 +395,23 @@ def _outbox_rows(
         return []
     payload = orjson.dumps({"row": encoded}).decode()
     created_at = iso(now_utc())
-    return [(t, entity.name, op, str(row_id), version, payload, created_at) for t in targets]
+    return [(t, entity.name, op, str(row_id), payload, created_at) for t in targets]
 
 
-def _outbox_add(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> int | None:
+def _outbox_add(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], version: int) -> int | None:
     seq = None
     for params in rows:
         seq = conn.execute(
-            "INSERT INTO cutover_outbox (target, entity, op, row_id, version, payload, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)", params,
+            "INSERT INTO cutover_outbox (target, entity, op, row_id, payload, created_at, version)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)", (*params, version),
         ).lastrowid
     return seq
+
+
+def _tombstone_version(conn: sqlite3.Connection, entity: Entity, row_id: Any) -> int:
+    found = conn.execute("SELECT version FROM cutover_tombstones WHERE entity = ? AND row_id = ?",
+                         (entity.name, str(row_id))).fetchone()
+    return int(found[0]) if found else 0
 
 
 def _entry(r: sqlite3.Row) -> OutboxEntry:
@@ -473,28 +486,13 @@ def _apply_one(conn: sqlite3.Connection, m: Mutation) -> ApplyResult:
     except sqlite3.IntegrityError as exc:
         conn.execute("ROLLBACK TO apply_one")
         conn.execute("RELEASE apply_one")
-        if "FOREIGN KEY" in str(exc) and m.row is not None and _parent_deleted(conn, entity, m):
-            return ApplyResult(ApplyOutcome.SUPERSEDED)
-        return ApplyResult(ApplyOutcome.FAILED, str(exc), permanent="FOREIGN KEY" not in str(exc))
+        if "FOREIGN KEY" in str(exc):
+            return ApplyResult(ApplyOutcome.FAILED, str(exc), missing_parent=True)
+        return ApplyResult(ApplyOutcome.FAILED, str(exc), permanent=True)
     except sqlite3.OperationalError:
         conn.execute("ROLLBACK TO apply_one")
         conn.execute("RELEASE apply_one")
         raise
-
-
-def _parent_deleted(conn: sqlite3.Connection, entity: Entity, m: Mutation) -> bool:
-    """True when a parent this row references was deleted: the row is gone for good."""
-    assert m.row is not None
-    for col in entity.columns:
-        value = m.row.get(col.name)
-        if col.references and value is not None:
-            hit = conn.execute(
-                "SELECT 1 FROM cutover_tombstones WHERE entity = ? AND row_id = ?",
-                (BY_TABLE[col.references].name, str(value)),
-            ).fetchone()
-            if hit:
-                return True
-    return False
 
 
 # The full-text candidates, in the order the PostgreSQL store computes too: rows whose question
