@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from proxy.models import BY_NAME
+from proxy.models import BY_NAME, REFERENCED_BY, Entity
 from proxy.stores.base import ApplyOutcome, ApplyResult, Mutation, Store
 
 MAX_BATCH = 64
@@ -33,6 +34,64 @@ TIMED_OUT = ApplyResult(ApplyOutcome.FAILED, "timed out")
 
 class MirrorStore(Protocol):
     async def apply_inline(self, mutations: Sequence[Mutation]) -> list[ApplyResult]: ...
+
+
+async def apply_following(
+    primary: Store, mirror: Store, mutations: Sequence[Mutation]
+) -> list[ApplyResult]:
+    """Apply writes the primary committed to the mirror so that it ends as the primary is,
+    whichever order they arrive in: the delete of a parent goes through `_delete_parent`, and
+    writes missing a parent are settled by `settle_missing_parents`."""
+    results: list[ApplyResult] = []
+    run: list[Mutation] = []
+    for m in mutations:
+        if m.op == "delete" and REFERENCED_BY[BY_NAME[m.entity].table]:
+            if run:
+                results += await mirror.apply(run)
+                run = []
+            results.append(await _delete_parent(primary, mirror, m))
+        else:
+            run.append(m)
+    if run:
+        results += await mirror.apply(run)
+    return await settle_missing_parents(primary, mirror, mutations, results)
+
+
+async def _delete_parent(primary: Store, mirror: Store, delete: Mutation) -> ApplyResult:
+    """A parent's delete cascades on the mirror to the children the mirror holds, so it first
+    makes sure none of them is one the primary still holds. If the primary holds the row itself
+    again (re-created since), the delete is out of date: the primary's row is applied instead,
+    which keeps the children it has. Otherwise each child the primary still holds was moved
+    elsewhere by a write that has not reached the mirror yet: it is brought up to date first (or
+    the delete waits for the row it moved to). Children the primary cascaded away have entries of
+    their own; the mirror's cascade only gets there first."""
+    entity = BY_NAME[delete.entity]
+    again = (await primary.get_versioned(entity, [delete.row_id])).get(delete.row_id)
+    if again is not None:
+        row, version = again
+        return (await apply_following(primary, mirror, [
+            Mutation(delete.entity, "insert", delete.row_id, version, row)]))[0]
+    fixes: list[Mutation] = []
+    frontier: dict[Entity, list[uuid.UUID]] = {entity: [delete.row_id]}
+    while frontier:
+        cascaded: dict[Entity, list[uuid.UUID]] = {}
+        for parent, ids in frontier.items():
+            for child, column in REFERENCED_BY[parent.table]:
+                held = await mirror.referencing(child, column.name, ids)
+                current = await primary.get_versioned(child, list(held)) if held else {}
+                for child_id in held:
+                    if child_id in current:
+                        row, version = current[child_id]
+                        fixes.append(Mutation(child.name, "update", child_id, version, row))
+                    elif column.on_delete == "CASCADE":
+                        cascaded.setdefault(child, []).append(child_id)  # its children too
+        frontier = cascaded
+    if fixes:
+        fixed = await settle_missing_parents(primary, mirror, fixes, await mirror.apply(fixes))
+        if any(r.outcome is ApplyOutcome.FAILED for r in fixed):
+            return ApplyResult(ApplyOutcome.FAILED, "a child of the deleted row was moved to a "
+                               "row not on this store yet: the delete waits for it")
+    return (await mirror.apply([delete]))[0]
 
 
 async def settle_missing_parents(
@@ -50,7 +109,7 @@ async def settle_missing_parents(
     for i, (m, result) in enumerate(zip(mutations, results, strict=True)):
         if not result.missing_parent or m.row is None:
             continue
-        current = await primary.get_versioned(BY_NAME[m.entity], m.row_id)
+        current = (await primary.get_versioned(BY_NAME[m.entity], [m.row_id])).get(m.row_id)
         if current is None or current[1] > m.version:
             settled[i] = ApplyResult(ApplyOutcome.SUPERSEDED)
         elif current[1] == m.version:

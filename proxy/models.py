@@ -231,3 +231,10 @@ BY_TABLE: dict[str, Entity] = {e.table: e for e in ENTITIES}
 def as_dict(row: Row) -> dict[str, Any]:
     """The row's columns as a dict (a shallow copy)."""
     return {f.name: getattr(row, f.name) for f in dataclasses.fields(row)}
+
+#: for each table, the (child entity, column) pairs whose foreign key references it
+REFERENCED_BY: dict[str, tuple[tuple[Entity, Column], ...]] = {
+    e.table: tuple((child, c) for child in ENTITIES for c in child.columns
+                   if c.references == e.table)
+    for e in ENTITIES
+}

@@ -40,8 +40,8 @@ from proxy.clock import next_version
 from proxy.codec import now_utc
 from proxy.connect import resolve_dsn
 from proxy.errors import CutoverError, NotFoundError, OutcomeUnknown, StoreUnavailable
-from proxy.mirror import TIMED_OUT, MirrorPipeline, settle_missing_parents
-from proxy.models import Entity, SearchResult
+from proxy.mirror import TIMED_OUT, MirrorPipeline, apply_following, settle_missing_parents
+from proxy.models import BY_NAME, REFERENCED_BY, Entity, SearchResult
 from proxy.stores.base import ApplyOutcome, Mutation, Op, OutboxStats, Written
 from proxy.stores.postgres import PostgresStore
 from proxy.stores.searchtext import DEFAULT_LIMIT, check_limit
@@ -163,6 +163,7 @@ class Repository(EntityMethods):
         self._mirror_writes = 0
         self.verdict: Verdict | None = None
         self._wake = asyncio.Event()
+        self._scan_due = False  # entries the inline writes do not cover wait in the outbox
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         metrics.set_read_primary(self._primary)
@@ -249,6 +250,9 @@ class Repository(EntityMethods):
         self._count(primary.backend, entity, op, "ok", start)
         if written.seq is None:
             return written.row
+        if written.cascaded:  # the children's own entries: for the replay loop, soon
+            self._scan_due = True
+            self._wake.set()
         # the mirror write carries what the primary committed, with the primary's version, and
         # starts only once the primary has committed: the mirror follows the primary's order
         mutation = Mutation(entity.name, op, row_id, written.version, written.row)
@@ -299,15 +303,22 @@ class Repository(EntityMethods):
         start = time.perf_counter()
         outcome = "ok"
         try:
-            result = await self._pipelines[target].submit(mutation)  # the pipeline's timeout
+            primary, mirror = self._stores[source], self._stores[target]
+            if mutation.op == "delete" and REFERENCED_BY[BY_NAME[mutation.entity].table]:
+                # a parent's delete looks at its children first (`apply_following`): rare
+                # enough to skip the batching pipeline
+                result = (await self._bounded(apply_following(primary, mirror, [mutation]),
+                                              self._mirror_timeout_s))[0]
+            else:
+                result = await self._pipelines[target].submit(mutation)  # within its timeout
+                if result is not TIMED_OUT:
+                    result = (await settle_missing_parents(primary, mirror, [mutation],
+                                                           [result]))[0]
             if result is TIMED_OUT:
                 outcome = "timeout"
                 reason = f"no answer within {self.settings.mirror_timeout_ms} ms"
-            else:
-                result = (await settle_missing_parents(
-                    self._stores[source], self._stores[target], [mutation], [result]))[0]
-                if result.outcome is ApplyOutcome.FAILED:
-                    outcome, reason = "error", result.error or "failed"
+            elif result.outcome is ApplyOutcome.FAILED:
+                outcome, reason = "error", result.error or "failed"
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -426,14 +437,11 @@ class Repository(EntityMethods):
             if self._failures[target] == generation:
                 self._breaker_open[target] = False
             return 0
-        mutations = [e.mutation for e in entries]
         try:
             results = await self._bounded(
-                self._stores[target].apply(mutations),
+                apply_following(source, self._stores[target], [e.mutation for e in entries]),
                 max(self._mirror_timeout_s, 1.0) * 5 + 0.02 * len(entries),
             )
-            results = await settle_missing_parents(source, self._stores[target], mutations,
-                                                   results)
         except Exception as exc:
             # a slow store gets smaller batches, so a pass can finish within its time
             self._batch[target] = max(10, self._batch[target] // 2)
@@ -534,8 +542,9 @@ class Repository(EntityMethods):
                 # While every mirror write lands inline, the outbox holds only entries being
                 # acknowledged: scanning it would re-read them for nothing. Scan after a
                 # failure, and every few seconds as a safety net (entries left by a crash).
-                if any(self._breaker_open.values()) or time.monotonic() - last_scan > 5.0:
-                    last_scan = time.monotonic()
+                if (any(self._breaker_open.values()) or self._scan_due
+                        or time.monotonic() - last_scan > 5.0):
+                    last_scan, self._scan_due = time.monotonic(), False
                     await self.replay_once()
                 if time.monotonic() - last_metrics > 1.0:
                     last_metrics = time.monotonic()

@@ -94,7 +94,8 @@ async def test_writes_waiting_together_commit_as_one_group_each_with_its_outbox_
     seqs = [w.seq for w in results]
     assert seqs == sorted(seqs) and len(set(seqs)) == 20  # one entry each, in submission order
     assert _emails(store.path) == sorted(f"u{i}@example.com" for i in range(20))
-    assert [row_id for _, row_id in _outbox(store.path)] == [str(w.row["id"]) for w in results if w.row]
+    ids = [str(w.row["id"]) for w in results if w.row]
+    assert [row_id for _, row_id in _outbox(store.path)] == ids
 
 
 async def test_a_write_its_first_statement_refuses_fails_alone_and_the_group_commits(

@@ -81,11 +81,13 @@ class ApplyResult:
 
 class Written(NamedTuple):
     """What a primary write committed: the row after it (None for a delete), the outbox seq
-    of its mirror write (None without a target) and the version the primary gave it."""
+    of its mirror write (None without a target), the version the primary gave it, and for a
+    delete how many other rows its ON DELETE rules changed (each with an outbox entry)."""
 
     row: dict[str, Any] | None
     seq: int | None
     version: int
+    cascaded: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,15 +142,21 @@ class Store(Protocol):
         self, entity: Entity, row_id: uuid.UUID, *, clock: int,
         outbox_targets: Sequence[str] = (),
     ) -> Written:
-        """Delete (children follow the seed's ON DELETE rules). `NotFoundError` if absent."""
+        """Delete; children follow the seed's ON DELETE rules, carried out as writes of their
+        own (a version and an outbox entry each). `NotFoundError` if absent."""
 
     # -- reads --
     async def get_row(self, entity: Entity, row_id: uuid.UUID) -> dict[str, Any] | None: ...
 
     async def get_versioned(
-        self, entity: Entity, row_id: uuid.UUID
-    ) -> tuple[dict[str, Any], int] | None:
-        """The row as it is now and its version; None when absent."""
+        self, entity: Entity, row_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, tuple[dict[str, Any], int]]:
+        """The rows among `row_ids` as they are now, each with its version (absent: left out)."""
+
+    async def referencing(
+        self, child: Entity, column: str, parent_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, int]:
+        """The ids and versions of `child`'s rows whose `column` names one of `parent_ids`."""
 
     async def list_rows(
         self, entity: Entity, owner: Any | None, *, limit: int, offset: int

@@ -18,7 +18,7 @@ import asyncpg
 
 from proxy.codec import from_postgres
 from proxy.errors import NotFoundError, StoreUnavailable, ValidationError
-from proxy.models import BY_NAME, BY_TABLE, ENTITIES, Entity, Kind, SearchResult
+from proxy.models import BY_NAME, BY_TABLE, ENTITIES, REFERENCED_BY, Entity, Kind, SearchResult
 from proxy.stores import postgres_schema
 from proxy.stores.base import (
     ApplyOutcome,
@@ -276,19 +276,21 @@ class PostgresStore(StoreMethods):
         self, entity: Entity, row_id: uuid.UUID, *, clock: int,
         outbox_targets: Sequence[str] = (),
     ) -> Written:
-        sql = (
-            f"WITH r AS (DELETE FROM {entity.table} WHERE id = $1 "
-            "RETURNING id, GREATEST(row_version + 1, $2) AS row_version), "
-            "t AS (INSERT INTO cutover_tombstones (entity, row_id, version) "
-            f"SELECT '{entity.name}', r.id, r.row_version FROM r ON CONFLICT (entity, row_id) "
-            "DO UPDATE SET version = GREATEST(cutover_tombstones.version, EXCLUDED.version)), "
-            f"{_outbox_cte(entity, 'delete', '$3')} "
-            "SELECT r.row_version, (SELECT max(seq) FROM o) AS outbox_seq FROM r"
-        )
-        rows = await self._write(entity, {}, sql, row_id, clock, list(outbox_targets))
-        if not rows:
-            raise NotFoundError(entity.name, row_id)
-        return Written(None, rows[0]["outbox_seq"], rows[0]["row_version"])
+        pool = await self._get_pool()
+        targets = list(outbox_targets)
+        try:
+            async with pool.acquire(timeout=10) as conn, conn.transaction():
+                # locked first: a child inserted meanwhile would be cascaded with no entry
+                locked = await conn.fetchval(
+                    f"SELECT 1 FROM {entity.table} WHERE id = $1 FOR UPDATE", row_id)
+                if locked is None:
+                    raise NotFoundError(entity.name, row_id)
+                cascaded = await _cascade(conn, entity, [row_id], clock, targets)
+                row = await conn.fetchrow(_delete_primary_sql(entity), row_id, clock, targets)
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable("postgres", _reason(exc)) from exc
+        assert row is not None
+        return Written(None, row["outbox_seq"], row["row_version"], cascaded)
 
     async def _write(
         self, entity: Entity, values: dict[str, Any], sql: str, *args: Any
@@ -312,10 +314,18 @@ class PostgresStore(StoreMethods):
         return from_postgres(entity, rows[0]) if rows else None
 
     async def get_versioned(
-        self, entity: Entity, row_id: uuid.UUID
-    ) -> tuple[dict[str, Any], int] | None:
-        rows = await self._fetch(f"SELECT * FROM {entity.table} WHERE id = $1", row_id)
-        return (from_postgres(entity, rows[0]), rows[0]["row_version"]) if rows else None
+        self, entity: Entity, row_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, tuple[dict[str, Any], int]]:
+        rows = await self._fetch(f"SELECT * FROM {entity.table} WHERE id = ANY($1::uuid[])",
+                                 list(row_ids))
+        return {r["id"]: (from_postgres(entity, r), r["row_version"]) for r in rows}
+
+    async def referencing(
+        self, child: Entity, column: str, parent_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, int]:
+        rows = await self._fetch(f"SELECT id, row_version FROM {child.table} "
+                                 f"WHERE {column} = ANY($1::uuid[])", list(parent_ids))
+        return {r["id"]: r["row_version"] for r in rows}
 
     async def list_rows(
         self, entity: Entity, owner: Any | None, *, limit: int, offset: int
@@ -674,6 +684,48 @@ def _hit(
         if marks else "",
         score=score, match_kind=kind,
     )
+
+
+def _delete_primary_sql(entity: Entity, key: str = "id = $1") -> str:
+    """Delete as the primary ($1 the id, or ids; $2 the clock; $3 the outbox targets): the
+    version, the tombstone and the outbox entry in one statement."""
+    return (
+        f"WITH r AS (DELETE FROM {entity.table} WHERE {key} "
+        "RETURNING id, GREATEST(row_version + 1, $2) AS row_version), "
+        "t AS (INSERT INTO cutover_tombstones (entity, row_id, version) "
+        f"SELECT '{entity.name}', r.id, r.row_version FROM r ON CONFLICT (entity, row_id) "
+        "DO UPDATE SET version = GREATEST(cutover_tombstones.version, EXCLUDED.version)), "
+        f"{_outbox_cte(entity, 'delete', '$3')} "
+        "SELECT r.row_version, (SELECT max(seq) FROM o) AS outbox_seq, "
+        "(SELECT count(*) FROM r) AS n FROM r"
+    )
+
+
+async def _cascade(
+    conn: asyncpg.Connection, entity: Entity, ids: list[uuid.UUID], clock: int,
+    targets: list[str],
+) -> int:
+    """Carry out the ON DELETE rules for rows of `entity` about to be deleted, as writes of our
+    own (see the SQLite store's `_cascade`); children are locked before their own children are
+    looked at. Returns how many rows changed."""
+    changed = 0
+    for child, column in REFERENCED_BY[entity.table]:
+        if column.on_delete == "CASCADE":
+            doomed = [r["id"] for r in await conn.fetch(
+                f"SELECT id FROM {child.table} WHERE {column.name} = ANY($1::uuid[]) "
+                "FOR UPDATE", ids)]
+            if doomed:
+                changed += await _cascade(conn, child, doomed, clock, targets)
+                changed += len(await conn.fetch(
+                    _delete_primary_sql(child, "id = ANY($1::uuid[])"), doomed, clock, targets))
+        else:
+            changed += await conn.fetchval(
+                f"WITH r AS (UPDATE {child.table} SET {column.name} = NULL, "
+                f"row_version = GREATEST({child.table}.row_version + 1, $2) "
+                f"WHERE {column.name} = ANY($1::uuid[]) RETURNING *), "
+                f"{_outbox_cte(child, 'update', '$3')} SELECT count(*) FROM r",
+                ids, clock, targets)
+    return changed
 
 
 def _written(entity: Entity, r: asyncpg.Record) -> Written:

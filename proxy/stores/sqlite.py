@@ -31,7 +31,7 @@ from proxy.codec import (
     to_sqlite,
 )
 from proxy.errors import CutoverError, NotFoundError, StoreUnavailable, ValidationError
-from proxy.models import BY_NAME, BY_TABLE, Entity, SearchResult
+from proxy.models import BY_NAME, BY_TABLE, REFERENCED_BY, Entity, SearchResult
 from proxy.stores import sqlite_schema
 from proxy.stores.base import (
     ApplyOutcome,
@@ -232,13 +232,15 @@ class SQLiteStore(StoreMethods):
         outbox = _outbox_rows(outbox_targets, entity, "delete", row_id, None)
 
         def tx(conn: sqlite3.Connection) -> Written:
+            exists = conn.execute(f"SELECT 1 FROM {entity.table} WHERE id = ?", (str(row_id),))
+            if exists.fetchone() is None:
+                raise NotFoundError(entity.name, row_id)
+            cascaded = _cascade(conn, entity, [str(row_id)], clock, outbox_targets)
             found = conn.execute(f"DELETE FROM {entity.table} WHERE id = ? RETURNING row_version",
                                  (str(row_id),)).fetchone()
-            if found is None:
-                raise NotFoundError(entity.name, row_id)
             version = max((found[0] or 0) + 1, clock)
             _tombstone(conn, entity, row_id, version)
-            return Written(None, _outbox_add(conn, outbox, version), version)
+            return Written(None, _outbox_add(conn, outbox, version), version, cascaded)
 
         return await self._run(tx, write=True, grouped=True)
 
@@ -253,15 +255,25 @@ class SQLiteStore(StoreMethods):
         return await self._run(read, write=False)
 
     async def get_versioned(
-        self, entity: Entity, row_id: uuid.UUID
-    ) -> tuple[dict[str, Any], int] | None:
-        sql = f"SELECT * FROM {entity.table} WHERE id = ?"
+        self, entity: Entity, row_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, tuple[dict[str, Any], int]]:
+        sql = f"SELECT * FROM {entity.table} WHERE id IN (SELECT value FROM json_each(?))"
+        listed = json.dumps([str(i) for i in row_ids])
 
-        def read(conn: sqlite3.Connection) -> tuple[dict[str, Any], int] | None:
-            found = conn.execute(sql, (str(row_id),)).fetchone()
-            return None if found is None else (from_sqlite(entity, found), found["row_version"])
+        def read(conn: sqlite3.Connection) -> dict[uuid.UUID, tuple[dict[str, Any], int]]:
+            found = conn.execute(sql, (listed,)).fetchall()
+            return {uuid.UUID(r["id"]): (from_sqlite(entity, r), r["row_version"]) for r in found}
 
         return await self._run(read, write=False)
+
+    async def referencing(
+        self, child: Entity, column: str, parent_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, int]:
+        sql = (f"SELECT id, row_version FROM {child.table} "
+               f"WHERE {column} IN (SELECT value FROM json_each(?))")
+        listed = json.dumps([str(i) for i in parent_ids])
+        return await self._run(
+            lambda c: {uuid.UUID(r[0]): r[1] for r in c.execute(sql, (listed,))}, write=False)
 
     async def list_rows(
         self, entity: Entity, owner: Any | None, *, limit: int, offset: int
@@ -408,6 +420,45 @@ def _outbox_add(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], version: 
     return seq
 
 
+def _cascade(
+    conn: sqlite3.Connection, entity: Entity, ids: list[str], clock: int,
+    targets: Sequence[str],
+) -> int:
+    """Carry out the ON DELETE rules for rows of `entity` about to be deleted, as writes of our
+    own: each child deleted or set to NULL gets a version, a tombstone and an outbox entry, as
+    any write does (left to the foreign keys, a mirror could never learn of them, and a late
+    write of such a child could come back). Returns how many rows changed."""
+    changed = 0
+    listed = json.dumps(ids)
+    for child, column in REFERENCED_BY[entity.table]:
+        where = f"{column.name} IN (SELECT value FROM json_each(?))"
+        if column.on_delete == "CASCADE":
+            doomed = [r[0] for r in conn.execute(f"SELECT id FROM {child.table} WHERE {where}",
+                                                 (listed,))]
+            if not doomed:
+                continue
+            changed += _cascade(conn, child, doomed, clock, targets)
+            for child_id, old in conn.execute(
+                f"DELETE FROM {child.table} WHERE id IN (SELECT value FROM json_each(?)) "
+                "RETURNING id, row_version", (json.dumps(doomed),)
+            ).fetchall():
+                version = max((old or 0) + 1, clock)
+                _tombstone(conn, child, child_id, version)
+                _outbox_add(conn, _outbox_rows(targets, child, "delete", child_id, None), version)
+                changed += 1
+        else:
+            for r in conn.execute(
+                f"UPDATE {child.table} SET {column.name} = NULL, "
+                f"row_version = max(row_version + 1, ?) WHERE {where} RETURNING *",
+                (clock, listed),
+            ).fetchall():
+                row = from_sqlite(child, r)
+                _outbox_add(conn, _outbox_rows(targets, child, "update", row["id"],
+                                               encode_row(child.name, row)), r["row_version"])
+                changed += 1
+    return changed
+
+
 def _tombstone_version(conn: sqlite3.Connection, entity: Entity, row_id: Any) -> int:
     found = conn.execute("SELECT version FROM cutover_tombstones WHERE entity = ? AND row_id = ?",
                          (entity.name, str(row_id))).fetchone()
@@ -427,7 +478,7 @@ def _entry(r: sqlite3.Row) -> OutboxEntry:
     )
 
 
-def _tombstone(conn: sqlite3.Connection, entity: Entity, row_id: uuid.UUID, version: int) -> None:
+def _tombstone(conn: sqlite3.Connection, entity: Entity, row_id: Any, version: int) -> None:
     conn.execute(
         "INSERT INTO cutover_tombstones (entity, row_id, version) VALUES (?, ?, ?) "
         "ON CONFLICT (entity, row_id) DO UPDATE SET version = max(version, excluded.version)",
