@@ -38,6 +38,7 @@ from proxy.api import EntityMethods, stamp_create, stamp_update
 from proxy.clock import next_version
 from proxy.codec import now_utc
 from proxy.connect import resolve_dsn
+from proxy.deadletters import is_dead
 from proxy.errors import CutoverError, NotFoundError, StoreUnavailable
 from proxy.mirror import TIMED_OUT, MirrorPipeline
 from proxy.models import Entity, SearchResult
@@ -56,8 +57,6 @@ T = TypeVar("T")
 
 AnyStore = SQLiteStore | PostgresStore
 
-MAX_ATTEMPTS = 10  # a mirror write failing this often for a lasting reason becomes a dead letter
-MISSING_PARENT_GRACE_S = 3600.0  # how long a write may wait for its parent row to arrive
 REPLAY_BATCH = 500
 PRIMARY_TIMEOUT_S = 10.0
 FILE_POLL_S = 0.5
@@ -461,13 +460,7 @@ class Repository(EntityMethods):
         for entry, result in zip(entries, results, strict=True):
             if result.outcome is ApplyOutcome.FAILED:
                 self._failures[target] += 1
-                if result.permanent:
-                    dead = entry.attempts + 1 >= MAX_ATTEMPTS
-                else:
-                    # a parent not there yet (the backfill may still be copying it): keep
-                    # trying for a long while before calling it a dead letter
-                    age = (datetime.now(UTC) - entry.created_at).total_seconds()
-                    dead = age > MISSING_PARENT_GRACE_S
+                dead = is_dead(entry, result)
                 await source.outbox_retry(entry.seq, result.error or "failed", dead=dead)
                 event = "outbox.dead_letter" if dead else "outbox.retry"
                 log.warning(event, backend=target, entity=entry.mutation.entity,

@@ -17,12 +17,12 @@ from typing import Any
 
 from config import Settings
 from proxy.clock import next_version
+from proxy.deadletters import is_dead
 from proxy.errors import CutoverError
 from proxy.migrate.verify import RowDiff
 from proxy.models import BY_TABLE
 from proxy.stores.base import ApplyOutcome, Mutation, Store
 
-MAX_ATTEMPTS = 5  # a mirror write that failed this often is a dead letter (kept, listed)
 DRAIN_BATCH = 200
 
 
@@ -46,12 +46,11 @@ def current_primary(settings: Settings) -> str:
 
 
 async def drain_outboxes(sqlite_store: Store, pg_store: Store, *,
-                         batch: int = DRAIN_BATCH, max_attempts: int = MAX_ATTEMPTS
-                         ) -> dict[str, dict[str, int]]:
+                         batch: int = DRAIN_BATCH) -> dict[str, dict[str, int]]:
     """Apply every pending mirror write of both outboxes once; return counts per direction.
 
-    Applied and superseded entries are acknowledged; a failure is retried on a later run and
-    becomes a dead letter when it is permanent or has failed `max_attempts` times.
+    Applied and superseded entries are acknowledged; a failure is retried on a later run, or
+    becomes a dead letter as `proxy.deadletters.is_dead` decides (the repository's policy).
     """
     report: dict[str, dict[str, int]] = {}
     for source, target in ((sqlite_store, pg_store), (pg_store, sqlite_store)):
@@ -67,7 +66,7 @@ async def drain_outboxes(sqlite_store: Store, pg_store: Store, *,
             done = []
             for entry, result in zip(entries, results, strict=True):
                 if result.outcome is ApplyOutcome.FAILED:
-                    dead = result.permanent or entry.attempts + 1 >= max_attempts
+                    dead = is_dead(entry, result)
                     await source.outbox_retry(entry.seq, result.error or "failed", dead=dead)
                     failed.add(entry.seq)
                     counts["dead" if dead else "failed"] += 1

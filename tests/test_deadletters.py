@@ -1,0 +1,99 @@
+"""Dead letters (issue 22, item 3): one policy decides when a failing mirror write is set aside,
+for the repository's replay and `cutover reconcile` alike."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config import Settings
+from proxy import deadletters, open_repository
+from proxy.codec import iso, now_utc
+from proxy.deadletters import MISSING_PARENT_GRACE_S, is_dead
+from proxy.migrate.reconcile import drain_outboxes
+from proxy.models import STUDY_BOOKS, USERS
+from proxy.stores.base import ApplyOutcome, ApplyResult, Mutation, OutboxEntry
+from proxy.stores.postgres import PostgresStore
+from proxy.stores.sqlite import SQLiteStore
+from tests.test_verify import lite_exec, pg_exec
+
+NO_BOB = "ALTER TABLE users ADD CONSTRAINT no_bob CHECK (name <> 'bob')"
+
+
+def _stamp() -> dict[str, Any]:
+    return {"created_at": now_utc(), "updated_at": now_utc()}
+
+
+async def user_for_postgres(store: SQLiteStore, name: str, *, version: int = 10) -> uuid.UUID:
+    """A user written on SQLite whose mirror write to PostgreSQL waits in SQLite's outbox."""
+    uid = uuid.uuid4()
+    await store.insert_row(USERS, {"id": uid, "name": name, "email": f"{uid.hex}@example.com",
+                                   **_stamp()}, version=version, outbox_targets=["postgres"])
+    return uid
+
+
+def test_the_policy() -> None:
+    now = now_utc()
+    entry = OutboxEntry(1, "postgres", Mutation("user", "delete", uuid.uuid4(), 1), now,
+                        attempts=deadletters.MAX_ATTEMPTS - 2)
+    permanent = ApplyResult(ApplyOutcome.FAILED, "check", permanent=True)
+    missing_parent = ApplyResult(ApplyOutcome.FAILED, "foreign key")
+    assert not is_dead(entry, permanent, now=now)
+    tired = OutboxEntry(1, "postgres", entry.mutation, now, attempts=deadletters.MAX_ATTEMPTS - 1)
+    assert is_dead(tired, permanent, now=now)
+    # a missing parent: retried however often until the grace is over
+    assert not is_dead(tired, missing_parent, now=now)
+    later = now + timedelta(seconds=MISSING_PARENT_GRACE_S + 1)
+    assert is_dead(entry, missing_parent, now=later)
+
+
+async def test_reconcile_and_the_repository_read_the_same_limit(
+        sqlite_store: SQLiteStore, pg_store: PostgresStore, pg_dsn: str, sqlite_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(deadletters, "MAX_ATTEMPTS", 3)
+    await pg_exec(pg_dsn, NO_BOB)
+    # reconcile: a constraint only PostgreSQL enforces is retried, not given up at once
+    await user_for_postgres(sqlite_store, "bob")
+    outcomes = []
+    for _ in range(3):
+        report = await drain_outboxes(sqlite_store, pg_store)
+        outcomes.append({k: v for k, v in report["sqlite->postgres"].items() if v})
+    assert outcomes == [{"failed": 1}, {"failed": 1}, {"dead": 1}]
+    [dead] = await sqlite_store.outbox_dead("postgres", 10)
+    assert dead.attempts == 3 and "no_bob" in (dead.last_error or "")
+    await sqlite_store.outbox_ack([dead.seq])
+
+    # the repository's replay: the same limit
+    settings = Settings(sqlite_path=sqlite_path, postgres_dsn=pg_dsn)
+    async with open_repository(settings) as repo:
+        bob = await repo.create_user(name="bob", email="bob@example.com")
+        for _ in range(20):
+            await repo.replay_once()
+            if (await repo.outbox_stats())["postgres"].dead:
+                break
+        [dead] = await repo.stores["sqlite"].outbox_dead("postgres", 10)
+        assert dead.mutation.row_id == bob.id and dead.attempts == 3
+
+
+async def test_reconcile_waits_out_the_grace_for_a_missing_parent(
+        sqlite_store: SQLiteStore, pg_store: PostgresStore, sqlite_path: Path) -> None:
+    user = await sqlite_store.create_user(name="A", email="a@example.com")  # never mirrored
+    await sqlite_store.insert_row(
+        STUDY_BOOKS, {"id": uuid.uuid4(), "user_id": user.id, "title": "T",
+                      "description": None, **_stamp()},
+        version=12, outbox_targets=["postgres"])
+    for _ in range(deadletters.MAX_ATTEMPTS + 1):  # the backfill may still bring the parent
+        report = await drain_outboxes(sqlite_store, pg_store)
+        assert report["sqlite->postgres"]["failed"] == 1, report
+    old = iso(now_utc() - timedelta(seconds=MISSING_PARENT_GRACE_S + 60))
+    lite_exec(sqlite_path, "UPDATE cutover_outbox SET created_at = ?", old)
+    report = await drain_outboxes(sqlite_store, pg_store)
+    assert report["sqlite->postgres"]["dead"] == 1
+    [dead] = await sqlite_store.outbox_dead("postgres", 10)
+    assert "foreign key" in (dead.last_error or "").lower()
+
+
