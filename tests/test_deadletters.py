@@ -3,6 +3,7 @@ for the repository's replay and `cutover reconcile` alike."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -97,3 +98,88 @@ async def test_reconcile_waits_out_the_grace_for_a_missing_parent(
     assert "foreign key" in (dead.last_error or "").lower()
 
 
+
+
+async def dead_letter_for_postgres(store: SQLiteStore) -> uuid.UUID:
+    """A user on SQLite only, its mirror write to PostgreSQL set aside as a dead letter."""
+    uid = uuid.uuid4()
+    _, seq = await store.insert_row(
+        USERS, {"id": uid, "name": "bob", "email": f"{uid.hex}@example.com", **_stamp()},
+        version=10, outbox_targets=["postgres"])
+    assert seq is not None
+    await store.outbox_retry(seq, "CheckViolationError: violates check constraint \"no_bob\"",
+                             dead=True)
+    return uid
+
+
+# -- the flip -------------------------------------------------------------------------------
+
+
+async def test_the_library_refuses_a_flip_to_a_store_with_dead_letters(
+        sqlite_store: SQLiteStore, sqlite_path: Path, pg_dsn: str) -> None:
+    from proxy import FlipRefused
+
+    uid = await dead_letter_for_postgres(sqlite_store)
+    settings = Settings(sqlite_path=sqlite_path, postgres_dsn=pg_dsn)
+    async with open_repository(settings) as repo:
+        assert await repo.stores["postgres"].get_row(USERS, uid) is None
+        with pytest.raises(FlipRefused) as refused:
+            await repo.set_read_primary("postgres")
+        assert "1 dead letter for postgres" in str(refused.value)
+        assert "cutover reconcile --retry-dead" in str(refused.value)
+        assert repo.read_primary == "sqlite"
+        await repo.set_read_primary("postgres", force=True)
+        assert repo.read_primary == "postgres"
+
+
+def test_the_cli_refuses_a_flip_to_a_store_with_dead_letters(
+        sqlite_path: Path, pg_dsn: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from proxy.cli import app
+
+    async def setup() -> None:
+        store = SQLiteStore(sqlite_path)
+        try:
+            await store.init_schema()
+            for _ in range(3):
+                await dead_letter_for_postgres(store)
+        finally:
+            await store.close()
+        pg = PostgresStore(pg_dsn)
+        try:
+            await pg.init_schema()
+        finally:
+            await pg.close()
+
+    asyncio.run(setup())
+    flag = tmp_path / "primary"
+    env = {"SQLITE_PATH": str(sqlite_path), "POSTGRES_DSN": pg_dsn,
+           "READ_PRIMARY_FILE": str(flag)}
+    refused = CliRunner().invoke(app, ["read-primary", "postgres"], env=env)
+    assert refused.exit_code == 2
+    assert "3 dead letters for postgres" in refused.output
+    assert "cutover reconcile --retry-dead" in refused.output
+    assert not flag.exists()
+    forced = CliRunner().invoke(app, ["read-primary", "postgres", "--force"], env=env)
+    assert forced.exit_code == 0, forced.output
+    assert flag.read_text().strip() == "postgres"
+
+
+async def test_the_http_endpoint_refuses_a_flip_to_a_store_with_dead_letters(
+        sqlite_store: SQLiteStore, sqlite_path: Path, pg_dsn: str) -> None:
+    from tests.test_service import ADMIN, bearer, client_for
+
+    await dead_letter_for_postgres(sqlite_store)
+    settings = Settings(sqlite_path=sqlite_path, postgres_dsn=pg_dsn, admin_token=ADMIN)
+    async with client_for(settings) as (client, repo):
+        r = await client.put("/admin/read-primary", json={"read_primary": "postgres"},
+                             headers=bearer(ADMIN))
+        assert r.status_code == 409
+        assert "1 dead letter for postgres" in r.json()["error"]
+        assert "--retry-dead" in r.json()["error"]
+        assert repo.read_primary == "sqlite"
+        r = await client.put("/admin/read-primary",
+                             json={"read_primary": "postgres", "force": True},
+                             headers=bearer(ADMIN))
+        assert r.status_code == 200 and repo.read_primary == "postgres"
