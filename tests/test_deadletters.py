@@ -4,6 +4,7 @@ for the repository's replay and `cutover reconcile` alike."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -16,11 +17,14 @@ from proxy import deadletters, open_repository
 from proxy.codec import iso, now_utc
 from proxy.deadletters import MISSING_PARENT_GRACE_S, is_dead
 from proxy.migrate.reconcile import drain_outboxes
+from proxy.migrate.verify import run_verify
 from proxy.models import STUDY_BOOKS, USERS
 from proxy.stores.base import ApplyOutcome, ApplyResult, Mutation, OutboxEntry
 from proxy.stores.postgres import PostgresStore
 from proxy.stores.sqlite import SQLiteStore
-from tests.test_verify import lite_exec, pg_exec
+from tests.test_verify import both, lite_exec, pg_exec
+
+__all__ = ["both"]  # the fixture, shared with test_verify
 
 NO_BOB = "ALTER TABLE users ADD CONSTRAINT no_bob CHECK (name <> 'bob')"
 
@@ -183,3 +187,38 @@ async def test_the_http_endpoint_refuses_a_flip_to_a_store_with_dead_letters(
                              json={"read_primary": "postgres", "force": True},
                              headers=bearer(ADMIN))
         assert r.status_code == 200 and repo.read_primary == "postgres"
+
+
+# -- verify ---------------------------------------------------------------------------------
+
+
+async def test_verify_counts_dead_letters_as_differences(
+        both: Any, sqlite_path: Path, pg_dsn: str) -> None:
+    sqlite_store, _ = both
+    uid = await dead_letter_for_postgres(sqlite_store)
+    report = await run_verify(sqlite_path, pg_dsn, queries=0)
+    assert not report.ok
+    assert report.totals["dead_letters"] == 1
+    [dead] = report.to_json()["dead_letters"]
+    assert (dead["target"], dead["entity"], dead["id"]) == ("postgres", "user", str(uid))
+    assert "no_bob" in dead["last_error"]
+
+
+def test_the_verify_command_exits_1_and_lists_dead_letters(
+        both: Any, sqlite_path: Path, pg_dsn: str) -> None:
+    from typer.testing import CliRunner
+
+    from proxy.cli import app
+
+    sqlite_store, _ = both
+    uid = asyncio.run(dead_letter_for_postgres(sqlite_store))
+    env = {"POSTGRES_DSN": pg_dsn, "SQLITE_PATH": str(sqlite_path)}
+    as_json = CliRunner().invoke(app, ["verify", "--json", "--sample-queries", "0"], env=env)
+    assert as_json.exit_code == 1, as_json.output
+    doc = json.loads(as_json.stdout)
+    assert doc["ok"] is False and doc["totals"]["dead_letters"] == 1
+    assert [d["id"] for d in doc["dead_letters"]] == [str(uid)]
+    text = CliRunner().invoke(app, ["verify", "--sample-queries", "0"], env=env)
+    assert text.exit_code == 1
+    assert "dead letters (1" in text.stdout and str(uid) in text.stdout
+    assert "no_bob" in text.stdout and "the stores differ" in text.stdout

@@ -124,7 +124,7 @@ def verify(
     """Compare the two stores: counts, every row, foreign keys; search parity on a sample.
 
     Exit 0 when they agree, 1 when they differ. Rows in the backfill's rejects and rows with a
-    mirror write still pending are listed apart and are not differences.
+    mirror write still pending are listed apart and are not differences; dead letters are.
     """
     from proxy.migrate.verify import SQLiteNotUpgraded, run_verify
 
@@ -229,6 +229,13 @@ def _print_verify(doc: dict[str, Any], title: str = "verify") -> None:
             for r in rows[:50]:
                 cols = f" ({', '.join(r['columns'])})" if r.get("columns") else ""
                 out.print(f"  {r['table']} {r['id']} {r['kind']}{cols}", markup=False)
+    dead = doc.get("dead_letters") or []
+    if dead:
+        out.print(f"[bold red]dead letters[/bold red] ({doc['totals']['dead_letters']}, first "
+                  f"{len(dead)} listed; `cutover reconcile --retry-dead` requeues them)")
+        for d in dead:
+            out.print(f"  -> {d['target']} {d['entity']} {d['id']} {d['op']} after "
+                      f"{d['attempts']} attempts: {d['last_error']}", markup=False)
     if doc["backfill"]:
         out.print(f"[bold]backfill rejects and changes[/bold] ({doc['totals']['backfill']})")
         for r in doc["backfill"][:50]:

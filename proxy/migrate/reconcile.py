@@ -145,6 +145,7 @@ async def run_reconcile(sqlite_path: Path, dsn: str, primary: str) -> ReconcileR
     from proxy.migrate.backfill import open_pool
     from proxy.migrate.verify import (
         SchemaMissing,
+        add_dead_letters,
         compare_stores,
         is_upgraded,
         pending_rows,
@@ -173,6 +174,7 @@ async def run_reconcile(sqlite_path: Path, dsn: str, primary: str) -> ReconcileR
         await compare_stores(sqlite_path, pool, pending=pending,
                              on_diffs=Repairer(main, other, repairs), sequential=True)
         after = await compare_stores(sqlite_path, pool, pending=pending)
+        await add_dead_letters(after, sqlite_store, pg_store)
         return ReconcileReport(primary, drained, repairs.repaired, repairs.failed, after)
     finally:
         await pool.close()
