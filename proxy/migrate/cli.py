@@ -153,12 +153,16 @@ def verify(
 @app.command()
 def reconcile(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    retry_dead: bool = typer.Option(
+        False, "--retry-dead",
+        help="Requeue the dead letters of both outboxes (attempts reset, last error kept) "
+             "before replaying."),
 ) -> None:
     """Replay pending mirror writes, then repair what verify finds, from the primary.
 
     The primary is READ_PRIMARY, or the word in READ_PRIMARY_FILE when that is set. Each
     differing row is copied from it as a new write (or deleted where it has none). Exit 1 if
-    differences remain afterwards.
+    differences (dead letters included) remain afterwards.
     """
     from proxy.migrate.reconcile import PrimaryUnknown, current_primary, run_reconcile
     from proxy.migrate.verify import SQLiteNotUpgraded
@@ -171,7 +175,7 @@ def reconcile(
         raise fail(str(exc), EXIT_USAGE) from None
 
     async def main() -> Any:
-        return await run_reconcile(path, await _dsn(settings), primary)
+        return await run_reconcile(path, await _dsn(settings), primary, retry_dead=retry_dead)
 
     try:
         with _logs_to_stderr():
@@ -185,6 +189,8 @@ def reconcile(
     else:
         out = Console()
         out.print(f"primary: [bold]{report.primary}[/bold]")
+        for direction, n in report.requeued.items():
+            out.print(f"dead letters requeued {direction}: {n}")
         for direction, counts in report.drained.items():
             out.print(f"outbox {direction}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         repaired = ", ".join(f"{k} {v}" for k, v in report.repaired.items()) or "nothing"

@@ -78,6 +78,14 @@ async def drain_outboxes(sqlite_store: Store, pg_store: Store, *,
     return report
 
 
+async def requeue_dead_letters(sqlite_store: Store, pg_store: Store) -> dict[str, int]:
+    """Put both outboxes' dead letters back in the queue (attempts 0, last error kept); return
+    how many per direction. The next drain replays them; `is_dead` decides again."""
+    return {f"{source.backend}->{target.backend}":
+            await source.outbox_requeue_dead(target.backend)
+            for source, target in ((sqlite_store, pg_store), (pg_store, sqlite_store))}
+
+
 @dataclass
 class RepairReport:
     repaired: dict[str, int] = field(default_factory=dict)
@@ -133,15 +141,18 @@ class ReconcileReport:
     repaired: dict[str, int]
     failed: list[dict[str, Any]]
     after: Any  # the VerifyReport of the check that follows the repairs
+    requeued: dict[str, int] = field(default_factory=dict)  # dead letters, with --retry-dead
 
     def to_json(self) -> dict[str, Any]:
-        return {"primary": self.primary, "drained": self.drained, "repaired": self.repaired,
-                "failed": self.failed, "ok": bool(self.after.ok),
+        return {"primary": self.primary, "requeued": self.requeued, "drained": self.drained,
+                "repaired": self.repaired, "failed": self.failed, "ok": bool(self.after.ok),
                 "verify": self.after.to_json()}
 
 
-async def run_reconcile(sqlite_path: Path, dsn: str, primary: str) -> ReconcileReport:
-    """Drain both outboxes, repair every difference from `primary`, then verify again."""
+async def run_reconcile(sqlite_path: Path, dsn: str, primary: str, *,
+                        retry_dead: bool = False) -> ReconcileReport:
+    """Drain both outboxes (their dead letters first requeued when `retry_dead`), repair every
+    difference from `primary`, then verify again."""
     from proxy.migrate.backfill import open_pool
     from proxy.migrate.verify import (
         SchemaMissing,
@@ -162,6 +173,7 @@ async def run_reconcile(sqlite_path: Path, dsn: str, primary: str) -> ReconcileR
     pg_store = PostgresStore(dsn, min_size=1, max_size=2)
     try:
         await require_tables(sqlite_path, pool)
+        requeued = await requeue_dead_letters(sqlite_store, pg_store) if retry_dead else {}
         drained = await drain_outboxes(sqlite_store, pg_store)
         main, other = ((sqlite_store, pg_store) if primary == "sqlite"
                        else (pg_store, sqlite_store))
@@ -175,7 +187,8 @@ async def run_reconcile(sqlite_path: Path, dsn: str, primary: str) -> ReconcileR
                              on_diffs=Repairer(main, other, repairs), sequential=True)
         after = await compare_stores(sqlite_path, pool, pending=pending)
         await add_dead_letters(after, sqlite_store, pg_store)
-        return ReconcileReport(primary, drained, repairs.repaired, repairs.failed, after)
+        return ReconcileReport(primary, drained, repairs.repaired, repairs.failed, after,
+                               requeued)
     finally:
         await pool.close()
         await sqlite_store.close()
