@@ -17,6 +17,7 @@ import typer
 from config import Settings
 from proxy.cli import EXIT_USAGE, app, fail, load_settings, run
 from proxy.connect import open_store
+from proxy.deadletters import flip_refusal
 from proxy.repository import default_shadow_path, read_primary_file, write_primary_file
 from proxy.stores.searchtext import parse_query
 from shadow.store import ShadowStore
@@ -92,7 +93,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="One JSON document
 def read_primary(
     backend: str | None = typer.Argument(None, help="sqlite or postgres; omit to show."),
     force: bool = typer.Option(False, "--force",
-                               help="Flip despite a no-go verdict or pending mirror writes."),
+                               help="Flip despite a no-go verdict, pending mirror writes or "
+                                    "dead letters."),
 ) -> None:
     """Show the primary, or set it through READ_PRIMARY_FILE (running services follow)."""
     settings = load_settings()
@@ -107,12 +109,15 @@ def read_primary(
     if not force:
         outbox = run(lambda: _outbox(settings))
         figures = outbox[backend]
+        if figures.dead_letters:
+            raise fail("refused: " + flip_refusal(figures.dead_letters, backend,
+                                                  override="use --force"), EXIT_USAGE)
         # Under live traffic a few writes are always in flight; what blocks a flip is a
-        # backlog: writes waiting longer than a replay pass takes, or dead letters.
-        if figures.dead_letters or (figures.pending and figures.oldest_age_s > STUCK_AFTER_S):
+        # backlog: writes waiting longer than a replay pass takes.
+        if figures.pending and figures.oldest_age_s > STUCK_AFTER_S:
             raise fail(f"refused: {figures.pending} mirror writes to {backend} are pending "
-                       f"(oldest {figures.oldest_age_s:.0f} s, {figures.dead_letters} dead "
-                       "letters); run `cutover reconcile`, or use --force", EXIT_USAGE)
+                       f"(oldest {figures.oldest_age_s:.0f} s); run `cutover reconcile`, or "
+                       "use --force", EXIT_USAGE)
         if backend == "postgres":
             verdict = _verdict(settings, outbox)
             if not verdict.go:

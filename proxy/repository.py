@@ -39,6 +39,7 @@ from proxy.api import EntityMethods, stamp_create, stamp_update
 from proxy.clock import next_version
 from proxy.codec import now_utc
 from proxy.connect import resolve_dsn
+from proxy.deadletters import flip_refusal, is_dead
 from proxy.errors import CutoverError, NotFoundError, OutcomeUnknown, StoreUnavailable
 from proxy.mirror import TIMED_OUT, MirrorPipeline, apply_following, settle_missing_parents
 from proxy.models import BY_NAME, REFERENCED_BY, Entity, SearchResult
@@ -57,15 +58,14 @@ T = TypeVar("T")
 
 AnyStore = SQLiteStore | PostgresStore
 
-MAX_ATTEMPTS = 10  # a mirror write failing this often for a lasting reason becomes a dead letter
-MISSING_PARENT_GRACE_S = 3600.0  # how long a write may wait for its parent row to arrive
 REPLAY_BATCH = 500
 PRIMARY_TIMEOUT_S = 10.0
 FILE_POLL_S = 0.5
 
 
 class FlipRefused(CutoverError):
-    """Raised when the primary cannot move now (mirror writes to the target still pending)."""
+    """Raised when the primary cannot move now (mirror writes to the target still pending, or
+    dead letters for it)."""
 
 
 class _WriteGate:
@@ -185,8 +185,9 @@ class Repository(EntityMethods):
         """Move reads and the source of truth to `backend`; flipping back is the rollback.
 
         Writes in flight finish first; the mirror writes still waiting to reach `backend` are
-        replayed before it takes over. If some cannot be (the store is down), the flip is
-        refused with `FlipRefused` unless `force` (an emergency rollback).
+        replayed before it takes over. If some cannot be (the store is down), or dead letters
+        for `backend` wait in the outbox, the flip is refused with `FlipRefused` unless `force`
+        (an emergency rollback).
         """
         if backend not in BACKENDS:
             raise ValueError(f"read primary must be sqlite or postgres, not {backend!r}")
@@ -213,7 +214,8 @@ class Repository(EntityMethods):
             log.info("primary.flipped", old=old, new=target, forced=force)
 
     async def _drain_to(self, target: Backend) -> None:
-        """Replay every pending write for `target`; raise if some remain after the timeout."""
+        """Replay every pending write for `target`; raise if some remain after the timeout, or
+        if dead letters for it are waiting (the store would take over without their rows)."""
         deadline = time.monotonic() + self._drain_timeout_s
         source = self._stores[_other(target)]
         while True:
@@ -221,10 +223,18 @@ class Repository(EntityMethods):
             await self._flush_acks()
             pending = await source.outbox_pending(target, 1)
             if not pending:
-                return
+                break
             if time.monotonic() > deadline:
                 raise FlipRefused(f"mirror writes to {target} are still pending")
             await asyncio.sleep(0.05)
+        dead = await self.dead_letters(target)
+        if dead:
+            raise FlipRefused(flip_refusal(dead, target))
+
+    async def dead_letters(self, target: Backend) -> int:
+        """Mirror writes to `target` set aside as dead letters (kept in the other store)."""
+        stats = await self._stores[_other(target)].outbox_stats(target)
+        return stats.dead
 
     # -- writes --
     async def _write(
@@ -455,13 +465,7 @@ class Repository(EntityMethods):
         for entry, result in zip(entries, results, strict=True):
             if result.outcome is ApplyOutcome.FAILED:
                 self._failures[target] += 1
-                if result.permanent:
-                    dead = entry.attempts + 1 >= MAX_ATTEMPTS
-                else:
-                    # a parent not there yet (the backfill may still be copying it): keep
-                    # trying for a long while before calling it a dead letter
-                    age = (datetime.now(UTC) - entry.created_at).total_seconds()
-                    dead = age > MISSING_PARENT_GRACE_S
+                dead = is_dead(entry, result)
                 await source.outbox_retry(entry.seq, result.error or "failed", dead=dead)
                 event = "outbox.dead_letter" if dead else "outbox.retry"
                 log.warning(event, backend=target, entity=entry.mutation.entity,

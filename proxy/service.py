@@ -40,6 +40,7 @@ from starlette.exceptions import HTTPException
 from config import Settings
 from config.settings import redact_dsn
 from metrics import make_metrics_app
+from proxy.deadletters import flip_refusal
 from proxy.errors import CutoverError, NotFoundError, StoreUnavailable, ValidationError
 from proxy.models import (
     LEARNING_EVENTS,
@@ -231,8 +232,8 @@ SearchHit = _out_model(
 class ReadPrimaryIn(_In):
     read_primary: Backend
     force: bool = Field(
-        False, description="flip even while the go/no-go verdict says no or mirror writes to "
-        "the target are pending (an emergency rollback)")
+        False, description="flip even while the go/no-go verdict says no, or mirror writes to "
+        "the target are pending or dead letters (an emergency rollback)")
 
 
 class ReadPrimaryOut(BaseModel):
@@ -482,9 +483,15 @@ def create_app(
     @admin.put("/read-primary", response_model=ReadPrimaryOut,
                responses={409: {"model": ErrorOut, "description": "flip refused"}})
     async def put_read_primary(body: ReadPrimaryIn, repo: RepoDep) -> ReadPrimaryOut:
-        """Flip the primary (the rollback is a flip back). A flip to PostgreSQL is refused
-        while the go/no-go verdict says no, unless `force`."""
+        """Flip the primary (the rollback is a flip back). A flip is refused while dead letters
+        for the target wait, and a flip to PostgreSQL while the go/no-go verdict says no,
+        unless `force`."""
         target = body.read_primary
+        if target != repo.read_primary and not body.force:
+            # the repository refuses too; asked first so the reason is not the verdict's
+            dead = await repo.dead_letters(target)
+            if dead:
+                raise FlipRefused(f"cannot flip to {target}: {flip_refusal(dead, target)}")
         if target == "postgres" and target != repo.read_primary and not body.force:
             from proxy.demo import current_verdict
 

@@ -11,6 +11,7 @@ included, without relying on a race to happen.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import uuid
 from pathlib import Path
@@ -65,10 +66,8 @@ async def _one_write(repo: Repository, rng: random.Random, n: int) -> None:
                                            action=f"x{n}"),
         lambda: repo.delete_learning_event(event),
     ]
-    try:
+    with contextlib.suppress(NotFoundError, ValidationError):
         await rng.choice(writes)()
-    except (NotFoundError, ValidationError):
-        pass
 
 
 async def _history_then_shuffled_mirror(

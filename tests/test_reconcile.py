@@ -13,9 +13,10 @@ import asyncpg
 from typer.testing import CliRunner
 
 from proxy.cli import app
-from proxy.migrate.reconcile import MAX_ATTEMPTS, drain_outboxes, run_reconcile
+from proxy.deadletters import MAX_ATTEMPTS
+from proxy.migrate.reconcile import drain_outboxes, run_reconcile
 from proxy.migrate.verify import run_verify
-from proxy.models import STUDY_BOOKS, USERS
+from proxy.models import USERS
 from proxy.stores.postgres import PostgresStore
 from proxy.stores.sqlite import SQLiteStore
 from tests.test_verify import both, lite_exec, pg_exec
@@ -43,22 +44,21 @@ async def test_pending_mirror_writes_are_replayed_both_ways(
 
 
 async def test_a_write_that_keeps_failing_becomes_a_dead_letter(
-        sqlite_store: SQLiteStore, pg_store: PostgresStore) -> None:
-    user = await sqlite_store.create_user(name="A", email="a@example.com")  # never mirrored
+        sqlite_store: SQLiteStore, pg_store: PostgresStore, pg_dsn: str) -> None:
+    await pg_exec(pg_dsn, "ALTER TABLE users ADD CONSTRAINT no_bob CHECK (name <> 'bob')")
     stamp = {"created_at": _now(), "updated_at": _now()}
     await sqlite_store.insert_row(
-        STUDY_BOOKS, {"id": uuid.uuid4(), "user_id": user.id, "title": "T",
-                      "description": None, **stamp},
+        USERS, {"id": uuid.uuid4(), "name": "bob", "email": "bob@example.com", **stamp},
         clock=12, outbox_targets=["postgres"])
     for attempt in range(1, MAX_ATTEMPTS + 1):
         report = await drain_outboxes(sqlite_store, pg_store)
-        # the parent is missing on PostgreSQL: retried, then given up on
+        # a constraint only PostgreSQL enforces: retried, then given up on
         expected = "dead" if attempt == MAX_ATTEMPTS else "failed"
         assert report["sqlite->postgres"][expected] == 1, (attempt, report)
     stats = await sqlite_store.outbox_stats("postgres")
     assert (stats.pending, stats.dead) == (0, 1)
     [dead] = await sqlite_store.outbox_dead("postgres", 10)
-    assert dead.attempts == MAX_ATTEMPTS and "foreign key" in (dead.last_error or "").lower()
+    assert dead.attempts == MAX_ATTEMPTS and "no_bob" in (dead.last_error or "")
 
 
 async def corrupt_both_sides(sqlite_path: Path, pg_dsn: str) -> None:

@@ -124,7 +124,7 @@ def verify(
     """Compare the two stores: counts, every row, foreign keys; search parity on a sample.
 
     Exit 0 when they agree, 1 when they differ. Rows in the backfill's rejects and rows with a
-    mirror write still pending are listed apart and are not differences.
+    mirror write still pending are listed apart and are not differences; dead letters are.
     """
     from proxy.migrate.verify import SQLiteNotUpgraded, run_verify
 
@@ -153,12 +153,16 @@ def verify(
 @app.command()
 def reconcile(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    retry_dead: bool = typer.Option(
+        False, "--retry-dead",
+        help="Requeue the dead letters of both outboxes (attempts reset, last error kept) "
+             "before replaying."),
 ) -> None:
     """Replay pending mirror writes, then repair what verify finds, from the primary.
 
     The primary is READ_PRIMARY, or the word in READ_PRIMARY_FILE when that is set. Each
     differing row is copied from it as a new write (or deleted where it has none). Exit 1 if
-    differences remain afterwards.
+    differences (dead letters included) remain afterwards.
     """
     from proxy.migrate.reconcile import PrimaryUnknown, current_primary, run_reconcile
     from proxy.migrate.verify import SQLiteNotUpgraded
@@ -171,7 +175,7 @@ def reconcile(
         raise fail(str(exc), EXIT_USAGE) from None
 
     async def main() -> Any:
-        return await run_reconcile(path, await _dsn(settings), primary)
+        return await run_reconcile(path, await _dsn(settings), primary, retry_dead=retry_dead)
 
     try:
         with _logs_to_stderr():
@@ -185,6 +189,8 @@ def reconcile(
     else:
         out = Console()
         out.print(f"primary: [bold]{report.primary}[/bold]")
+        for direction, n in report.requeued.items():
+            out.print(f"dead letters requeued {direction}: {n}")
         for direction, counts in report.drained.items():
             out.print(f"outbox {direction}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         repaired = ", ".join(f"{k} {v}" for k, v in report.repaired.items()) or "nothing"
@@ -229,6 +235,13 @@ def _print_verify(doc: dict[str, Any], title: str = "verify") -> None:
             for r in rows[:50]:
                 cols = f" ({', '.join(r['columns'])})" if r.get("columns") else ""
                 out.print(f"  {r['table']} {r['id']} {r['kind']}{cols}", markup=False)
+    dead = doc.get("dead_letters") or []
+    if dead:
+        out.print(f"[bold red]dead letters[/bold red] ({doc['totals']['dead_letters']}, first "
+                  f"{len(dead)} listed; `cutover reconcile --retry-dead` requeues them)")
+        for d in dead:
+            out.print(f"  -> {d['target']} {d['entity']} {d['id']} {d['op']} after "
+                      f"{d['attempts']} attempts: {d['last_error']}", markup=False)
     if doc["backfill"]:
         out.print(f"[bold]backfill rejects and changes[/bold] ({doc['totals']['backfill']})")
         for r in doc["backfill"][:50]:

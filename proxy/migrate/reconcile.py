@@ -17,12 +17,13 @@ from typing import Any
 
 from config import Settings
 from proxy.clock import next_version
+from proxy.deadletters import is_dead
 from proxy.errors import CutoverError
 from proxy.migrate.verify import RowDiff
+from proxy.mirror import apply_following
 from proxy.models import BY_TABLE
 from proxy.stores.base import ApplyOutcome, Mutation, Store
 
-MAX_ATTEMPTS = 5  # a mirror write that failed this often is a dead letter (kept, listed)
 DRAIN_BATCH = 200
 
 
@@ -46,12 +47,11 @@ def current_primary(settings: Settings) -> str:
 
 
 async def drain_outboxes(sqlite_store: Store, pg_store: Store, *,
-                         batch: int = DRAIN_BATCH, max_attempts: int = MAX_ATTEMPTS
-                         ) -> dict[str, dict[str, int]]:
+                         batch: int = DRAIN_BATCH) -> dict[str, dict[str, int]]:
     """Apply every pending mirror write of both outboxes once; return counts per direction.
 
-    Applied and superseded entries are acknowledged; a failure is retried on a later run and
-    becomes a dead letter when it is permanent or has failed `max_attempts` times.
+    Applied and superseded entries are acknowledged; a failure is retried on a later run, or
+    becomes a dead letter as `proxy.deadletters.is_dead` decides (the repository's policy).
     """
     report: dict[str, dict[str, int]] = {}
     for source, target in ((sqlite_store, pg_store), (pg_store, sqlite_store)):
@@ -63,11 +63,13 @@ async def drain_outboxes(sqlite_store: Store, pg_store: Store, *,
                        if e.seq not in failed]
             if not entries:
                 break
-            results = await target.apply([e.mutation for e in entries])
+            # as the repository's replay loop applies them (missing parents settled by the
+            # store that wrote them, a parent's delete sparing the children it still holds)
+            results = await apply_following(source, target, [e.mutation for e in entries])
             done = []
             for entry, result in zip(entries, results, strict=True):
                 if result.outcome is ApplyOutcome.FAILED:
-                    dead = result.permanent or entry.attempts + 1 >= max_attempts
+                    dead = is_dead(entry, result)
                     await source.outbox_retry(entry.seq, result.error or "failed", dead=dead)
                     failed.add(entry.seq)
                     counts["dead" if dead else "failed"] += 1
@@ -77,6 +79,14 @@ async def drain_outboxes(sqlite_store: Store, pg_store: Store, *,
             await source.outbox_ack(done)
         report[f"{source.backend}->{target.backend}"] = counts
     return report
+
+
+async def requeue_dead_letters(sqlite_store: Store, pg_store: Store) -> dict[str, int]:
+    """Put both outboxes' dead letters back in the queue (attempts 0, last error kept); return
+    how many per direction. The next drain replays them; `is_dead` decides again."""
+    return {f"{source.backend}->{target.backend}":
+            await source.outbox_requeue_dead(target.backend)
+            for source, target in ((sqlite_store, pg_store), (pg_store, sqlite_store))}
 
 
 @dataclass
@@ -134,18 +144,22 @@ class ReconcileReport:
     repaired: dict[str, int]
     failed: list[dict[str, Any]]
     after: Any  # the VerifyReport of the check that follows the repairs
+    requeued: dict[str, int] = field(default_factory=dict)  # dead letters, with --retry-dead
 
     def to_json(self) -> dict[str, Any]:
-        return {"primary": self.primary, "drained": self.drained, "repaired": self.repaired,
-                "failed": self.failed, "ok": bool(self.after.ok),
+        return {"primary": self.primary, "requeued": self.requeued, "drained": self.drained,
+                "repaired": self.repaired, "failed": self.failed, "ok": bool(self.after.ok),
                 "verify": self.after.to_json()}
 
 
-async def run_reconcile(sqlite_path: Path, dsn: str, primary: str) -> ReconcileReport:
-    """Drain both outboxes, repair every difference from `primary`, then verify again."""
+async def run_reconcile(sqlite_path: Path, dsn: str, primary: str, *,
+                        retry_dead: bool = False) -> ReconcileReport:
+    """Drain both outboxes (their dead letters first requeued when `retry_dead`), repair every
+    difference from `primary`, then verify again."""
     from proxy.migrate.backfill import open_pool
     from proxy.migrate.verify import (
         SchemaMissing,
+        add_dead_letters,
         compare_stores,
         is_upgraded,
         pending_rows,
@@ -162,6 +176,7 @@ async def run_reconcile(sqlite_path: Path, dsn: str, primary: str) -> ReconcileR
     pg_store = PostgresStore(dsn, min_size=1, max_size=2)
     try:
         await require_tables(sqlite_path, pool)
+        requeued = await requeue_dead_letters(sqlite_store, pg_store) if retry_dead else {}
         drained = await drain_outboxes(sqlite_store, pg_store)
         main, other = ((sqlite_store, pg_store) if primary == "sqlite"
                        else (pg_store, sqlite_store))
@@ -174,7 +189,9 @@ async def run_reconcile(sqlite_path: Path, dsn: str, primary: str) -> ReconcileR
         await compare_stores(sqlite_path, pool, pending=pending,
                              on_diffs=Repairer(main, other, repairs), sequential=True)
         after = await compare_stores(sqlite_path, pool, pending=pending)
-        return ReconcileReport(primary, drained, repairs.repaired, repairs.failed, after)
+        await add_dead_letters(after, sqlite_store, pg_store)
+        return ReconcileReport(primary, drained, repairs.repaired, repairs.failed, after,
+                               requeued)
     finally:
         await pool.close()
         await sqlite_store.close()

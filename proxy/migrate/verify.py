@@ -11,7 +11,9 @@ since the epoch (UTC), decimals at the column's scale (a REAL rounded half-even,
 does), integers and text exactly, NULL as its own marker.
 
 Rows the backfill rejected or changed (`cutover_backfill_rejects`) and rows with a mirror write
-still pending (either outbox) are listed in their own sections and are not differences.
+still pending (either outbox) are listed in their own sections and are not differences. Dead
+letters (mirror writes given up on, `proxy.deadletters`) are: the store they were meant for lacks
+their writes, so they are counted and listed, and the stores do not agree.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ LEAF_ROWS = 2000  # a group this small is compared row by row
 SCAN_SLICES = 8  # whole-table scans are split into this many jobs
 PROCESS_MIN_ROWS = 50_000  # smaller tables are not worth a worker process's start
 MAX_LISTED = 1000  # rows listed per section (the counts are always complete)
+DEAD_LISTED = 20  # dead letters listed (the count is always complete)
 SEP, NULL = "\x1f", "\x1e"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
@@ -518,6 +521,22 @@ async def search_parity(sqlite_store: Any, pg_store: Any, samples: list[tuple[st
 # -- the whole verification -------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A mirror write given up on: `target` never got it."""
+
+    target: str
+    entity: str
+    row_id: str
+    op: str
+    attempts: int
+    last_error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "entity": self.entity, "id": self.row_id, "op": self.op,
+                "attempts": self.attempts, "last_error": self.last_error}
+
+
 @dataclass
 class VerifyReport:
     tables: dict[str, TableResult]
@@ -529,10 +548,12 @@ class VerifyReport:
     seconds: float = 0.0
     totals: dict[str, int] = field(default_factory=dict)
     search_error: str | None = None
+    dead_letters: list[DeadLetter] = field(default_factory=list)  # the first DEAD_LISTED
 
     @property
     def ok(self) -> bool:
-        return self.totals.get("differences", 0) == 0 and not any(self.orphans.values())
+        return (self.totals.get("differences", 0) == 0 and not any(self.orphans.values())
+                and self.totals.get("dead_letters", 0) == 0)
 
     def to_json(self) -> dict[str, Any]:
         def row(d: RowDiff) -> dict[str, Any]:
@@ -553,6 +574,7 @@ class VerifyReport:
             "differences": [row(d) for d in self.differences],
             "pending": [row(d) for d in self.pending],
             "backfill": [{**row(d), "reason": why} for d, why in self.backfill],
+            "dead_letters": [d.to_json() for d in self.dead_letters],
             "foreign_keys": {"orphans": self.orphans},
             "search": {
                 "informational": True,
@@ -690,6 +712,22 @@ async def pending_rows(sqlite_store: Any, pg_store: Any) -> set[str]:
     return ids
 
 
+async def add_dead_letters(report: VerifyReport, sqlite_store: Any, pg_store: Any) -> None:
+    """Count the dead letters of both outboxes into `report` and list the first few."""
+    count, listed = 0, []
+    for store, target in ((sqlite_store, "postgres"), (pg_store, "sqlite")):
+        try:
+            stats = await store.outbox_stats(target)
+            entries = await store.outbox_dead(target, DEAD_LISTED) if stats.dead else []
+        except (sqlite3.OperationalError, asyncpg.UndefinedTableError):
+            continue  # a store without the cutover's tables has no outbox yet
+        count += stats.dead
+        listed += [DeadLetter(target, e.mutation.entity, str(e.mutation.row_id), e.mutation.op,
+                              e.attempts, e.last_error) for e in entries]
+    report.totals["dead_letters"] = count
+    report.dead_letters = listed[:DEAD_LISTED]
+
+
 def is_upgraded(path: Path) -> bool:
     """True when the SQLite file holds the cutover's tables (schema init ran on it)."""
     conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
@@ -723,6 +761,8 @@ async def run_verify(sqlite_path: Path, dsn: str, *, queries: int = 20) -> Verif
         finally:
             if processes is not None:
                 processes.shutdown(wait=False, cancel_futures=True)
+        if upgraded:
+            await add_dead_letters(report, sqlite_store, pg_store)
         if not upgraded:
             report.search_error = "the SQLite database is not upgraded (no search index)"
         else:

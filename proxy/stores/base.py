@@ -188,3 +188,7 @@ class Store(Protocol):
     async def outbox_stats(self, target: str) -> OutboxStats: ...
 
     async def outbox_dead(self, target: str, limit: int) -> list[OutboxEntry]: ...
+
+    async def outbox_requeue_dead(self, target: str) -> int:
+        """Put the dead letters for `target` back in the queue (attempts 0, last error kept);
+        return how many."""

@@ -439,6 +439,13 @@ class PostgresStore(StoreMethods):
             "WHERE seq = $1", seq, error[:500], dead,
         )
 
+    async def outbox_requeue_dead(self, target: str) -> int:
+        rows = await self._fetch(
+            "WITH u AS (UPDATE cutover_outbox SET dead = false, attempts = 0 "
+            "WHERE target = $1 AND dead RETURNING 1) SELECT count(*) FROM u", target,
+        )
+        return int(rows[0][0])
+
     async def outbox_stats(self, target: str) -> OutboxStats:
         rows = await self._fetch(
             "SELECT count(*) FILTER (WHERE NOT dead) AS pending, "

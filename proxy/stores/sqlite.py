@@ -352,6 +352,11 @@ class SQLiteStore(StoreMethods):
         )
         await self._run(lambda c: c.execute(sql, (error[:500], int(dead), seq)), write=True)
 
+    async def outbox_requeue_dead(self, target: str) -> int:
+        sql = "UPDATE cutover_outbox SET dead = 0, attempts = 0 WHERE target = ? AND dead = 1"
+        count: int = await self._run(lambda c: c.execute(sql, (target,)).rowcount, write=True)
+        return count
+
     async def outbox_stats(self, target: str) -> OutboxStats:
         def read(conn: sqlite3.Connection) -> OutboxStats:
             pending, oldest = conn.execute(
