@@ -37,7 +37,7 @@ async def user_for_postgres(store: SQLiteStore, name: str, *, version: int = 10)
     """A user written on SQLite whose mirror write to PostgreSQL waits in SQLite's outbox."""
     uid = uuid.uuid4()
     await store.insert_row(USERS, {"id": uid, "name": name, "email": f"{uid.hex}@example.com",
-                                   **_stamp()}, version=version, outbox_targets=["postgres"])
+                                   **_stamp()}, clock=version, outbox_targets=["postgres"])
     return uid
 
 
@@ -109,9 +109,9 @@ async def test_reconcile_waits_out_the_grace_for_a_missing_parent(
 async def dead_letter_for_postgres(store: SQLiteStore) -> uuid.UUID:
     """A user on SQLite only, its mirror write to PostgreSQL set aside as a dead letter."""
     uid = uuid.uuid4()
-    _, seq = await store.insert_row(
+    seq = (await store.insert_row(
         USERS, {"id": uid, "name": "bob", "email": f"{uid.hex}@example.com", **_stamp()},
-        clock=10, outbox_targets=["postgres"])
+        clock=10, outbox_targets=["postgres"])).seq
     assert seq is not None
     await store.outbox_retry(seq, "CheckViolationError: violates check constraint \"no_bob\"",
                              dead=True)
@@ -232,9 +232,9 @@ def test_the_verify_command_exits_1_and_lists_dead_letters(
 async def test_a_store_requeues_its_dead_letters(store: SQLiteStore | PostgresStore) -> None:
     target = "postgres" if store.backend == "sqlite" else "sqlite"
     uid = uuid.uuid4()
-    _, seq = await store.insert_row(
+    seq = (await store.insert_row(
         USERS, {"id": uid, "name": "A", "email": "a@example.com", **_stamp()}, clock=10,
-        outbox_targets=[target])
+        outbox_targets=[target])).seq
     assert seq is not None
     await store.outbox_retry(seq, "first", dead=False)
     await store.outbox_retry(seq, "given up", dead=True)
@@ -262,9 +262,10 @@ async def test_reconcile_retry_dead_requeues_and_the_stores_converge(
     await pg_exec(pg_dsn, NO_BOB)
     bob = await dead_letter_for_postgres(sqlite_store)
     pat = uuid.uuid4()
-    _, seq = await pg_store.insert_row(
+    seq = (await pg_store.insert_row(
         USERS, {"id": pat, "name": "P", "email": "p@example.com", **_stamp()}, clock=11,
-        outbox_targets=["sqlite"])
+        outbox_targets=["sqlite"])).seq
+    assert seq is not None
     await pg_store.outbox_retry(seq, "sqlite was locked", dead=True)
     # a plain reconcile leaves dead letters alone, and says the stores still differ
     plain = await cutover("reconcile", "--json")

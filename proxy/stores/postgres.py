@@ -276,8 +276,13 @@ class PostgresStore(StoreMethods):
         self, entity: Entity, row_id: uuid.UUID, *, clock: int,
         outbox_targets: Sequence[str] = (),
     ) -> Written:
-        pool = await self._get_pool()
         targets = list(outbox_targets)
+        if not REFERENCED_BY[entity.table]:  # nothing references it: one statement does
+            rows = await self._fetch(_delete_primary_sql(entity), row_id, clock, targets)
+            if not rows:
+                raise NotFoundError(entity.name, row_id)
+            return Written(None, rows[0]["outbox_seq"], rows[0]["row_version"])
+        pool = await self._get_pool()
         try:
             async with pool.acquire(timeout=10) as conn, conn.transaction():
                 # locked first: a child inserted meanwhile would be cascaded with no entry
