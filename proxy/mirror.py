@@ -40,58 +40,81 @@ async def apply_following(
     primary: Store, mirror: Store, mutations: Sequence[Mutation]
 ) -> list[ApplyResult]:
     """Apply writes the primary committed to the mirror so that it ends as the primary is,
-    whichever order they arrive in: the delete of a parent goes through `_delete_parent`, and
-    writes missing a parent are settled by `settle_missing_parents`."""
-    results: list[ApplyResult] = []
-    run: list[Mutation] = []
-    for m in mutations:
-        if m.op == "delete" and REFERENCED_BY[BY_NAME[m.entity].table]:
-            if run:
-                results += await mirror.apply(run)
-                run = []
-            results.append(await _delete_parent(primary, mirror, m))
-        else:
-            run.append(m)
-    if run:
-        results += await mirror.apply(run)
-    return await settle_missing_parents(primary, mirror, mutations, results)
+    whichever order they arrive in.
+
+    A parent's delete cascades on the mirror to the children the mirror holds, so the deletes
+    of parents are looked at first, a batch at a time. If the primary holds the row again
+    (re-created since), the delete is out of date: the primary's row is applied instead, which
+    keeps its children. Otherwise each child (or grandchild, through the cascade) the primary
+    still holds was moved elsewhere by a write that has not reached the mirror yet: it is
+    brought up to date first, or the delete waits for the row it moved to. Children the
+    primary cascaded away have entries of their own; the mirror's cascade only gets there
+    first. Writes missing a parent are then settled by `settle_missing_parents`."""
+    batch = list(mutations)
+    parents: dict[Entity, dict[uuid.UUID, int]] = {}  # entity -> deleted id -> its index
+    for i, m in enumerate(batch):
+        entity = BY_NAME[m.entity]
+        if m.op == "delete" and REFERENCED_BY[entity.table]:
+            parents.setdefault(entity, {})[m.row_id] = i
+    waiting: set[int] = set()
+    if parents:
+        for entity, deleted in parents.items():
+            again = await primary.get_versioned(entity, list(deleted))
+            for row_id, (row, version) in again.items():
+                batch[deleted[row_id]] = Mutation(entity.name, "insert", row_id, version, row)
+                del deleted[row_id]
+        waiting = await _move_children_first(primary, mirror, parents)
+    results = [_WAITS] * len(batch)
+    await _apply_some(mirror, batch, [i for i in range(len(batch)) if i not in waiting], results)
+    if waiting:  # the rows the children moved to may have come with this batch: once more
+        still = await _move_children_first(primary, mirror, {
+            e: {r: i for r, i in deleted.items() if i in waiting}
+            for e, deleted in parents.items()})
+        await _apply_some(mirror, batch, sorted(waiting - still), results)
+    return await settle_missing_parents(primary, mirror, batch, results)
 
 
-async def _delete_parent(primary: Store, mirror: Store, delete: Mutation) -> ApplyResult:
-    """A parent's delete cascades on the mirror to the children the mirror holds, so it first
-    makes sure none of them is one the primary still holds. If the primary holds the row itself
-    again (re-created since), the delete is out of date: the primary's row is applied instead,
-    which keeps the children it has. Otherwise each child the primary still holds was moved
-    elsewhere by a write that has not reached the mirror yet: it is brought up to date first (or
-    the delete waits for the row it moved to). Children the primary cascaded away have entries of
-    their own; the mirror's cascade only gets there first."""
-    entity = BY_NAME[delete.entity]
-    again = (await primary.get_versioned(entity, [delete.row_id])).get(delete.row_id)
-    if again is not None:
-        row, version = again
-        return (await apply_following(primary, mirror, [
-            Mutation(delete.entity, "insert", delete.row_id, version, row)]))[0]
+async def _apply_some(mirror: Store, batch: list[Mutation], chosen: list[int],
+                      results: list[ApplyResult]) -> None:
+    if chosen:
+        applied = await mirror.apply([batch[i] for i in chosen])
+        for i, result in zip(chosen, applied, strict=True):
+            results[i] = result
+
+
+_WAITS = ApplyResult(ApplyOutcome.FAILED, "a child of the deleted row was moved to a row not "
+                     "on this store yet: the delete waits for it")
+
+
+async def _move_children_first(
+    primary: Store, mirror: Store, frontier: dict[Entity, dict[uuid.UUID, int]]
+) -> set[int]:
+    """Bring up to date the mirror's children (through cascades) of the deleted parents that
+    the primary still holds; return the indexes of the deletes that must wait."""
     fixes: list[Mutation] = []
-    frontier: dict[Entity, list[uuid.UUID]] = {entity: [delete.row_id]}
+    owners: list[int] = []  # the index of the delete each fix protects
     while frontier:
-        cascaded: dict[Entity, list[uuid.UUID]] = {}
-        for parent, ids in frontier.items():
+        cascaded: dict[Entity, dict[uuid.UUID, int]] = {}
+        for parent, deleted in frontier.items():
+            if not deleted:
+                continue
             for child, column in REFERENCED_BY[parent.table]:
-                held = await mirror.referencing(child, column.name, ids)
-                current = await primary.get_versioned(child, list(held)) if held else {}
-                for child_id in held:
+                held = await mirror.referencing(child, column.name, list(deleted))
+                current = (await primary.get_versioned(child, [c for c, _ in held])
+                           if held else {})
+                for child_id, parent_id in held:
                     if child_id in current:
                         row, version = current[child_id]
                         fixes.append(Mutation(child.name, "update", child_id, version, row))
-                    elif column.on_delete == "CASCADE":
-                        cascaded.setdefault(child, []).append(child_id)  # its children too
+                        owners.append(deleted[parent_id])
+                    elif column.on_delete == "CASCADE":  # its own children go too
+                        cascaded.setdefault(child, {})[child_id] = deleted[parent_id]
         frontier = cascaded
-    if fixes:
-        fixed = await settle_missing_parents(primary, mirror, fixes, await mirror.apply(fixes))
-        if any(r.outcome is ApplyOutcome.FAILED for r in fixed):
-            return ApplyResult(ApplyOutcome.FAILED, "a child of the deleted row was moved to a "
-                               "row not on this store yet: the delete waits for it")
-    return (await mirror.apply([delete]))[0]
+    if not fixes:
+        return set()
+    fixed = await settle_missing_parents(primary, mirror, fixes, await mirror.apply(fixes))
+    return {owner for owner, r in zip(owners, fixed, strict=True)
+            if r.outcome is ApplyOutcome.FAILED}
 
 
 async def settle_missing_parents(

@@ -155,8 +155,8 @@ class Store(Protocol):
 
     async def referencing(
         self, child: Entity, column: str, parent_ids: Sequence[uuid.UUID]
-    ) -> dict[uuid.UUID, int]:
-        """The ids and versions of `child`'s rows whose `column` names one of `parent_ids`."""
+    ) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        """(id, parent id) of each of `child`'s rows whose `column` names one of `parent_ids`."""
 
     async def list_rows(
         self, entity: Entity, owner: Any | None, *, limit: int, offset: int

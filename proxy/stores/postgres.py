@@ -327,10 +327,10 @@ class PostgresStore(StoreMethods):
 
     async def referencing(
         self, child: Entity, column: str, parent_ids: Sequence[uuid.UUID]
-    ) -> dict[uuid.UUID, int]:
-        rows = await self._fetch(f"SELECT id, row_version FROM {child.table} "
+    ) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        rows = await self._fetch(f"SELECT id, {column} FROM {child.table} "
                                  f"WHERE {column} = ANY($1::uuid[])", list(parent_ids))
-        return {r["id"]: r["row_version"] for r in rows}
+        return [(r[0], r[1]) for r in rows]
 
     async def list_rows(
         self, entity: Entity, owner: Any | None, *, limit: int, offset: int

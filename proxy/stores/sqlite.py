@@ -268,12 +268,13 @@ class SQLiteStore(StoreMethods):
 
     async def referencing(
         self, child: Entity, column: str, parent_ids: Sequence[uuid.UUID]
-    ) -> dict[uuid.UUID, int]:
-        sql = (f"SELECT id, row_version FROM {child.table} "
+    ) -> list[tuple[uuid.UUID, uuid.UUID]]:
+        sql = (f"SELECT id, {column} FROM {child.table} "
                f"WHERE {column} IN (SELECT value FROM json_each(?))")
         listed = json.dumps([str(i) for i in parent_ids])
         return await self._run(
-            lambda c: {uuid.UUID(r[0]): r[1] for r in c.execute(sql, (listed,))}, write=False)
+            lambda c: [(uuid.UUID(r[0]), uuid.UUID(r[1])) for r in c.execute(sql, (listed,))],
+            write=False)
 
     async def list_rows(
         self, entity: Entity, owner: Any | None, *, limit: int, offset: int
