@@ -3,6 +3,7 @@
     CutoverError
     ├── ValidationError (also ValueError)   bad input, raised before any store is touched
     ├── NotFoundError (also LookupError)    the row does not exist
+    ├── Fenced                              a write carried an epoch its store has left behind
     └── StoreUnavailable                    the primary could not be reached; nothing changed
         └── OutcomeUnknown                  the primary did not answer in time: the write
                                             may still commit (retry with the same id)
@@ -48,3 +49,14 @@ class OutcomeUnknown(StoreUnavailable):
     """Raised when a primary write was sent but not answered in time: it may still commit (and
     then be mirrored). A retry of an update or delete is harmless; retry a create with the same
     caller-given `id`, so a duplicate is refused instead of made."""
+
+
+class Fenced(CutoverError):
+    """Raised by a store when a write carries an epoch other than its control record's: the
+    primary moved since the writer looked (the repository follows and retries the write)."""
+
+    def __init__(self, backend: str, epoch: int, current: int) -> None:
+        self.backend = backend
+        self.epoch = epoch
+        self.current = current
+        super().__init__(f"{backend} is at epoch {current}, the write carried {epoch}")

@@ -17,7 +17,8 @@ from typing import Any, Literal
 import asyncpg
 
 from proxy.codec import from_postgres
-from proxy.errors import NotFoundError, StoreUnavailable, ValidationError
+from proxy.control import COLUMNS, Control
+from proxy.errors import Fenced, NotFoundError, StoreUnavailable, ValidationError
 from proxy.models import BY_NAME, BY_TABLE, ENTITIES, REFERENCED_BY, Entity, Kind, SearchResult
 from proxy.stores import postgres_schema
 from proxy.stores.base import (
@@ -235,56 +236,59 @@ class PostgresStore(StoreMethods):
     # (see proxy.stores.base) --
     async def insert_row(
         self, entity: Entity, values: dict[str, Any], *, clock: int,
-        outbox_targets: Sequence[str] = (),
+        outbox_targets: Sequence[str] = (), epoch: int | None = None,
     ) -> Written:
         cols = list(values)
         n = len(cols)
         id_param = f"${cols.index('id') + 1}"
         sql = (
-            f"WITH r AS (INSERT INTO {entity.table} ({', '.join(cols)}, row_version) "
-            f"VALUES ({', '.join(f'${i + 1}' for i in range(n))}, GREATEST(${n + 1}, "
+            f"WITH {_FENCE}, r AS (INSERT INTO {entity.table} ({', '.join(cols)}, row_version) "
+            f"SELECT {', '.join(f'${i + 1}' for i in range(n))}, GREATEST(${n + 1}, "
             "COALESCE((SELECT version + 1 FROM cutover_tombstones "
-            f"WHERE entity = '{entity.name}' AND row_id = {id_param}), 0))) RETURNING *), "
-            f"{_outbox_cte(entity, 'insert', f'${n + 2}')} "
-            "SELECT r.*, (SELECT max(seq) FROM o) AS outbox_seq FROM r"
+            f"WHERE entity = '{entity.name}' AND row_id = {id_param}), 0)) "
+            f"WHERE {_fence_holds(f'${n + 3}')} RETURNING *), "
+            f"{_outbox_cte(entity, 'insert', f'${n + 2}')} {_FENCED_RESULT}"
         )
         rows = await self._write(entity, values, sql, *values.values(), clock,
-                                 list(outbox_targets))
-        return _written(entity, rows[0])
+                                 list(outbox_targets), epoch)
+        return _written(entity, _unfenced(rows[0], epoch, entity, values["id"]))
 
     async def update_row(
         self, entity: Entity, row_id: uuid.UUID, changes: dict[str, Any], *, clock: int,
-        outbox_targets: Sequence[str] = (),
+        outbox_targets: Sequence[str] = (), epoch: int | None = None,
     ) -> Written:
         cols = list(changes)
         n = len(cols)
         sets = ", ".join(f"{c} = ${i + 1}" for i, c in enumerate(cols))
         sql = (
-            f"WITH r AS (UPDATE {entity.table} SET {sets}, "
+            f"WITH {_FENCE}, r AS (UPDATE {entity.table} SET {sets}, "
             f"row_version = GREATEST({entity.table}.row_version + 1, ${n + 1}) "
-            f"WHERE id = ${n + 3} RETURNING *), "
-            f"{_outbox_cte(entity, 'update', f'${n + 2}')} "
-            "SELECT r.*, (SELECT max(seq) FROM o) AS outbox_seq FROM r"
+            f"WHERE id = ${n + 3} AND {_fence_holds(f'${n + 4}')} RETURNING *), "
+            f"{_outbox_cte(entity, 'update', f'${n + 2}')} {_FENCED_RESULT}"
         )
         rows = await self._write(entity, changes, sql, *changes.values(), clock,
-                                 list(outbox_targets), row_id)
-        if not rows:
-            raise NotFoundError(entity.name, row_id)
-        return _written(entity, rows[0])
+                                 list(outbox_targets), row_id, epoch)
+        return _written(entity, _unfenced(rows[0], epoch, entity, row_id))
 
     async def delete_row(
         self, entity: Entity, row_id: uuid.UUID, *, clock: int,
-        outbox_targets: Sequence[str] = (),
+        outbox_targets: Sequence[str] = (), epoch: int | None = None,
     ) -> Written:
         targets = list(outbox_targets)
         if not REFERENCED_BY[entity.table]:  # nothing references it: one statement does
-            rows = await self._fetch(_delete_primary_sql(entity), row_id, clock, targets)
-            if not rows:
-                raise NotFoundError(entity.name, row_id)
-            return Written(None, rows[0]["outbox_seq"], rows[0]["row_version"])
+            where = "id = $1 AND " + _fence_holds("$4")
+            sql = (f"WITH {_FENCE}, {_delete_cte(entity, where)}, "
+                   f"{_outbox_cte(entity, 'delete', '$3')} {_FENCED_RESULT}")
+            rows = await self._fetch(sql, row_id, clock, targets, epoch)
+            row = _unfenced(rows[0], epoch, entity, row_id)
+            return Written(None, row["outbox_seq"], row["row_version"])
         pool = await self._get_pool()
         try:
             async with pool.acquire(timeout=10) as conn, conn.transaction():
+                fence = await conn.fetchval(
+                    "SELECT epoch FROM cutover_control WHERE id = 1 FOR KEY SHARE")
+                if epoch is not None and fence != epoch:
+                    raise Fenced("postgres", epoch, fence or 0)
                 # locked first: a child inserted meanwhile would be cascaded with no entry
                 locked = await conn.fetchval(
                     f"SELECT 1 FROM {entity.table} WHERE id = $1 FOR UPDATE", row_id)
@@ -296,6 +300,42 @@ class PostgresStore(StoreMethods):
             raise StoreUnavailable("postgres", _reason(exc)) from exc
         assert row is not None
         return Written(None, row["outbox_seq"], row["row_version"], cascaded)
+
+    # -- the control record (see proxy.control) --
+    async def read_control(self) -> Control | None:
+        rows = await self._fetch(f"SELECT {COLUMNS} FROM cutover_control WHERE id = 1")
+        return Control.from_row(*rows[0]) if rows else None
+
+    async def advance_control(self, control: Control) -> Control:
+        """Store `control` if its epoch is higher than the stored one's; return the stored."""
+        rows = await self._fetch(
+            f"WITH w AS (INSERT INTO cutover_control (id, {COLUMNS}) "
+            "VALUES (1, $1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET "
+            "read_primary = EXCLUDED.read_primary, epoch = EXCLUDED.epoch, "
+            "dual_write = EXCLUDED.dual_write, env_applied = EXCLUDED.env_applied, "
+            "file_word = EXCLUDED.file_word WHERE EXCLUDED.epoch > cutover_control.epoch "
+            f"RETURNING {COLUMNS}) SELECT {COLUMNS} FROM w UNION ALL "
+            f"SELECT {COLUMNS} FROM cutover_control WHERE NOT EXISTS (SELECT 1 FROM w)",
+            *control.to_params())
+        return Control.from_row(*rows[0])
+
+    async def fence_control(self, control: Control, *, expect_epoch: int) -> bool:
+        """Store `control` only if the stored epoch is still `expect_epoch` (a flip's fence).
+        FOR UPDATE waits for the writes holding the record (FOR KEY SHARE) to commit; a write
+        arriving later reads the new epoch and is refused."""
+        pool = await self._get_pool()
+        try:
+            async with pool.acquire(timeout=10) as conn, conn.transaction():
+                stored = await conn.fetchval(
+                    "SELECT epoch FROM cutover_control WHERE id = 1 FOR UPDATE")
+                if stored != expect_epoch:
+                    return False
+                await conn.execute(
+                    "UPDATE cutover_control SET read_primary = $1, epoch = $2, dual_write = $3,"
+                    " env_applied = $4, file_word = $5 WHERE id = 1", *control.to_params())
+                return True
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable("postgres", _reason(exc)) from exc
 
     async def _write(
         self, entity: Entity, values: dict[str, Any], sql: str, *args: Any
@@ -698,18 +738,47 @@ def _hit(
     )
 
 
+# The fence of a primary write: the control record, held (FOR KEY SHARE) until the write
+# commits, so a flip's `fence_control` (FOR UPDATE) waits for it; the write applies only while
+# the record is at the epoch it carries (None: a store used on its own, no fence).
+_FENCE = "f AS (SELECT epoch FROM cutover_control WHERE id = 1 FOR KEY SHARE)"
+_FENCED_RESULT = ("SELECT (SELECT epoch FROM f) AS fence_epoch, r.*, "
+                  "(SELECT max(seq) FROM o) AS outbox_seq FROM (VALUES (1)) AS one LEFT JOIN r "
+                  "ON true")
+
+
+def _fence_holds(epoch_param: str) -> str:
+    return (f"({epoch_param}::bigint IS NULL "
+            f"OR EXISTS (SELECT 1 FROM f WHERE epoch = {epoch_param}))")
+
+
+def _unfenced(row: asyncpg.Record, epoch: int | None, entity: Entity, row_id: Any
+              ) -> asyncpg.Record:
+    """The written row of a `_FENCED_RESULT`; `Fenced` or `NotFoundError` when none."""
+    if epoch is not None and row["fence_epoch"] != epoch:
+        raise Fenced("postgres", epoch, row["fence_epoch"] or 0)
+    if row["row_version"] is None:
+        raise NotFoundError(entity.name, row_id)
+    return row
+
+
+def _delete_cte(entity: Entity, where: str) -> str:
+    """Delete as the primary ($2 the clock): the version and the tombstone (CTEs r and t)."""
+    return (
+        f"r AS (DELETE FROM {entity.table} WHERE {where} "
+        "RETURNING id, GREATEST(row_version + 1, $2) AS row_version), "
+        "t AS (INSERT INTO cutover_tombstones (entity, row_id, version) "
+        f"SELECT '{entity.name}', r.id, r.row_version FROM r ON CONFLICT (entity, row_id) "
+        "DO UPDATE SET version = GREATEST(cutover_tombstones.version, EXCLUDED.version))"
+    )
+
+
 def _delete_primary_sql(entity: Entity, key: str = "id = $1") -> str:
     """Delete as the primary ($1 the id, or ids; $2 the clock; $3 the outbox targets): the
     version, the tombstone and the outbox entry in one statement."""
     return (
-        f"WITH r AS (DELETE FROM {entity.table} WHERE {key} "
-        "RETURNING id, GREATEST(row_version + 1, $2) AS row_version), "
-        "t AS (INSERT INTO cutover_tombstones (entity, row_id, version) "
-        f"SELECT '{entity.name}', r.id, r.row_version FROM r ON CONFLICT (entity, row_id) "
-        "DO UPDATE SET version = GREATEST(cutover_tombstones.version, EXCLUDED.version)), "
-        f"{_outbox_cte(entity, 'delete', '$3')} "
-        "SELECT r.row_version, (SELECT max(seq) FROM o) AS outbox_seq, "
-        "(SELECT count(*) FROM r) AS n FROM r"
+        f"WITH {_delete_cte(entity, key)}, {_outbox_cte(entity, 'delete', '$3')} "
+        "SELECT r.row_version, (SELECT max(seq) FROM o) AS outbox_seq FROM r"
     )
 
 

@@ -169,6 +169,15 @@ CREATE TABLE IF NOT EXISTS cutover_outbox (
 );
 CREATE INDEX IF NOT EXISTS idx_cutover_outbox_pending ON cutover_outbox(target, dead, seq);
 
+CREATE TABLE IF NOT EXISTS cutover_control (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    read_primary TEXT NOT NULL,
+    epoch BIGINT NOT NULL,
+    dual_write BOOLEAN NOT NULL,
+    env_applied TEXT NOT NULL,
+    file_word TEXT
+);
+
 CREATE TABLE IF NOT EXISTS cutover_tombstones (
     entity TEXT NOT NULL,
     row_id UUID NOT NULL,

@@ -30,7 +30,8 @@ from proxy.codec import (
     sqlite_params,
     to_sqlite,
 )
-from proxy.errors import CutoverError, NotFoundError, StoreUnavailable, ValidationError
+from proxy.control import COLUMNS, Control
+from proxy.errors import CutoverError, Fenced, NotFoundError, StoreUnavailable, ValidationError
 from proxy.models import BY_NAME, BY_TABLE, REFERENCED_BY, Entity, SearchResult
 from proxy.stores import sqlite_schema
 from proxy.stores.base import (
@@ -171,7 +172,7 @@ class SQLiteStore(StoreMethods):
     # -- writes as the primary --
     async def insert_row(
         self, entity: Entity, values: dict[str, Any], *, clock: int,
-        outbox_targets: Sequence[str] = (),
+        outbox_targets: Sequence[str] = (), epoch: int | None = None,
     ) -> Written:
         cols = list(values)
         # given every column, the stored row is the values themselves: skip reading it back
@@ -187,6 +188,7 @@ class SQLiteStore(StoreMethods):
                   if complete else [])
 
         def tx(conn: sqlite3.Connection) -> Written:
+            _check_epoch(conn, epoch)
             # a re-created row outranks its tombstone, whatever the clock says
             version = max(clock, _tombstone_version(conn, entity, values["id"]) + 1)
             try:
@@ -204,7 +206,7 @@ class SQLiteStore(StoreMethods):
 
     async def update_row(
         self, entity: Entity, row_id: uuid.UUID, changes: dict[str, Any], *, clock: int,
-        outbox_targets: Sequence[str] = (),
+        outbox_targets: Sequence[str] = (), epoch: int | None = None,
     ) -> Written:
         sets = ", ".join(f"{c} = ?" for c in changes)
         sql = (f"UPDATE {entity.table} SET {sets}, row_version = max(row_version + 1, ?) "
@@ -212,6 +214,7 @@ class SQLiteStore(StoreMethods):
         params = [*to_sqlite(entity, changes).values(), clock, str(row_id)]
 
         def tx(conn: sqlite3.Connection) -> Written:
+            _check_epoch(conn, epoch)
             try:
                 found = conn.execute(sql, params).fetchone()
             except sqlite3.IntegrityError as exc:
@@ -227,11 +230,12 @@ class SQLiteStore(StoreMethods):
 
     async def delete_row(
         self, entity: Entity, row_id: uuid.UUID, *, clock: int,
-        outbox_targets: Sequence[str] = (),
+        outbox_targets: Sequence[str] = (), epoch: int | None = None,
     ) -> Written:
         outbox = _outbox_rows(outbox_targets, entity, "delete", row_id, None)
 
         def tx(conn: sqlite3.Connection) -> Written:
+            _check_epoch(conn, epoch)
             exists = conn.execute(f"SELECT 1 FROM {entity.table} WHERE id = ?", (str(row_id),))
             if exists.fetchone() is None:
                 raise NotFoundError(entity.name, row_id)
@@ -315,6 +319,39 @@ class SQLiteStore(StoreMethods):
 
     async def flush_wal(self) -> None:
         """Nothing to do: every commit here is as durable as it will be (see `_connect`)."""
+
+    # -- the control record (see proxy.control) --
+    async def read_control(self) -> Control | None:
+        def read(conn: sqlite3.Connection) -> Control | None:
+            found = conn.execute(f"SELECT {COLUMNS} FROM cutover_control WHERE id = 1").fetchone()
+            return None if found is None else Control.from_row(*found)
+
+        return await self._run(read, write=False)
+
+    async def advance_control(self, control: Control) -> Control:
+        """Store `control` if its epoch is higher than the stored one's; return the stored."""
+        def tx(conn: sqlite3.Connection) -> Control:
+            conn.execute(
+                f"INSERT INTO cutover_control (id, {COLUMNS}) VALUES (1, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET read_primary = excluded.read_primary, "
+                "epoch = excluded.epoch, dual_write = excluded.dual_write, "
+                "env_applied = excluded.env_applied, file_word = excluded.file_word "
+                "WHERE excluded.epoch > cutover_control.epoch", control.to_params())
+            found = conn.execute(f"SELECT {COLUMNS} FROM cutover_control WHERE id = 1")
+            return Control.from_row(*found.fetchone())
+
+        return await self._run(tx, write=True, grouped=True)
+
+    async def fence_control(self, control: Control, *, expect_epoch: int) -> bool:
+        """Store `control` only if the stored epoch is still `expect_epoch` (a flip's fence)."""
+        def tx(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "UPDATE cutover_control SET read_primary = ?, epoch = ?, dual_write = ?, "
+                "env_applied = ?, file_word = ? WHERE id = 1 AND epoch = ?",
+                (*control.to_params(), expect_epoch))
+            return cur.rowcount == 1
+
+        return await self._run(tx, write=True, grouped=True)
 
     # -- outbox --
     async def outbox_pending(self, target: str, limit: int) -> list[OutboxEntry]:
@@ -463,6 +500,16 @@ def _cascade(
                                                encode_row(child.name, row)), r["row_version"])
                 changed += 1
     return changed
+
+
+def _check_epoch(conn: sqlite3.Connection, epoch: int | None) -> None:
+    """The fence: a write acting on `epoch` commits only while the control record is at it
+    (the writer thread runs one transaction at a time, so a flip cannot slip in between)."""
+    if epoch is not None:
+        found = conn.execute("SELECT epoch FROM cutover_control WHERE id = 1").fetchone()
+        current = found[0] if found else 0
+        if current != epoch:
+            raise Fenced("sqlite", epoch, current)
 
 
 def _tombstone_version(conn: sqlite3.Connection, entity: Entity, row_id: Any) -> int:

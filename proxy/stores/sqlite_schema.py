@@ -121,6 +121,14 @@ CREATE TABLE IF NOT EXISTS cutover_outbox (
     dead INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS idx_cutover_outbox_pending ON cutover_outbox(target, dead, seq);
+CREATE TABLE IF NOT EXISTS cutover_control (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    read_primary TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    dual_write INTEGER NOT NULL,
+    env_applied TEXT NOT NULL,
+    file_word TEXT
+);
 CREATE TABLE IF NOT EXISTS cutover_tombstones (
     entity TEXT NOT NULL,
     row_id TEXT NOT NULL,
