@@ -32,6 +32,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,7 @@ class HistoryConfig:
     questions: int = 3
     logs: int = 3
     events: int = 2
+    rounds: int = 4  # the load in rounds, each drained and compared
     flips: bool = False
     flip_every_s: float = 0.15
     mirror_timeout_ms: int = 2000
@@ -93,6 +95,7 @@ class HistoryResult:
     flips: int = 0
     flips_refused: int = 0
     seconds: float = 0.0
+    rounds: int = 0  # rounds run (the last one is the failing one when not ok)
 
     @property
     def ok(self) -> bool:
@@ -108,7 +111,8 @@ class HistoryResult:
                 f"{len(self.differences)} differences, {len(self.lost)} lost private writes "
                 f"(of {self.private_rows_checked} private rows checked), "
                 f"{self.dead_letters} dead letters, flips {self.flips} "
-                f"(refused {self.flips_refused}), {self.seconds:.1f} s")
+                f"(refused {self.flips_refused}), after round {self.rounds} of {c.rounds}, "
+                f"{self.seconds:.1f} s")
 
     def failure_message(self, first: int = 4) -> str:
         parts = [self.summary()]
@@ -282,11 +286,11 @@ class History:
         method: Callable[..., Awaitable[Any]] = getattr(repo, f"delete_{entity}")
         return await method(row_id)
 
-    async def shared_writer(self, index: int) -> None:
-        rng = random.Random(f"{self.config.seed}:shared:{index}")
+    async def shared_writer(self, index: int, round_: int, ops: int) -> None:
+        rng = random.Random(f"{self.config.seed}:shared:{index}:{round_}")
         entities = ["user", "study_book", "question", "typing_log", "learning_event"]
         weights = [1, 3, 4, 4, 1]
-        for _ in range(self.config.shared_ops):
+        for _ in range(ops):
             if rng.random() < self.config.race_rate:
                 await self.race(rng)
                 continue
@@ -296,14 +300,13 @@ class History:
             roll = rng.random()
             delete_share = 0.04 if entity == "user" else 0.2
             if roll < delete_share:
-                await self.call(f"delete {entity}",
-                                lambda repo=repo, e=entity, r=row_id: self.delete(repo, e, r))
+                await self.call(f"delete {entity}", partial(self.delete, repo, entity, row_id))
             elif roll < delete_share + 0.1:
                 await self.recreate(repo, entity, row_id, rng)
             else:
                 changes = self.changes(entity, row_id, rng)
-                done = await self.call(f"update {entity}", lambda repo=repo, e=entity, r=row_id,
-                                       c=changes: self.update(repo, e, r, c))
+                done = await self.call(f"update {entity}",
+                                       partial(self.update, repo, entity, row_id, changes))
                 if done is None:  # gone (or its new parent is): bring it back, same id
                     await self.recreate(repo, entity, row_id, rng)
 
@@ -398,8 +401,7 @@ class History:
         rng = random.Random(f"{self.config.seed}:seed")
         for entity in ("user", "study_book", "question", "typing_log", "learning_event"):
             for row_id in self.pool(entity):
-                await self.call(f"seed {entity}",
-                                lambda e=entity, r=row_id: self.create(repo, e, r, rng))
+                await self.call(f"seed {entity}", partial(self.create, repo, entity, row_id, rng))
 
     async def flipper(self) -> None:
         rng = random.Random(f"{self.config.seed}:flips")
@@ -425,23 +427,34 @@ class History:
                             await repo.set_read_primary(current, force=True)
 
     async def run(self, private: list[PrivateWriter]) -> HistoryResult:
+        """The load in `rounds`; after each, drain and compare (the writes that end a burst of
+        concurrent ones are where order goes wrong, so each round is one more chance)."""
         began = time.monotonic()
         await self.seed_rows()
         for writer in private:
             await writer.setup()
-        flipper = asyncio.create_task(self.flipper()) if self.config.flips else None
-        try:
-            await asyncio.gather(
-                *(self.shared_writer(i) for i in range(self.config.shared_writers)),
-                *(w.run(self.config.private_ops) for w in private))
-        finally:
-            self._running = False
-            if flipper is not None:
-                await flipper
-        await self.drain()
-        self.result.differences = sorted(await differences(self.sqlite, self.postgres))
-        for writer in private:
-            await writer.check()
+        rounds = self.config.rounds
+        for n in range(rounds):
+            self._running = True
+            flipper = asyncio.create_task(self.flipper()) if self.config.flips else None
+            try:
+                await asyncio.gather(
+                    *(self.shared_writer(i, n, self.config.shared_ops // rounds)
+                      for i in range(self.config.shared_writers)),
+                    *(w.run(self.config.private_ops // rounds) for w in private))
+            finally:
+                self._running = False
+                if flipper is not None:
+                    await flipper
+            await self.drain()
+            self.result.rounds = n + 1
+            self.result.differences = sorted(await differences(self.sqlite, self.postgres))
+            self.result.lost, self.result.private_rows_checked = [], 0
+            self.result.tainted_writers = 0
+            for writer in private:
+                await writer.check()
+            if not self.result.ok:
+                break
         self.result.seconds = time.monotonic() - began
         return self.result
 

@@ -5,7 +5,7 @@ bench/soak.py.
 Each history: two Repository objects (two "processes") on one SQLite file and one PostgreSQL
 database, 10 shared writers racing on a handful of rows of all five tables and 3 private writers
 whose last acknowledged values are modelled; then the outboxes are drained (replay only, never
-reconcile) and the stores compared row by row. A failure names the seed and the first
+reconcile) and the stores compared row by row, in 4 rounds. A failure names the seed and the first
 differences.
 """
 
@@ -27,9 +27,9 @@ async def test_concurrent_history_converges(
     primary: Backend, seed: int, sqlite_path: Path, pg_dsn: str
 ) -> None:
     result = await run_history(HistoryConfig(seed=seed, primary=primary), sqlite_path, pg_dsn)
-    assert result.acked > 300, result.summary()  # the load really ran
-    assert result.private_rows_checked >= 7, result.summary()  # the model checked something
     assert result.ok, result.failure_message()
+    assert result.acked > 1000, result.summary()  # the load really ran
+    assert result.private_rows_checked >= 7, result.summary()  # the model checked something
 
 
 @pytest.mark.parametrize("primary", ["sqlite", "postgres"])
@@ -40,6 +40,6 @@ async def test_concurrent_history_with_flips_converges(
     deployment does through READ_PRIMARY_FILE; a refused flip is rolled back and counted)."""
     config = HistoryConfig(seed=11, primary=primary, flips=True, shared_ops=150)
     result = await run_history(config, sqlite_path, pg_dsn)
-    assert result.acked > 300, result.summary()
-    assert result.flips + result.flips_refused >= 2, result.summary()
     assert result.ok, result.failure_message()
+    assert result.acked > 1000, result.summary()
+    assert result.flips + result.flips_refused >= 4, result.summary()
