@@ -118,7 +118,7 @@ async def test_typing_log_update_racing_its_questions_delete_survives_on_the_mir
 async def test_question_moved_then_its_old_book_deleted_keeps_its_logs_reference(
     sqlite_path: Path, pg_dsn: str
 ) -> None:
-    """20 pairs of (move question Q from book A to book B, delete A) issued at once while 4
+    """40 pairs of (move question Q from book A to book B, delete A) issued at once while 4
     other writers keep the mirror busy; a typing log names Q. On the primary Q survives in B
     and the log still names it; the mirror must hold the same (not Q cascaded away with A and
     the log's reference cleared)."""
@@ -130,7 +130,7 @@ async def test_question_moved_then_its_old_book_deleted_keeps_its_logs_reference
         moved: dict[uuid.UUID, tuple[uuid.UUID, str]] = {}
         logs: dict[uuid.UUID, uuid.UUID] = {}
         try:
-            for i in range(20):
+            for i in range(40):
                 old = await repo.create_study_book(user_id=user.id, title=f"old {i}")
                 question = await repo.create_question(
                     study_book_id=old.id, language="en", category="c", difficulty="easy",
