@@ -43,6 +43,11 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config"
 PROMETHEUS_YML = CONFIG / "prometheus.yml"
 ALERTS_YML = CONFIG / "alerts.yml"
+ALERTS_TEST_YML = CONFIG / "alerts_test.yml"
+README = ROOT / "README.md"
+RUNBOOK_BASE = "https://github.com/cutover/cutover/blob/main/README.md#"
+FLEET_ALERTS = {"CutoverFleetPrimaryDisagreement", "CutoverFleetEpochDisagreement",
+                "CutoverPrimarySourceError"}
 DASHBOARD = CONFIG / "grafana" / "dashboards" / "cutover.json"
 DATASOURCES = CONFIG / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 DASHBOARD_PROVIDERS = CONFIG / "grafana" / "provisioning" / "dashboards" / "dashboards.yml"
@@ -116,7 +121,80 @@ def test_every_alert_has_for_severity_and_annotations() -> None:
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
     names = {r["alert"] for r in rules}
     assert {"CutoverMirrorFailures", "CutoverOutboxStale", "CutoverShadowAgreementLow",
-            "CutoverStoreErrors", "CutoverShadowFailures"} <= names
+            "CutoverStoreErrors", "CutoverShadowFailures"} | FLEET_ALERTS <= names
+
+
+def _github_anchors(markdown: str) -> set[str]:
+    """The fragment GitHub gives each heading of a markdown file (duplicates get -1, -2...)."""
+    anchors: set[str] = set()
+    seen: dict[str, int] = {}
+    in_code = False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        match = None if in_code else re.match(r"#{1,6} (.+)", line)
+        if match is None:
+            continue
+        slug = re.sub(r"[^\w\- ]", "", match.group(1).strip().lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        anchors.add(slug if n == 0 else f"{slug}-{n}")
+    return anchors
+
+
+def test_every_alert_has_a_runbook_url_into_the_readme() -> None:
+    anchors = _github_anchors(README.read_text(encoding="utf-8"))
+    assert "the-runbook-a-cutover-stage-by-stage" in anchors and "6-flip-to-postgresql" in anchors
+    rules = [r for g in yaml.safe_load(ALERTS_YML.read_text())["groups"] for r in g["rules"]]
+    for rule in rules:
+        url = rule["annotations"].get("runbook_url", "")
+        assert url.startswith(RUNBOOK_BASE), (rule["alert"], url)
+        assert url.removeprefix(RUNBOOK_BASE) in anchors, (rule["alert"], url)
+
+
+def _fleet_rule(name: str) -> dict[str, Any]:
+    groups = yaml.safe_load(ALERTS_YML.read_text())["groups"]
+    [rule] = [r for g in groups for r in g["rules"] if r["alert"] == name]
+    return rule
+
+
+def test_fleet_rules_are_evaluated_often_enough_for_their_for() -> None:
+    groups = {g["name"]: g for g in yaml.safe_load(ALERTS_YML.read_text())["groups"]}
+    fleet = groups["cutover.fleet"]
+    assert {r["alert"] for r in fleet["rules"]} == FLEET_ALERTS
+    assert fleet["interval"] == "5s"
+    assert _fleet_rule("CutoverFleetPrimaryDisagreement")["for"] == "10s"
+    # several processes that agree sum to more than 1: the per-process rule must not add them
+    assert "by (job, instance)" in _fleet_rule("CutoverPrimaryAmbiguous")["expr"]
+
+
+def _expected(case: dict[str, Any], alert: str) -> list[list[dict[str, str]]]:
+    return [[a["exp_labels"] for a in t["exp_alerts"]]
+            for t in case["alert_rule_test"] if t["alertname"] == alert]
+
+
+def _instances(case: dict[str, Any]) -> set[str]:
+    return {m for s in case["input_series"]
+            for m in re.findall(r'instance="([^"]+)"', s["series"])}
+
+
+def test_promtool_test_rules_passes_on_the_fleet_cases() -> None:
+    """config/alerts_test.yml: two processes disagreeing for 10 s fire, three agreeing do not."""
+    spec = yaml.safe_load(ALERTS_TEST_YML.read_text())
+    assert spec["rule_files"] == ["alerts.yml"]  # relative to the test file: the real rules
+    cases = spec["tests"]
+    disagree = [c for c in cases if _instances(c) == {"web-1:8000", "web-2:8000"}
+                and [] in _expected(c, "CutoverFleetPrimaryDisagreement")
+                and [{"severity": "critical"}] in _expected(c, "CutoverFleetPrimaryDisagreement")]
+    assert disagree, "no case where two instances disagree, silent then firing"
+    agree = [c for c in cases if len(_instances(c)) == 3
+             and _expected(c, "CutoverFleetPrimaryDisagreement")
+             and all(e == [] for e in _expected(c, "CutoverFleetPrimaryDisagreement"))
+             and all(e == [] for e in _expected(c, "CutoverPrimaryAmbiguous"))]
+    assert agree, "no case where three instances agree and nothing fires"
+    result = run([tool("promtool"), "test", "rules", str(ALERTS_TEST_YML)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout + result.stderr
 
 
 def _rules_without_annotations(tmp_path: Path) -> Path:
@@ -190,10 +268,16 @@ ALERT_CASES = [
      {"cutover_ready": "0x30", 'cutover_read_primary{backend="postgres"}': "0x30",
       'cutover_read_primary{backend="sqlite"}': "1x30"},
      "CutoverPostgresPrimaryWhileNoGo", "20m", []),
-    ("two primaries fire",
-     {'cutover_read_primary{backend="postgres"}': "1x5",
-      'cutover_read_primary{backend="sqlite"}': "1x5"},
-     "CutoverPrimaryAmbiguous", "3m", [{"severity": "critical"}]),
+    ("two primaries in one process fire",
+     {'cutover_read_primary{instance="a:8000",backend="postgres"}': "1x5",
+      'cutover_read_primary{instance="a:8000",backend="sqlite"}': "1x5"},
+     "CutoverPrimaryAmbiguous", "3m", [{"instance": "a:8000", "severity": "critical"}]),
+    ("two processes agreeing on one primary stay silent",
+     {'cutover_read_primary{instance="a:8000",backend="postgres"}': "1x5",
+      'cutover_read_primary{instance="a:8000",backend="sqlite"}': "0x5",
+      'cutover_read_primary{instance="b:8000",backend="postgres"}': "1x5",
+      'cutover_read_primary{instance="b:8000",backend="sqlite"}': "0x5"},
+     "CutoverPrimaryAmbiguous", "3m", []),
 ]
 
 
@@ -233,6 +317,7 @@ def test_alert_annotations_render(tmp_path: Path) -> None:
                                 " Flips are refused until it drains; run `cutover reconcile`"
                                 " if the replay loop is stuck."
                             ),
+                            "runbook_url": RUNBOOK_BASE + "cutover-reconcile",
                         },
                     }],
                 }],
@@ -254,6 +339,7 @@ def test_alert_annotations_render(tmp_path: Path) -> None:
                                 " over 15 minutes (verdict needs >= 0.9). See the"
                                 " discrepancies-by-reason panel and `cutover shadow list`."
                             ),
+                            "runbook_url": RUNBOOK_BASE + "5-shadow-until-the-verdict-says-go",
                         },
                     }],
                 }],
