@@ -57,7 +57,9 @@ GRAFANA_VARIABLES = {
     "$__rate_interval": "30s",
     "$__interval": "5s",
     "$__range": "1m",
+    "$instance": ".*",  # the instance variable's "All"
 }
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 
 def tool(name: str) -> str:
@@ -363,6 +365,11 @@ def _exercised_metrics() -> Metrics:
     m.observe_comparison("mismatch", "order_only", jaccard=1.0, rbo=0.9, top1=False)
     m.store_error("postgres", "write")
     m.set_ready(False)
+    m.set_instance("web-1")
+    m.set_epoch(3)
+    m.set_dual_write(True)
+    m.set_primary_source_error(False)
+    m.fenced_write("sqlite")
     return m
 
 
@@ -399,19 +406,19 @@ def test_prometheus_scrapes_the_service_and_itself() -> None:
     assert config["rule_files"] == ["alerts.yml"]  # relative: /etc/prometheus in compose
 
 
-def test_dashboard_is_grafana_10_json_on_the_provisioned_datasource() -> None:
+def test_dashboard_is_grafana_10_json_on_the_datasource_variable() -> None:
     d = dashboard()
-    uid = yaml.safe_load(DATASOURCES.read_text())["datasources"][0]["uid"]
     assert d["uid"] == "cutover" and d["schemaVersion"] >= 39
     panels = d["panels"]
     assert len({p["id"] for p in panels}) == len(panels)
     cells: set[tuple[int, int]] = set()
     for p in panels:
-        assert p["type"] in {"timeseries", "stat", "bargauge", "state-timeline"}, p["title"]
-        assert p["datasource"] == {"type": "prometheus", "uid": uid}
+        assert p["type"] in {"timeseries", "stat", "bargauge", "state-timeline", "table"}, \
+            p["title"]
+        assert p["datasource"] == DATASOURCE, p["title"]
         assert p["targets"], p["title"]
         for t in p["targets"]:
-            assert t["datasource"]["uid"] == uid and t["expr"].strip() and t["refId"]
+            assert t["datasource"] == DATASOURCE and t["expr"].strip() and t["refId"]
         g = p["gridPos"]
         assert g["x"] + g["w"] <= 24
         mine = {(x, y) for x in range(g["x"], g["x"] + g["w"])
@@ -421,8 +428,72 @@ def test_dashboard_is_grafana_10_json_on_the_provisioned_datasource() -> None:
     titles = " | ".join(p["title"].lower() for p in panels)
     for needed in ("primary", "verdict", "writes per store", "mirror failures", "outbox depth",
                    "outbox oldest age", "search latency per store and role", "agreement",
-                   "discrepancies by reason"):
+                   "discrepancies by reason", "primary and epoch per instance"):
         assert needed in titles, needed
+
+
+def _variables() -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in dashboard()["templating"]["list"]}
+
+
+def _datasource_refs(node: Any) -> Iterator[Any]:
+    """Every "datasource" value anywhere in the dashboard JSON."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "datasource":
+                yield value
+            yield from _datasource_refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _datasource_refs(item)
+
+
+def test_dashboard_picks_its_datasource_through_a_variable() -> None:
+    variable = _variables()["datasource"]
+    assert (variable["type"], variable["query"]) == ("datasource", "prometheus")
+    refs = list(_datasource_refs(dashboard()))
+    prometheus = [r for r in refs if r != {"type": "grafana", "uid": "-- Grafana --"}]
+    assert len(prometheus) > len(dashboard()["panels"])
+    for ref in prometheus:
+        assert ref == DATASOURCE, ref  # no hard-coded uid: "prometheus" or any other
+
+
+def test_dashboard_instance_variable_filters_every_query() -> None:
+    variable = _variables()["instance"]
+    assert variable["type"] == "query" and variable["datasource"] == DATASOURCE
+    assert re.fullmatch(r"label_values\(cutover_\w+, ?instance\)", variable["definition"])
+    assert variable["query"]["query"] == variable["definition"]
+    assert variable["multi"] and variable["includeAll"] and variable["allValue"] == ".*"
+    exprs = [expr for _, _, expr in panel_queries()] + [a["expr"] for a in _flip_annotations()]
+    for expr in exprs:
+        selectors = re.findall(r"\bcutover_[a-z0-9_]+(\{[^}]*\})?", expr)
+        assert selectors, expr
+        for selector in selectors:
+            assert 'instance=~"$instance"' in selector, expr
+
+
+def _flip_annotations() -> list[dict[str, Any]]:
+    return [a for a in dashboard()["annotations"]["list"]
+            if "changes(cutover_primary_epoch" in a.get("expr", "")]
+
+
+def test_dashboard_annotates_every_flip() -> None:
+    [flips] = _flip_annotations()
+    assert flips["enable"] and not flips.get("hide")
+    assert flips["datasource"] == DATASOURCE
+    # one epoch change is caught by a step whatever the scrape offset: the range exceeds the step
+    window = re.search(r"changes\(cutover_primary_epoch\{[^}]*\}\[(\d+)s\]\)", flips["expr"])
+    assert window and int(window.group(1)) > int(flips["step"].removesuffix("s"))
+
+
+def test_dashboard_shows_primary_and_epoch_per_instance() -> None:
+    [panel] = [p for p in dashboard()["panels"]
+               if p["title"].lower() == "primary and epoch per instance"]
+    exprs = " ".join(t["expr"] for t in panel["targets"])
+    for metric in ("cutover_read_primary", "cutover_primary_epoch", "cutover_instance_info"):
+        assert metric in exprs, metric
+    for t in panel["targets"]:
+        assert re.search(r"by \(instance\b", t["expr"]), t["expr"]
 
 
 def test_dashboard_queries_only_name_metrics_that_exist() -> None:
@@ -514,6 +585,10 @@ async def _workload(m: Metrics, runner: ShadowRunner, stop: asyncio.Event) -> No
             for role in SEARCH_ROLES:
                 m.observe_search(backend, role, 0.002 * (1 + i % 4))
         m.set_read_primary(BACKENDS[(i // 10) % 2])
+        m.set_epoch(i // 10)
+        m.set_dual_write(i % 50 < 40)
+        m.set_primary_source_error(i % 40 == 0)
+        m.fenced_write(BACKENDS[i % 2])
         m.set_ready(i % 3 == 0)
         runner.submit("json dumps", user_id=uuid.UUID(int=7), limit=3,
                       primary_backend="sqlite", primary_results=_hits(a, b, c),
@@ -534,6 +609,7 @@ async def _query(client: httpx.AsyncClient, expr: str) -> list[dict[str, Any]]:
 async def test_a_real_prometheus_answers_every_dashboard_query(tmp_path: Path) -> None:
     tool("prometheus")
     m = Metrics(CollectorRegistry())
+    m.set_instance("live-1")
     runner = ShadowRunner(m, sample_rate=1.0, timeout_s=0.1, max_concurrency=3)
     port = _free_port()
     config = tmp_path / "prometheus.yml"
@@ -552,11 +628,17 @@ async def test_a_real_prometheus_answers_every_dashboard_query(tmp_path: Path) -
             with _prometheus(config, tmp_path / "data", port, tmp_path / "prometheus.log") as url:
                 async with httpx.AsyncClient(base_url=url, timeout=5) as client:
                     await _wait_for_scrapes(client, tmp_path / "prometheus.log")
-                    for title, ref, expr in panel_queries():
+                    queries = panel_queries() + [
+                        (a["name"], "annotation", a["expr"]) for a in _flip_annotations()]
+                    for title, ref, expr in queries:
                         result = await _query(client, substitute(expr))
                         assert result, f"panel {title!r} query {ref} returned nothing: {expr}"
                         values = [float(r["value"][1]) for r in result]
                         assert any(math.isfinite(v) for v in values), (title, ref, values)
+                    instances = (await client.get(
+                        "/api/v1/label/instance/values",
+                        params={"match[]": "cutover_read_primary"})).json()["data"]
+                    assert instances == [f"127.0.0.1:{target.port}"]
                     rules = (await client.get("/api/v1/rules")).json()["data"]["groups"]
                     health = {r["name"]: r["health"] for g in rules for r in g["rules"]}
                     assert len(health) >= 8
