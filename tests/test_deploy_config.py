@@ -406,6 +406,47 @@ def test_prometheus_scrapes_the_service_and_itself() -> None:
     assert config["rule_files"] == ["alerts.yml"]  # relative: /etc/prometheus in compose
 
 
+def _embedding_app_example() -> list[dict[str, Any]]:
+    """The commented-out scrape job for an application that embeds the library, uncommented."""
+    lines = PROMETHEUS_YML.read_text().splitlines()
+    start = lines.index("  # - job_name: cutover-app")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("  #"):
+            break
+        block.append(line.removeprefix("  #").removeprefix(" "))
+    jobs: list[dict[str, Any]] = yaml.safe_load("\n".join(block))
+    return jobs
+
+
+def test_prometheus_yml_shows_how_to_scrape_an_embedding_app(tmp_path: Path) -> None:
+    [job] = _embedding_app_example()
+    assert job["job_name"] == "cutover-app" and job["metrics_path"] == "/metrics"
+    targets = job["static_configs"][0]["targets"]
+    assert len(targets) >= 2 and all(re.fullmatch(r"[\w.-]+:\d+", t) for t in targets)
+    text = PROMETHEUS_YML.read_text()
+    assert "METRICS_PORT" in text and "METRICS_HOST" in text
+    scrape_down = [r for g in yaml.safe_load(ALERTS_YML.read_text())["groups"]
+                   for r in g["rules"] if r["alert"] == "CutoverScrapeDown"]
+    assert "cutover-app" in scrape_down[0]["expr"]
+    # uncommented, it is a valid job beside the service's
+    config = yaml.safe_load(text)
+    config["scrape_configs"].append(job)
+    config["rule_files"] = [str(ALERTS_YML)]
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    result = run([tool("promtool"), "check", "config", str(path)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prometheus_sends_alerts_to_the_alertmanager() -> None:
+    config = yaml.safe_load(PROMETHEUS_YML.read_text())
+    [manager] = config["alerting"]["alertmanagers"]
+    assert manager["static_configs"][0]["targets"] == ["alertmanager:9093"]
+    am = yaml.safe_load((CONFIG / "alertmanager.yml").read_text())
+    assert am["route"]["receiver"] in {r["name"] for r in am["receivers"]}
+
+
 def test_dashboard_is_grafana_10_json_on_the_datasource_variable() -> None:
     d = dashboard()
     assert d["uid"] == "cutover" and d["schemaVersion"] >= 39
