@@ -11,6 +11,8 @@ unbounded label value (a query, a user id, a row id, a DSN) must never reach a l
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +45,8 @@ DISCREPANCY_REASONS: Final = (
 STORE_OPS: Final = ("write", "read", "search", "replay", "health")
 #: `cutover_shadow_internal_errors_total{stage}`: failures of the shadow machinery itself.
 SHADOW_STAGES: Final = ("pending", "compare", "publish", "store")
+#: `cutover_instance_info{instance_id}`: the longest instance id accepted.
+MAX_INSTANCE_ID: Final = 128
 
 # Jaccard and RBO live in [0, 1]; the fine buckets near 1 are where go/no-go is decided.
 RATIO_BUCKETS: Final = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
@@ -143,6 +147,33 @@ class Metrics:
         self.ready = Gauge(
             "cutover_ready", "1 when the go/no-go verdict says go, else 0.", registry=r,
         )
+        # -- the fleet: what tells processes apart, and what each one believes --------------
+        self.instance_info = Gauge(
+            "cutover_instance_info",
+            "1 for this process: its instance id, pid and hostname (tells the fleet apart).",
+            ["instance_id", "pid", "hostname"], registry=r,
+        )
+        self.primary_epoch = Gauge(
+            "cutover_primary_epoch",
+            "Epoch of the control record this process acts on (every flip increments it).",
+            registry=r,
+        )
+        self.dual_write = Gauge(
+            "cutover_dual_write",
+            "1 while the control record's stage says dual writes are on, else 0.", registry=r,
+        )
+        self.primary_source_error = Gauge(
+            "cutover_primary_source_error",
+            "1 while READ_PRIMARY_FILE is missing, unreadable or holds a bad word "
+            "(the process keeps the control record's primary).",
+            registry=r,
+        )
+        self.fenced_writes = Counter(
+            "cutover_fenced_writes_total",
+            "Writes a store refused because they carried an old epoch (retried on the new "
+            "primary).",
+            ["backend"], registry=r,
+        )
         self._preinitialise()
 
     def _preinitialise(self) -> None:
@@ -153,6 +184,7 @@ class Metrics:
             self.outbox_pending.labels(backend=backend)
             self.outbox_oldest_age.labels(backend=backend)
             self.outbox_dead_letters.labels(backend=backend)
+            self.fenced_writes.labels(backend=backend)
             for op in WRITE_OPS:
                 self.write_duration.labels(backend=backend, op=op)
             for entity in ENTITIES:
@@ -288,6 +320,39 @@ class Metrics:
     def shadow_internal_error(self, stage: str) -> None:
         """Count a failure of the shadow machinery at `stage` (one of SHADOW_STAGES)."""
         self.shadow_internal_errors.labels(stage=_check("stage", stage, SHADOW_STAGES)).inc()
+
+    # -- the fleet ---------------------------------------------------------------------------
+
+    def set_instance(self, instance: str) -> None:
+        """Publish `cutover_instance_info{instance_id, pid, hostname}` = 1 for this process.
+
+        `instance` names the process (not a user, a query or a DSN); the pid and hostname are
+        read now, so a call after a fork names the child. A second call replaces the series.
+        """
+        if not instance or not instance.isprintable() or len(instance) > MAX_INSTANCE_ID:
+            raise ValueError(
+                f"instance_id={instance!r} must be 1 to {MAX_INSTANCE_ID} printable characters"
+            )
+        self.instance_info.clear()
+        self.instance_info.labels(
+            instance_id=instance, pid=str(os.getpid()), hostname=socket.gethostname(),
+        ).set(1)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Publish the control record's epoch this process acts on."""
+        self.primary_epoch.set(epoch)
+
+    def set_dual_write(self, on: bool) -> None:
+        """Publish the control record's stage: 1 while dual writes are on."""
+        self.dual_write.set(1 if on else 0)
+
+    def set_primary_source_error(self, bad: bool) -> None:
+        """1 while READ_PRIMARY_FILE cannot be used (the record's primary is kept), else 0."""
+        self.primary_source_error.set(1 if bad else 0)
+
+    def fenced_write(self, backend: str) -> None:
+        """Count a write `backend` refused for its old epoch (then retried on the new primary)."""
+        self.fenced_writes.labels(backend=_check("backend", backend, BACKENDS)).inc()
 
     # -- the verdict -------------------------------------------------------------------------
 

@@ -63,8 +63,9 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in env.items()}
 
 
-def test_the_four_services_exist(compose: dict[str, Any]) -> None:
-    assert set(services(compose)) >= {"postgres", "service", "prometheus", "grafana"}
+def test_the_five_services_exist(compose: dict[str, Any]) -> None:
+    assert set(services(compose)) >= {
+        "postgres", "service", "prometheus", "alertmanager", "grafana"}
 
 
 def test_every_referenced_local_file_exists(compose: dict[str, Any]) -> None:
@@ -147,6 +148,36 @@ def test_prometheus_scrapes_the_service_and_loads_the_rules(compose: dict[str, A
         source = host_path(prom, in_container)
         assert source is not None and source.is_file(), f"rule file {rule_file} is not mounted"
         assert yaml.safe_load(source.read_text(encoding="utf-8"))["groups"]
+
+
+def test_prometheus_sends_its_alerts_to_the_alertmanager(compose: dict[str, Any]) -> None:
+    am = services(compose)["alertmanager"]
+    assert am["image"].startswith("prom/alertmanager")
+    args = am.get("command", [])
+    config_arg = next((a for a in args if a.startswith("--config.file=")),
+                      "--config.file=/etc/alertmanager/alertmanager.yml")
+    am_config_path = host_path(am, PurePosixPath(config_arg.split("=", 1)[1]))
+    assert am_config_path is not None and am_config_path.is_file()
+    am_config = yaml.safe_load(am_config_path.read_text(encoding="utf-8"))
+    receivers = {r["name"] for r in am_config["receivers"]}
+    assert am_config["route"]["receiver"] in receivers
+    listen = next((a for a in args if a.startswith("--web.listen-address=")),
+                  "--web.listen-address=:9093")
+    port = int(listen.rsplit(":", 1)[1])
+    assert f"{port}:{port}" in [str(p) for p in am["ports"]]
+
+    prom = services(compose)["prometheus"]
+    assert "alertmanager" in prom["depends_on"]
+    config_path = host_path(prom, PurePosixPath("/etc/prometheus/prometheus.yml"))
+    assert config_path is not None
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    targets = [
+        target
+        for manager in config["alerting"]["alertmanagers"]
+        for static in manager["static_configs"]
+        for target in static["targets"]
+    ]
+    assert targets == [f"alertmanager:{port}"]
 
 
 def test_grafana_provisions_the_datasource_and_the_dashboard(compose: dict[str, Any]) -> None:

@@ -43,6 +43,11 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "config"
 PROMETHEUS_YML = CONFIG / "prometheus.yml"
 ALERTS_YML = CONFIG / "alerts.yml"
+ALERTS_TEST_YML = CONFIG / "alerts_test.yml"
+README = ROOT / "README.md"
+RUNBOOK_BASE = "https://github.com/cutover/cutover/blob/main/README.md#"
+FLEET_ALERTS = {"CutoverFleetPrimaryDisagreement", "CutoverFleetEpochDisagreement",
+                "CutoverPrimarySourceError"}
 DASHBOARD = CONFIG / "grafana" / "dashboards" / "cutover.json"
 DATASOURCES = CONFIG / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 DASHBOARD_PROVIDERS = CONFIG / "grafana" / "provisioning" / "dashboards" / "dashboards.yml"
@@ -52,7 +57,9 @@ GRAFANA_VARIABLES = {
     "$__rate_interval": "30s",
     "$__interval": "5s",
     "$__range": "1m",
+    "$instance": ".*",  # the instance variable's "All"
 }
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 
 
 def tool(name: str) -> str:
@@ -116,7 +123,80 @@ def test_every_alert_has_for_severity_and_annotations() -> None:
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
     names = {r["alert"] for r in rules}
     assert {"CutoverMirrorFailures", "CutoverOutboxStale", "CutoverShadowAgreementLow",
-            "CutoverStoreErrors", "CutoverShadowFailures"} <= names
+            "CutoverStoreErrors", "CutoverShadowFailures"} | FLEET_ALERTS <= names
+
+
+def _github_anchors(markdown: str) -> set[str]:
+    """The fragment GitHub gives each heading of a markdown file (duplicates get -1, -2...)."""
+    anchors: set[str] = set()
+    seen: dict[str, int] = {}
+    in_code = False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        match = None if in_code else re.match(r"#{1,6} (.+)", line)
+        if match is None:
+            continue
+        slug = re.sub(r"[^\w\- ]", "", match.group(1).strip().lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        anchors.add(slug if n == 0 else f"{slug}-{n}")
+    return anchors
+
+
+def test_every_alert_has_a_runbook_url_into_the_readme() -> None:
+    anchors = _github_anchors(README.read_text(encoding="utf-8"))
+    assert "the-runbook-a-cutover-stage-by-stage" in anchors and "6-flip-to-postgresql" in anchors
+    rules = [r for g in yaml.safe_load(ALERTS_YML.read_text())["groups"] for r in g["rules"]]
+    for rule in rules:
+        url = rule["annotations"].get("runbook_url", "")
+        assert url.startswith(RUNBOOK_BASE), (rule["alert"], url)
+        assert url.removeprefix(RUNBOOK_BASE) in anchors, (rule["alert"], url)
+
+
+def _fleet_rule(name: str) -> dict[str, Any]:
+    groups = yaml.safe_load(ALERTS_YML.read_text())["groups"]
+    [rule] = [r for g in groups for r in g["rules"] if r["alert"] == name]
+    return rule
+
+
+def test_fleet_rules_are_evaluated_often_enough_for_their_for() -> None:
+    groups = {g["name"]: g for g in yaml.safe_load(ALERTS_YML.read_text())["groups"]}
+    fleet = groups["cutover.fleet"]
+    assert {r["alert"] for r in fleet["rules"]} == FLEET_ALERTS
+    assert fleet["interval"] == "5s"
+    assert _fleet_rule("CutoverFleetPrimaryDisagreement")["for"] == "10s"
+    # several processes that agree sum to more than 1: the per-process rule must not add them
+    assert "by (job, instance)" in _fleet_rule("CutoverPrimaryAmbiguous")["expr"]
+
+
+def _expected(case: dict[str, Any], alert: str) -> list[list[dict[str, str]]]:
+    return [[a["exp_labels"] for a in t["exp_alerts"]]
+            for t in case["alert_rule_test"] if t["alertname"] == alert]
+
+
+def _instances(case: dict[str, Any]) -> set[str]:
+    return {m for s in case["input_series"]
+            for m in re.findall(r'instance="([^"]+)"', s["series"])}
+
+
+def test_promtool_test_rules_passes_on_the_fleet_cases() -> None:
+    """config/alerts_test.yml: two processes disagreeing for 10 s fire, three agreeing do not."""
+    spec = yaml.safe_load(ALERTS_TEST_YML.read_text())
+    assert spec["rule_files"] == ["alerts.yml"]  # relative to the test file: the real rules
+    cases = spec["tests"]
+    disagree = [c for c in cases if _instances(c) == {"web-1:8000", "web-2:8000"}
+                and [] in _expected(c, "CutoverFleetPrimaryDisagreement")
+                and [{"severity": "critical"}] in _expected(c, "CutoverFleetPrimaryDisagreement")]
+    assert disagree, "no case where two instances disagree, silent then firing"
+    agree = [c for c in cases if len(_instances(c)) == 3
+             and _expected(c, "CutoverFleetPrimaryDisagreement")
+             and all(e == [] for e in _expected(c, "CutoverFleetPrimaryDisagreement"))
+             and all(e == [] for e in _expected(c, "CutoverPrimaryAmbiguous"))]
+    assert agree, "no case where three instances agree and nothing fires"
+    result = run([tool("promtool"), "test", "rules", str(ALERTS_TEST_YML)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout + result.stderr
 
 
 def _rules_without_annotations(tmp_path: Path) -> Path:
@@ -190,10 +270,16 @@ ALERT_CASES = [
      {"cutover_ready": "0x30", 'cutover_read_primary{backend="postgres"}': "0x30",
       'cutover_read_primary{backend="sqlite"}': "1x30"},
      "CutoverPostgresPrimaryWhileNoGo", "20m", []),
-    ("two primaries fire",
-     {'cutover_read_primary{backend="postgres"}': "1x5",
-      'cutover_read_primary{backend="sqlite"}': "1x5"},
-     "CutoverPrimaryAmbiguous", "3m", [{"severity": "critical"}]),
+    ("two primaries in one process fire",
+     {'cutover_read_primary{instance="a:8000",backend="postgres"}': "1x5",
+      'cutover_read_primary{instance="a:8000",backend="sqlite"}': "1x5"},
+     "CutoverPrimaryAmbiguous", "3m", [{"instance": "a:8000", "severity": "critical"}]),
+    ("two processes agreeing on one primary stay silent",
+     {'cutover_read_primary{instance="a:8000",backend="postgres"}': "1x5",
+      'cutover_read_primary{instance="a:8000",backend="sqlite"}': "0x5",
+      'cutover_read_primary{instance="b:8000",backend="postgres"}': "1x5",
+      'cutover_read_primary{instance="b:8000",backend="sqlite"}': "0x5"},
+     "CutoverPrimaryAmbiguous", "3m", []),
 ]
 
 
@@ -233,6 +319,7 @@ def test_alert_annotations_render(tmp_path: Path) -> None:
                                 " Flips are refused until it drains; run `cutover reconcile`"
                                 " if the replay loop is stuck."
                             ),
+                            "runbook_url": RUNBOOK_BASE + "cutover-reconcile",
                         },
                     }],
                 }],
@@ -254,6 +341,7 @@ def test_alert_annotations_render(tmp_path: Path) -> None:
                                 " over 15 minutes (verdict needs >= 0.9). See the"
                                 " discrepancies-by-reason panel and `cutover shadow list`."
                             ),
+                            "runbook_url": RUNBOOK_BASE + "5-shadow-until-the-verdict-says-go",
                         },
                     }],
                 }],
@@ -277,6 +365,11 @@ def _exercised_metrics() -> Metrics:
     m.observe_comparison("mismatch", "order_only", jaccard=1.0, rbo=0.9, top1=False)
     m.store_error("postgres", "write")
     m.set_ready(False)
+    m.set_instance("web-1")
+    m.set_epoch(3)
+    m.set_dual_write(True)
+    m.set_primary_source_error(False)
+    m.fenced_write("sqlite")
     return m
 
 
@@ -313,19 +406,60 @@ def test_prometheus_scrapes_the_service_and_itself() -> None:
     assert config["rule_files"] == ["alerts.yml"]  # relative: /etc/prometheus in compose
 
 
-def test_dashboard_is_grafana_10_json_on_the_provisioned_datasource() -> None:
+def _embedding_app_example() -> list[dict[str, Any]]:
+    """The commented-out scrape job for an application that embeds the library, uncommented."""
+    lines = PROMETHEUS_YML.read_text().splitlines()
+    start = lines.index("  # - job_name: cutover-app")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("  #"):
+            break
+        block.append(line.removeprefix("  #").removeprefix(" "))
+    jobs: list[dict[str, Any]] = yaml.safe_load("\n".join(block))
+    return jobs
+
+
+def test_prometheus_yml_shows_how_to_scrape_an_embedding_app(tmp_path: Path) -> None:
+    [job] = _embedding_app_example()
+    assert job["job_name"] == "cutover-app" and job["metrics_path"] == "/metrics"
+    targets = job["static_configs"][0]["targets"]
+    assert len(targets) >= 2 and all(re.fullmatch(r"[\w.-]+:\d+", t) for t in targets)
+    text = PROMETHEUS_YML.read_text()
+    assert "METRICS_PORT" in text and "METRICS_HOST" in text
+    scrape_down = [r for g in yaml.safe_load(ALERTS_YML.read_text())["groups"]
+                   for r in g["rules"] if r["alert"] == "CutoverScrapeDown"]
+    assert "cutover-app" in scrape_down[0]["expr"]
+    # uncommented, it is a valid job beside the service's
+    config = yaml.safe_load(text)
+    config["scrape_configs"].append(job)
+    config["rule_files"] = [str(ALERTS_YML)]
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    result = run([tool("promtool"), "check", "config", str(path)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prometheus_sends_alerts_to_the_alertmanager() -> None:
+    config = yaml.safe_load(PROMETHEUS_YML.read_text())
+    [manager] = config["alerting"]["alertmanagers"]
+    assert manager["static_configs"][0]["targets"] == ["alertmanager:9093"]
+    am = yaml.safe_load((CONFIG / "alertmanager.yml").read_text())
+    assert am["route"]["receiver"] in {r["name"] for r in am["receivers"]}
+
+
+def test_dashboard_is_grafana_10_json_on_the_datasource_variable() -> None:
     d = dashboard()
-    uid = yaml.safe_load(DATASOURCES.read_text())["datasources"][0]["uid"]
     assert d["uid"] == "cutover" and d["schemaVersion"] >= 39
     panels = d["panels"]
     assert len({p["id"] for p in panels}) == len(panels)
     cells: set[tuple[int, int]] = set()
     for p in panels:
-        assert p["type"] in {"timeseries", "stat", "bargauge", "state-timeline"}, p["title"]
-        assert p["datasource"] == {"type": "prometheus", "uid": uid}
+        assert p["type"] in {"timeseries", "stat", "bargauge", "state-timeline", "table"}, \
+            p["title"]
+        assert p["datasource"] == DATASOURCE, p["title"]
         assert p["targets"], p["title"]
         for t in p["targets"]:
-            assert t["datasource"]["uid"] == uid and t["expr"].strip() and t["refId"]
+            assert t["datasource"] == DATASOURCE and t["expr"].strip() and t["refId"]
         g = p["gridPos"]
         assert g["x"] + g["w"] <= 24
         mine = {(x, y) for x in range(g["x"], g["x"] + g["w"])
@@ -335,8 +469,72 @@ def test_dashboard_is_grafana_10_json_on_the_provisioned_datasource() -> None:
     titles = " | ".join(p["title"].lower() for p in panels)
     for needed in ("primary", "verdict", "writes per store", "mirror failures", "outbox depth",
                    "outbox oldest age", "search latency per store and role", "agreement",
-                   "discrepancies by reason"):
+                   "discrepancies by reason", "primary and epoch per instance"):
         assert needed in titles, needed
+
+
+def _variables() -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in dashboard()["templating"]["list"]}
+
+
+def _datasource_refs(node: Any) -> Iterator[Any]:
+    """Every "datasource" value anywhere in the dashboard JSON."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "datasource":
+                yield value
+            yield from _datasource_refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _datasource_refs(item)
+
+
+def test_dashboard_picks_its_datasource_through_a_variable() -> None:
+    variable = _variables()["datasource"]
+    assert (variable["type"], variable["query"]) == ("datasource", "prometheus")
+    refs = list(_datasource_refs(dashboard()))
+    prometheus = [r for r in refs if r != {"type": "grafana", "uid": "-- Grafana --"}]
+    assert len(prometheus) > len(dashboard()["panels"])
+    for ref in prometheus:
+        assert ref == DATASOURCE, ref  # no hard-coded uid: "prometheus" or any other
+
+
+def test_dashboard_instance_variable_filters_every_query() -> None:
+    variable = _variables()["instance"]
+    assert variable["type"] == "query" and variable["datasource"] == DATASOURCE
+    assert re.fullmatch(r"label_values\(cutover_\w+, ?instance\)", variable["definition"])
+    assert variable["query"]["query"] == variable["definition"]
+    assert variable["multi"] and variable["includeAll"] and variable["allValue"] == ".*"
+    exprs = [expr for _, _, expr in panel_queries()] + [a["expr"] for a in _flip_annotations()]
+    for expr in exprs:
+        selectors = re.findall(r"\bcutover_[a-z0-9_]+(\{[^}]*\})?", expr)
+        assert selectors, expr
+        for selector in selectors:
+            assert 'instance=~"$instance"' in selector, expr
+
+
+def _flip_annotations() -> list[dict[str, Any]]:
+    return [a for a in dashboard()["annotations"]["list"]
+            if "changes(cutover_primary_epoch" in a.get("expr", "")]
+
+
+def test_dashboard_annotates_every_flip() -> None:
+    [flips] = _flip_annotations()
+    assert flips["enable"] and not flips.get("hide")
+    assert flips["datasource"] == DATASOURCE
+    # one epoch change is caught by a step whatever the scrape offset: the range exceeds the step
+    window = re.search(r"changes\(cutover_primary_epoch\{[^}]*\}\[(\d+)s\]\)", flips["expr"])
+    assert window and int(window.group(1)) > int(flips["step"].removesuffix("s"))
+
+
+def test_dashboard_shows_primary_and_epoch_per_instance() -> None:
+    [panel] = [p for p in dashboard()["panels"]
+               if p["title"].lower() == "primary and epoch per instance"]
+    exprs = " ".join(t["expr"] for t in panel["targets"])
+    for metric in ("cutover_read_primary", "cutover_primary_epoch", "cutover_instance_info"):
+        assert metric in exprs, metric
+    for t in panel["targets"]:
+        assert re.search(r"by \(instance\b", t["expr"]), t["expr"]
 
 
 def test_dashboard_queries_only_name_metrics_that_exist() -> None:
@@ -428,6 +626,10 @@ async def _workload(m: Metrics, runner: ShadowRunner, stop: asyncio.Event) -> No
             for role in SEARCH_ROLES:
                 m.observe_search(backend, role, 0.002 * (1 + i % 4))
         m.set_read_primary(BACKENDS[(i // 10) % 2])
+        m.set_epoch(i // 10)
+        m.set_dual_write(i % 50 < 40)
+        m.set_primary_source_error(i % 40 == 0)
+        m.fenced_write(BACKENDS[i % 2])
         m.set_ready(i % 3 == 0)
         runner.submit("json dumps", user_id=uuid.UUID(int=7), limit=3,
                       primary_backend="sqlite", primary_results=_hits(a, b, c),
@@ -448,6 +650,7 @@ async def _query(client: httpx.AsyncClient, expr: str) -> list[dict[str, Any]]:
 async def test_a_real_prometheus_answers_every_dashboard_query(tmp_path: Path) -> None:
     tool("prometheus")
     m = Metrics(CollectorRegistry())
+    m.set_instance("live-1")
     runner = ShadowRunner(m, sample_rate=1.0, timeout_s=0.1, max_concurrency=3)
     port = _free_port()
     config = tmp_path / "prometheus.yml"
@@ -466,11 +669,17 @@ async def test_a_real_prometheus_answers_every_dashboard_query(tmp_path: Path) -
             with _prometheus(config, tmp_path / "data", port, tmp_path / "prometheus.log") as url:
                 async with httpx.AsyncClient(base_url=url, timeout=5) as client:
                     await _wait_for_scrapes(client, tmp_path / "prometheus.log")
-                    for title, ref, expr in panel_queries():
+                    queries = panel_queries() + [
+                        (a["name"], "annotation", a["expr"]) for a in _flip_annotations()]
+                    for title, ref, expr in queries:
                         result = await _query(client, substitute(expr))
                         assert result, f"panel {title!r} query {ref} returned nothing: {expr}"
                         values = [float(r["value"][1]) for r in result]
                         assert any(math.isfinite(v) for v in values), (title, ref, values)
+                    instances = (await client.get(
+                        "/api/v1/label/instance/values",
+                        params={"match[]": "cutover_read_primary"})).json()["data"]
+                    assert instances == [f"127.0.0.1:{target.port}"]
                     rules = (await client.get("/api/v1/rules")).json()["data"]["groups"]
                     health = {r["name"]: r["health"] for g in rules for r in g["rules"]}
                     assert len(health) >= 8

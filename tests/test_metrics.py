@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +30,15 @@ CONTRACT = {
     "cutover_shadow_rank_agreement": ("histogram", set()),
     "cutover_shadow_discrepancies": ("counter", {"reason"}),
     "cutover_ready": ("gauge", set()),
+}
+
+# issue 23: what tells the processes of a fleet apart, and what each one believes
+FLEET = {
+    "cutover_instance_info": ("gauge", {"instance_id", "pid", "hostname"}),
+    "cutover_primary_epoch": ("gauge", set()),
+    "cutover_dual_write": ("gauge", set()),
+    "cutover_primary_source_error": ("gauge", set()),
+    "cutover_fenced_writes": ("counter", {"backend"}),
 }
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +70,59 @@ def test_contract_metrics_exist_with_their_types_and_labels(registry: CollectorR
     for name, (kind, labels) in CONTRACT.items():
         assert families.get(name) == kind, name
         assert _labels_of(registry, name) == labels, name
+
+
+def test_fleet_metrics_exist_with_their_types_and_labels(m: Metrics) -> None:
+    m.set_instance("worker-1")
+    families = {mf.name: mf.type for mf in m.registry.collect()}
+    for name, (kind, labels) in FLEET.items():
+        assert families.get(name) == kind, name
+        assert _labels_of(m.registry, name) == labels, name
+
+
+def test_fleet_series_exist_at_zero_before_any_event(m: Metrics) -> None:
+    r = m.registry
+    for name in ("cutover_primary_epoch", "cutover_dual_write", "cutover_primary_source_error"):
+        assert r.get_sample_value(name) == 0, name
+    for backend in BACKENDS:
+        assert r.get_sample_value("cutover_fenced_writes_total", {"backend": backend}) == 0
+
+
+def test_fleet_helpers_move_the_right_series(m: Metrics) -> None:
+    r = m.registry
+    m.set_epoch(7)
+    m.set_dual_write(True)
+    m.set_primary_source_error(True)
+    m.fenced_write("sqlite")
+    m.fenced_write("sqlite")
+    assert r.get_sample_value("cutover_primary_epoch") == 7
+    assert r.get_sample_value("cutover_dual_write") == 1
+    assert r.get_sample_value("cutover_primary_source_error") == 1
+    assert r.get_sample_value("cutover_fenced_writes_total", {"backend": "sqlite"}) == 2
+    assert r.get_sample_value("cutover_fenced_writes_total", {"backend": "postgres"}) == 0
+    m.set_epoch(8)
+    m.set_dual_write(False)
+    m.set_primary_source_error(False)
+    assert r.get_sample_value("cutover_primary_epoch") == 8
+    assert r.get_sample_value("cutover_dual_write") == 0
+    assert r.get_sample_value("cutover_primary_source_error") == 0
+
+
+def test_instance_info_names_this_process_once(m: Metrics) -> None:
+    r = m.registry
+    m.set_instance("web-1")
+    m.set_instance("web-2")  # a second call replaces the series: one per process
+    samples = [s for f in r.collect() if f.name == "cutover_instance_info" for s in f.samples]
+    assert [(s.labels, s.value) for s in samples] == [
+        ({"instance_id": "web-2", "pid": str(os.getpid()), "hostname": socket.gethostname()},
+         1.0)
+    ]
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 129, "web\n1"])
+def test_instance_ids_that_are_not_a_short_name_are_refused(m: Metrics, bad: str) -> None:
+    with pytest.raises(ValueError, match="instance_id"):
+        m.set_instance(bad)
 
 
 def test_counters_end_in_total_and_durations_in_seconds(registry: CollectorRegistry) -> None:
@@ -170,6 +234,7 @@ def test_shed_counts_as_skipped_and_as_shed(m: Metrics) -> None:
         lambda m: m.set_read_primary("postgresql://u:secret@h/db"),
         lambda m: m.store_error("sqlite", "select * from users"),
         lambda m: m.shadow_outcome("user-42"),
+        lambda m: m.fenced_write("postgresql://u:secret@h/db"),
     ],
 )
 def test_unknown_label_values_are_refused(m: Metrics, call: object) -> None:
