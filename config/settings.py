@@ -113,6 +113,9 @@ class Settings:
     """Everything the project reads from the environment, validated."""
 
     read_primary: Backend = "sqlite"
+    # False when READ_PRIMARY was not in the environment: the default then seeds a new control
+    # record but never asks a running fleet to flip (proxy.control)
+    read_primary_given: bool = True
     read_primary_file: Path | None = None
     sqlite_path: Path = Path("./data/app.db")
     postgres_dsn: str = field(default="embedded", repr=False)  # repr would show a password
@@ -136,6 +139,7 @@ class Settings:
         primary_file = env.get("READ_PRIMARY_FILE", "").strip()
         return cls(
             read_primary=_choice(env, "READ_PRIMARY", BACKENDS, "sqlite"),  # type: ignore[arg-type]
+            read_primary_given=bool(env.get("READ_PRIMARY", "").strip()),
             read_primary_file=Path(primary_file) if primary_file else None,
             sqlite_path=Path(env.get("SQLITE_PATH", "").strip() or "./data/app.db"),
             postgres_dsn=_dsn(env),

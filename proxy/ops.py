@@ -1,14 +1,15 @@
 """Operator verbs: `cutover status`, `cutover read-primary`, `cutover shadow list|replay`.
 
 They run in their own process beside the service: they read the stores' outboxes, the shadow
-comparisons file and READ_PRIMARY_FILE, and change the primary only through that file (the
-running repositories follow it within 2 s).
+comparisons file and the control record, and change the primary through the record (every
+running repository follows it within a second).
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,9 +17,9 @@ import typer
 
 from config import Settings
 from proxy.cli import EXIT_USAGE, app, fail, load_settings, run
-from proxy.connect import open_store
+from proxy.connect import open_store, read_record
 from proxy.deadletters import flip_refusal
-from proxy.repository import default_shadow_path, read_primary_file, write_primary_file
+from proxy.repository import FlipRefused, default_shadow_path, open_repository
 from proxy.stores.searchtext import parse_query
 from shadow.store import ShadowStore
 from shadow.verdict import OutboxFigures, Verdict, evaluate
@@ -31,13 +32,10 @@ app.add_typer(shadow_app, name="shadow")
 
 
 def current_primary(settings: Settings) -> str:
-    """The primary as running processes see it: READ_PRIMARY_FILE's word, else READ_PRIMARY."""
-    if settings.read_primary_file is not None:
-        try:
-            return read_primary_file(settings.read_primary_file)
-        except (OSError, ValueError):
-            return settings.read_primary
-    return settings.read_primary
+    """The primary every process follows: the control record's (READ_PRIMARY before any
+    process has created the record)."""
+    record = run(lambda: read_record(settings))
+    return settings.read_primary if record is None else record.primary
 
 
 async def _outbox(settings: Settings) -> dict[str, OutboxFigures]:
@@ -92,20 +90,19 @@ def status(as_json: bool = typer.Option(False, "--json", help="One JSON document
 @app.command("read-primary")
 def read_primary(
     backend: str | None = typer.Argument(None, help="sqlite or postgres; omit to show."),
-    force: bool = typer.Option(False, "--force",
-                               help="Flip despite a no-go verdict, pending mirror writes or "
-                                    "dead letters."),
+    force: bool = typer.Option(
+        False, "--force",
+        help="Flip despite a no-go verdict, pending mirror writes or dead letters, or to SQLite "
+             "after dual writes stopped: SQLite then lacks every write since (an emergency "
+             "rollback; those rows need a backfill the other way)."),
 ) -> None:
-    """Show the primary, or set it through READ_PRIMARY_FILE (running services follow)."""
+    """Show the primary, or set it for every process (the control record on both stores)."""
     settings = load_settings()
     if backend is None:
         typer.echo(current_primary(settings))
         return
     if backend not in ("sqlite", "postgres"):
         raise fail(f"read primary must be sqlite or postgres, not {backend!r}", EXIT_USAGE)
-    if settings.read_primary_file is None:
-        raise fail("READ_PRIMARY_FILE is not set: running processes could not follow a flip; "
-                   "set it (or restart them with READ_PRIMARY)", EXIT_USAGE)
     if not force:
         outbox = run(lambda: _outbox(settings))
         figures = outbox[backend]
@@ -123,8 +120,20 @@ def read_primary(
             if not verdict.go:
                 raise fail("refused: the go/no-go verdict says no-go: "
                            + "; ".join(verdict.reasons), EXIT_USAGE)
-    write_primary_file(settings.read_primary_file, backend)  # type: ignore[arg-type]
-    typer.echo(f"read primary set to {backend} in {settings.read_primary_file}"
+
+    async def flip() -> int | None:
+        # this command's own READ_PRIMARY (or its default) asks for nothing
+        quiet = replace(settings, read_primary_given=False, shadow_worker="inline",
+                        metrics_port=None)
+        async with open_repository(quiet, init_schema=False) as repo:
+            await repo.set_read_primary(backend, force=force)
+            return repo.epoch
+
+    try:
+        epoch = run(flip)
+    except FlipRefused as exc:
+        raise fail(f"refused: {exc}", EXIT_USAGE) from None
+    typer.echo(f"read primary set to {backend} for every process (epoch {epoch})"
                + (" (forced)" if force else ""))
 
 

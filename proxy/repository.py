@@ -25,6 +25,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,14 +34,15 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from config import Settings
-from config.settings import BACKENDS, Backend
+from config.settings import BACKENDS, Backend, ConfigError
 from metrics import Metrics
 from proxy.api import EntityMethods, stamp_create, stamp_update
 from proxy.clock import next_version
 from proxy.codec import now_utc
 from proxy.connect import resolve_dsn
+from proxy.control import Control, newest
 from proxy.deadletters import flip_refusal, is_dead
-from proxy.errors import CutoverError, NotFoundError, OutcomeUnknown, StoreUnavailable
+from proxy.errors import CutoverError, Fenced, NotFoundError, OutcomeUnknown, StoreUnavailable
 from proxy.mirror import TIMED_OUT, MirrorPipeline, apply_following, settle_missing_parents
 from proxy.models import BY_NAME, REFERENCED_BY, Entity, SearchResult
 from proxy.stores.base import ApplyOutcome, Mutation, Op, OutboxStats, Written
@@ -61,6 +63,8 @@ AnyStore = SQLiteStore | PostgresStore
 REPLAY_BATCH = 500
 PRIMARY_TIMEOUT_S = 10.0
 FILE_POLL_S = 0.5
+FOLLOW_S = 0.25  # how often a process reads the control record: it follows a flip within 1 s
+FENCED_RETRY_S = 5.0  # how long a write refused for its epoch keeps retrying on the new primary
 
 
 class FlipRefused(CutoverError):
@@ -112,6 +116,14 @@ def read_primary_file(path: Path) -> Backend:
     return word
 
 
+def _file_word(path: Path) -> Backend:
+    """READ_PRIMARY_FILE's word at start-up: a bad or unreadable file stops the process."""
+    try:
+        return read_primary_file(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"READ_PRIMARY_FILE={path}: {exc}") from None
+
+
 def write_primary_file(path: Path, backend: Backend) -> None:
     """Rewrite READ_PRIMARY_FILE atomically (a reader sees the old word or the new one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,9 +150,9 @@ class Repository(EntityMethods):
             [str, str, uuid.UUID, int], Awaitable[Sequence[RankedHit]]
         ] = self._store_search
         self._primary: Backend = settings.read_primary
-        if settings.read_primary_file is not None:
-            with contextlib.suppress(OSError, ValueError):
-                self._primary = read_primary_file(settings.read_primary_file)
+        # the control record this process acts on (proxy.control); None until `bootstrap`:
+        # a repository built by hand writes unfenced, with its settings' primary
+        self._control: Control | None = None
         self._gate = _WriteGate()
         self._mirror_timeout_s = settings.mirror_timeout_ms / 1000
         # per mirror target: bumped on every failure; a replay pass closes the breaker only if no
@@ -181,37 +193,180 @@ class Repository(EntityMethods):
     def stores(self) -> dict[str, AnyStore]:
         return dict(self._stores)
 
-    async def set_read_primary(self, backend: str, *, force: bool = False) -> None:
-        """Move reads and the source of truth to `backend`; flipping back is the rollback.
+    @property
+    def epoch(self) -> int | None:
+        """The control record's epoch this process acts on (None before `bootstrap`)."""
+        return None if self._control is None else self._control.epoch
 
-        Writes in flight finish first; the mirror writes still waiting to reach `backend` are
-        replayed before it takes over. If some cannot be (the store is down), or dead letters
-        for `backend` wait in the outbox, the flip is refused with `FlipRefused` unless `force`
-        (an emergency rollback).
+    @property
+    def dual_write(self) -> bool:
+        return self.settings.dual_write if self._control is None else self._control.dual_write
+
+    async def set_read_primary(self, backend: str, *, force: bool = False) -> None:
+        """Move reads and the source of truth to `backend`, for every process sharing the
+        stores; flipping back is the rollback.
+
+        This process's writes in flight finish first; the mirror writes still waiting to reach
+        `backend` (every process's) are replayed; the old primary's control record is fenced
+        (no write carrying the old epoch commits there after it), the last waiting writes are
+        replayed, and `backend`'s record names it. If the writes cannot be replayed (the store
+        is down), dead letters for `backend` wait, or dual writes have stopped and `backend`
+        is SQLite, `FlipRefused` unless `force` (an emergency rollback).
         """
         if backend not in BACKENDS:
             raise ValueError(f"read primary must be sqlite or postgres, not {backend!r}")
         target: Backend = backend
-        await self._flip(target, force=force)
-        if self.settings.read_primary_file is not None:
-            # after the flip, never before: a refused flip must not reach the file, whose
-            # watchers (this process's included) would then force it
-            write_primary_file(self.settings.read_primary_file, target)
+        file = self.settings.read_primary_file
+        await self._flip(target, force=force, file_word=target if file else None)
+        if file is not None:
+            # after the flip, never before: the file shows operators the primary, and its word
+            # is recorded as taken, so no watcher asks for it again
+            write_primary_file(file, target)
 
-    async def _flip(self, target: Backend, *, force: bool) -> None:
+    async def _flip(self, target: Backend, *, force: bool, file_word: str | None = None,
+                    env_value: str | None = None, dual_write: bool | None = None) -> None:
+        """Flip to `target` (or, when it is already primary, record the other changes)."""
         async with self._gate.flip():
-            if target == self._primary:
+            await self._follow()
+            current = self._control
+            if current is None:  # not bootstrapped: a repository of this process alone
+                await self._flip_alone(target, force=force)
                 return
-            old = self._primary
+            changes = replace(
+                current,
+                file_word=current.file_word if file_word is None else file_word,
+                env_applied=current.env_applied | ({env_value} if env_value else set()),
+                dual_write=current.dual_write if dual_write is None else dual_write,
+            )
+            if target == current.primary:
+                if changes != current:
+                    await self._record(replace(changes, epoch=current.epoch + 1), current)
+                return
+            if target == "sqlite" and not current.dual_write and not force:
+                raise FlipRefused("dual writes are off: SQLite lacks every write since; a "
+                                  "rollback would lose them (force it only if you accept that)")
+            old = current.primary
             try:
-                await self._drain_to(target)
+                await self._drain_to(target)  # while writes go on: the bulk of it
             except Exception as exc:
                 if not force:
                     log.warning("primary.flip_refused", target=target, reason=str(exc))
                     raise FlipRefused(f"cannot flip to {target}: {exc}") from exc
-            self._primary = target
-            self.metrics.set_read_primary(target)
-            log.info("primary.flipped", old=old, new=target, forced=force)
+            new = replace(changes, primary=target, epoch=current.epoch + 1)
+            try:
+                fenced = await self._stores[old].fence_control(new, expect_epoch=current.epoch)
+            except StoreUnavailable as exc:
+                if not force:
+                    raise FlipRefused(f"cannot fence {old}: {exc.reason}") from exc
+                fenced = True  # an emergency rollback from a store that is down
+            if not fenced:
+                await self._follow()
+                raise FlipRefused(f"another flip happened meanwhile; the primary is now "
+                                  f"{self._primary}")
+            try:
+                await self._drain_to(target)  # nothing new reaches the old primary now
+            except Exception as exc:
+                if not force:
+                    # hand the primary back with a newer epoch: epochs only ever grow
+                    back = replace(new, primary=old, epoch=new.epoch + 1)
+                    await self._record(back, new)
+                    log.warning("primary.flip_refused", target=target, reason=str(exc))
+                    raise FlipRefused(f"cannot flip to {target}: {exc}") from exc
+            with contextlib.suppress(StoreUnavailable):
+                await self._stores[target].advance_control(new)
+            self._adopt(new)
+            log.info("primary.flipped", old=old, new=target, epoch=new.epoch, forced=force)
+
+    async def _flip_alone(self, target: Backend, *, force: bool) -> None:
+        if target == self._primary:
+            return
+        try:
+            await self._drain_to(target)
+        except Exception as exc:
+            if not force:
+                raise FlipRefused(f"cannot flip to {target}: {exc}") from exc
+        old, self._primary = self._primary, target
+        self.metrics.set_read_primary(target)
+        log.info("primary.flipped", old=old, new=target, forced=force)
+
+    async def _record(self, new: Control, current: Control) -> None:
+        """Write `new` (same primary) on both stores: the primary's copy first, fenced."""
+        if not await self._stores[current.primary].fence_control(new,
+                                                                 expect_epoch=current.epoch):
+            await self._follow()
+            raise FlipRefused("another flip happened meanwhile")
+        with contextlib.suppress(StoreUnavailable):
+            await self._stores[_other(current.primary)].advance_control(new)
+        self._adopt(new)
+
+    # -- following the control record --
+    async def bootstrap(self) -> None:
+        """Read (or create) the control record, then act on what the settings ask for (see
+        proxy.control). A bad READ_PRIMARY_FILE stops here (`ConfigError`)."""
+        file = self.settings.read_primary_file
+        word = _file_word(file) if file is not None else None
+        current = await self._read_control()
+        if current is None:
+            seed = Control(word or self.settings.read_primary, 1, self.settings.dual_write,
+                           frozenset({self.settings.read_primary}), word)
+            for store in self._stores.values():
+                with contextlib.suppress(StoreUnavailable):
+                    await store.advance_control(seed)
+            current = await self._read_control()
+            if current is None:
+                raise StoreUnavailable("sqlite", "no store holds the control record")
+        for store in self._stores.values():  # a copy left behind (a store was down) catches up
+            with contextlib.suppress(StoreUnavailable):
+                await store.advance_control(current)
+        self._adopt(current)
+        wanted: Backend | None = None
+        env_value = None
+        if self.settings.read_primary_given and \
+                self.settings.read_primary not in current.env_applied:
+            wanted, env_value = self.settings.read_primary, self.settings.read_primary
+        if word is not None and word != current.file_word:
+            wanted = word  # the later request of the two
+        off = False if not self.settings.dual_write and current.dual_write else None
+        if wanted is None and env_value is None and off is None:
+            return
+        try:
+            await self._flip(wanted or current.primary, force=False, env_value=env_value,
+                             file_word=word if word != current.file_word else None,
+                             dual_write=off)
+        except FlipRefused as exc:
+            log.error("primary.request_refused", wanted=wanted, keeping=self._primary,
+                      reason=str(exc)[:300])
+
+    async def _read_control(self) -> Control | None:
+        records = []
+        for store in self._stores.values():
+            with contextlib.suppress(StoreUnavailable):
+                records.append(await store.read_control())
+        return newest(*records)
+
+    async def _follow(self) -> None:
+        """Adopt the newest control record either store holds."""
+        if self._control is None:
+            return
+        found = await self._read_control()
+        if found is not None:
+            self._adopt(found)
+
+    def _adopt(self, record: Control) -> None:
+        if self._control is not None and record.epoch <= self._control.epoch:
+            return
+        old, self._control, self._primary = self._primary, record, record.primary
+        self.metrics.set_read_primary(record.primary)
+        self.metrics.set_epoch(record.epoch)
+        self.metrics.set_dual_write(record.dual_write)
+        if old != record.primary:
+            log.info("primary.followed", old=old, new=record.primary, epoch=record.epoch)
+
+    async def _follow_loop(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(FOLLOW_S)
+            with contextlib.suppress(Exception):  # a store down: the other copy still answers
+                await self._follow()
 
     async def _drain_to(self, target: Backend) -> None:
         """Replay every pending write for `target`; raise if some remain after the timeout, or
@@ -252,11 +407,27 @@ class Repository(EntityMethods):
     async def _primary_then_mirror(
         self, entity: Entity, op: Op, row_id: uuid.UUID, values: dict[str, Any] | None,
     ) -> dict[str, Any] | None:
-        primary = self._stores[self._primary]
-        target = self.mirror_backend
-        start = time.perf_counter()
-        written = await self._primary_write(primary, entity, op, row_id, values,
-                                            [target] if self.settings.dual_write else [], start)
+        deadline = time.monotonic() + FENCED_RETRY_S
+        while True:
+            primary = self._stores[self._primary]
+            target = self.mirror_backend
+            epoch = self.epoch
+            start = time.perf_counter()
+            try:
+                written = await self._primary_write(primary, entity, op, row_id, values,
+                                                    [target] if self.dual_write else [], start,
+                                                    epoch)
+                break
+            except Fenced as exc:
+                # the primary moved since this process looked: follow it and write there
+                self.metrics.fenced_write(primary.backend)
+                log.info("write.fenced", backend=primary.backend, epoch=exc.epoch,
+                         current=exc.current)
+                if time.monotonic() > deadline:
+                    raise StoreUnavailable(primary.backend, "a flip is in progress") from exc
+                await self._follow()
+                if self.epoch == epoch:  # the flip is still on its way: wait a moment
+                    await asyncio.sleep(0.02)
         self._count(primary.backend, entity, op, "ok", start)
         if written.seq is None:
             return written.row
@@ -276,6 +447,7 @@ class Repository(EntityMethods):
     async def _primary_write(
         self, store: AnyStore, entity: Entity, op: Op, row_id: uuid.UUID,
         values: dict[str, Any] | None, targets: Sequence[str], start: float,
+        epoch: int | None,
     ) -> Written:
         clock = next_version()
         try:
@@ -283,13 +455,13 @@ class Repository(EntityMethods):
                 if op == "insert":
                     assert values is not None
                     return await store.insert_row(entity, values, clock=clock,
-                                                  outbox_targets=targets)
+                                                  outbox_targets=targets, epoch=epoch)
                 if op == "update":
                     assert values is not None
                     return await store.update_row(entity, row_id, values, clock=clock,
-                                                  outbox_targets=targets)
+                                                  outbox_targets=targets, epoch=epoch)
                 return await store.delete_row(entity, row_id, clock=clock,
-                                              outbox_targets=targets)
+                                              outbox_targets=targets, epoch=epoch)
         except TimeoutError as exc:
             # the statement was sent: it may still commit (and then be mirrored). Say so, so a
             # caller knows a blind retry of a create may duplicate it (retry with the same id)
@@ -563,30 +735,39 @@ class Repository(EntityMethods):
             self._wake.clear()
 
     async def _watch_primary_file(self, path: Path) -> None:
+        """A new word in READ_PRIMARY_FILE asks for a flip (gated like any other); a bad file
+        keeps the record's primary, said loudly (a log line per distinct problem, a metric)."""
         last_error = ""
         while not self._closed:
             await asyncio.sleep(FILE_POLL_S)
             try:
                 wanted = await asyncio.to_thread(read_primary_file, path)
-                last_error = ""
             except (OSError, ValueError) as exc:
-                message = str(exc)
-                if message != last_error:  # once per distinct problem, not twice a second
-                    log.error("primary_file.invalid", path=str(path), reason=message,
+                self.metrics.set_primary_source_error(True)
+                if str(exc) != last_error:
+                    log.error("primary_file.invalid", path=str(path), reason=str(exc),
                               keeping=self._primary)
-                    last_error = message
+                    last_error = str(exc)
                 continue
-            if wanted != self._primary:
-                try:
-                    # the file is the authority: whoever wrote it already made the checks
-                    await self._flip(wanted, force=True)
-                except Exception as exc:
-                    log.error("primary.flip_failed", target=wanted, reason=str(exc)[:300])
+            self.metrics.set_primary_source_error(False)
+            if self._control is None or wanted == self._control.file_word:
+                last_error = ""
+                continue
+            try:
+                await self._flip(wanted, force=False, file_word=wanted)
+                last_error = ""
+            except Exception as exc:
+                if str(exc) != last_error:
+                    log.error("primary.flip_failed", target=wanted, keeping=self._primary,
+                              reason=str(exc)[:300])
+                    last_error = str(exc)
 
     # -- lifecycle --
     def start(self) -> None:
         """Start the background loops (replay; READ_PRIMARY_FILE watcher when set)."""
         self._tasks.append(asyncio.create_task(self._replay_loop(), name="cutover-replay"))
+        if self._control is not None:
+            self._tasks.append(asyncio.create_task(self._follow_loop(), name="cutover-follow"))
         if self.settings.read_primary_file is not None:
             self._tasks.append(asyncio.create_task(
                 self._watch_primary_file(self.settings.read_primary_file),
@@ -672,6 +853,8 @@ async def open_repository(
             )
             await worker.start()
             repo.shadow.remote = worker
+        metrics.set_instance(uuid.uuid4().hex[:12])  # tells this process apart in Prometheus
+        await repo.bootstrap()
         repo.start()
         if settings.metrics_port is not None:
             from metrics import serve_metrics

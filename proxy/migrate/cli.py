@@ -160,17 +160,20 @@ def reconcile(
 ) -> None:
     """Replay pending mirror writes, then repair what verify finds, from the primary.
 
-    The primary is READ_PRIMARY, or the word in READ_PRIMARY_FILE when that is set. Each
+    The primary is the control record's (before any process made one: READ_PRIMARY, or the
+    word in READ_PRIMARY_FILE when that is set). Each
     differing row is copied from it as a new write (or deleted where it has none). Exit 1 if
     differences (dead letters included) remain afterwards.
     """
+    from proxy.connect import read_record
     from proxy.migrate.reconcile import PrimaryUnknown, current_primary, run_reconcile
     from proxy.migrate.verify import SQLiteNotUpgraded
 
     settings = load_settings()
     path = _check_sqlite(settings)
+    record = run(lambda: read_record(settings))
     try:
-        primary = current_primary(settings)
+        primary = record.primary if record is not None else current_primary(settings)
     except PrimaryUnknown as exc:
         raise fail(str(exc), EXIT_USAGE) from None
 

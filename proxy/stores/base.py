@@ -21,6 +21,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any, Literal, NamedTuple, Protocol
 
+from proxy.control import Control
 from proxy.models import Entity, SearchResult
 
 Op = Literal["insert", "update", "delete"]
@@ -125,22 +126,23 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     # -- writes as the primary: the row, its version and its outbox entries in one transaction
-    # (`clock`: the least version the write may take, see the module docstring) --
+    # (`clock`: the least version the write may take, see the module docstring; `epoch`: the
+    # control record's epoch the writer acts on, `Fenced` if the store's is another) --
     async def insert_row(
         self, entity: Entity, values: dict[str, Any], *, clock: int,
-        outbox_targets: Sequence[str] = (),
+        outbox_targets: Sequence[str] = (), epoch: int | None = None,
     ) -> Written:
         """Insert; return the stored row, the outbox seq and the version."""
 
     async def update_row(
         self, entity: Entity, row_id: uuid.UUID, changes: dict[str, Any], *, clock: int,
-        outbox_targets: Sequence[str] = (),
+        outbox_targets: Sequence[str] = (), epoch: int | None = None,
     ) -> Written:
         """Partial update; return the whole row after it. `NotFoundError` if absent."""
 
     async def delete_row(
         self, entity: Entity, row_id: uuid.UUID, *, clock: int,
-        outbox_targets: Sequence[str] = (),
+        outbox_targets: Sequence[str] = (), epoch: int | None = None,
     ) -> Written:
         """Delete; children follow the seed's ON DELETE rules, carried out as writes of their
         own (a version and an outbox entry each). `NotFoundError` if absent."""
@@ -165,6 +167,16 @@ class Store(Protocol):
     async def search(
         self, query: str, user_id: uuid.UUID, limit: int, *, highlights: bool = True
     ) -> list[SearchResult]: ...
+
+    # -- the control record (proxy.control) --
+    async def read_control(self) -> Control | None: ...
+
+    async def advance_control(self, control: Control) -> Control:
+        """Store `control` if its epoch is higher than the stored one's; return the stored."""
+
+    async def fence_control(self, control: Control, *, expect_epoch: int) -> bool:
+        """Store `control` only if the stored epoch is still `expect_epoch`, once the writes
+        under way with the old epoch have committed."""
 
     # -- as a mirror --
     async def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
