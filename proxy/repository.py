@@ -116,10 +116,14 @@ def read_primary_file(path: Path) -> Backend:
     return word
 
 
-def _file_word(path: Path) -> Backend:
-    """READ_PRIMARY_FILE's word at start-up: a bad or unreadable file stops the process."""
+def _file_word(path: Path) -> Backend | None:
+    """READ_PRIMARY_FILE's word at start-up: a bad or unreadable file stops the process; a
+    missing one asks for nothing (said in the log, and by the watcher's metric)."""
     try:
         return read_primary_file(path)
+    except FileNotFoundError:
+        log.warning("primary_file.missing", path=str(path))
+        return None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"READ_PRIMARY_FILE={path}: {exc}") from None
 
@@ -153,6 +157,8 @@ class Repository(EntityMethods):
         # the control record this process acts on (proxy.control); None until `bootstrap`:
         # a repository built by hand writes unfenced, with its settings' primary
         self._control: Control | None = None
+        #: the store and epoch of this process's latest acknowledged primary write (audits)
+        self.last_write: tuple[str, int | None] | None = None
         self._gate = _WriteGate()
         self._mirror_timeout_s = settings.mirror_timeout_ms / 1000
         # per mirror target: bumped on every failure; a replay pass closes the breaker only if no
@@ -310,13 +316,16 @@ class Repository(EntityMethods):
             seed = Control(word or self.settings.read_primary, 1, self.settings.dual_write,
                            frozenset({self.settings.read_primary}), word)
             for store in self._stores.values():
-                with contextlib.suppress(StoreUnavailable):
+                with contextlib.suppress(Exception):  # down, or its schema not there yet
                     await store.advance_control(seed)
             current = await self._read_control()
             if current is None:
-                raise StoreUnavailable("sqlite", "no store holds the control record")
+                # neither store can hold it now: act on the settings alone (unfenced) and try
+                # again from the follow loop
+                log.error("control.unavailable", keeping=self._primary)
+                return
         for store in self._stores.values():  # a copy left behind (a store was down) catches up
-            with contextlib.suppress(StoreUnavailable):
+            with contextlib.suppress(Exception):
                 await store.advance_control(current)
         self._adopt(current)
         wanted: Backend | None = None
@@ -340,7 +349,7 @@ class Repository(EntityMethods):
     async def _read_control(self) -> Control | None:
         records = []
         for store in self._stores.values():
-            with contextlib.suppress(StoreUnavailable):
+            with contextlib.suppress(StoreUnavailable):  # the other copy answers
                 records.append(await store.read_control())
         return newest(*records)
 
@@ -366,7 +375,10 @@ class Repository(EntityMethods):
         while not self._closed:
             await asyncio.sleep(FOLLOW_S)
             with contextlib.suppress(Exception):  # a store down: the other copy still answers
-                await self._follow()
+                if self._control is None:
+                    await self.bootstrap()
+                else:
+                    await self._follow()
 
     async def _drain_to(self, target: Backend) -> None:
         """Replay every pending write for `target`; raise if some remain after the timeout, or
@@ -428,6 +440,7 @@ class Repository(EntityMethods):
                 await self._follow()
                 if self.epoch == epoch:  # the flip is still on its way: wait a moment
                     await asyncio.sleep(0.02)
+        self.last_write = (primary.backend, epoch)
         self._count(primary.backend, entity, op, "ok", start)
         if written.seq is None:
             return written.row
@@ -766,8 +779,7 @@ class Repository(EntityMethods):
     def start(self) -> None:
         """Start the background loops (replay; READ_PRIMARY_FILE watcher when set)."""
         self._tasks.append(asyncio.create_task(self._replay_loop(), name="cutover-replay"))
-        if self._control is not None:
-            self._tasks.append(asyncio.create_task(self._follow_loop(), name="cutover-follow"))
+        self._tasks.append(asyncio.create_task(self._follow_loop(), name="cutover-follow"))
         if self.settings.read_primary_file is not None:
             self._tasks.append(asyncio.create_task(
                 self._watch_primary_file(self.settings.read_primary_file),

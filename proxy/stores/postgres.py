@@ -303,7 +303,10 @@ class PostgresStore(StoreMethods):
 
     # -- the control record (see proxy.control) --
     async def read_control(self) -> Control | None:
-        rows = await self._fetch(f"SELECT {COLUMNS} FROM cutover_control WHERE id = 1")
+        try:
+            rows = await self._fetch(f"SELECT {COLUMNS} FROM cutover_control WHERE id = 1")
+        except asyncpg.UndefinedTableError:
+            return None  # a schema from before the record (`cutover schema init`)
         return Control.from_row(*rows[0]) if rows else None
 
     async def advance_control(self, control: Control) -> Control:

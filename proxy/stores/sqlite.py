@@ -323,8 +323,14 @@ class SQLiteStore(StoreMethods):
     # -- the control record (see proxy.control) --
     async def read_control(self) -> Control | None:
         def read(conn: sqlite3.Connection) -> Control | None:
-            found = conn.execute(f"SELECT {COLUMNS} FROM cutover_control WHERE id = 1").fetchone()
-            return None if found is None else Control.from_row(*found)
+            try:
+                found = conn.execute(f"SELECT {COLUMNS} FROM cutover_control WHERE id = 1")
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):
+                    return None  # a schema from before the record (`cutover schema init`)
+                raise
+            row = found.fetchone()
+            return None if row is None else Control.from_row(*row)
 
         return await self._run(read, write=False)
 

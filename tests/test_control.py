@@ -1,0 +1,144 @@
+"""The control record's rules (proxy/control.py): how READ_PRIMARY, READ_PRIMARY_FILE and
+DUAL_WRITE act on the one primary a fleet shares, and the fence every primary write passes."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from config import Settings
+from config.settings import ConfigError
+from proxy import FlipRefused, open_repository
+from proxy.control import Control
+from proxy.errors import Fenced
+from proxy.models import USERS
+from proxy.stores.postgres import PostgresStore
+from proxy.stores.sqlite import SQLiteStore
+
+
+def _settings(sqlite_path: Path, pg_dsn: str, **kw: object) -> Settings:
+    return Settings(sqlite_path=sqlite_path, postgres_dsn=pg_dsn, shadow_sample_rate=0.0,
+                    **kw)  # type: ignore[arg-type]
+
+
+async def _until(check: object, timeout_s: float = 1.0) -> float:
+    """Seconds until `check()` holds; fails after `timeout_s`."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not check():  # type: ignore[operator]
+        assert loop.time() - start < timeout_s, "not within the time"
+        await asyncio.sleep(0.01)
+    return loop.time() - start
+
+
+async def test_a_rolling_restart_with_a_new_read_primary_flips_the_fleet_once(
+    sqlite_path: Path, pg_dsn: str
+) -> None:
+    old = _settings(sqlite_path, pg_dsn, read_primary="sqlite")
+    new = replace(old, read_primary="postgres")
+    registry = CollectorRegistry
+    async with open_repository(old, registry=registry()) as first:
+        assert first.read_primary == "sqlite"
+        async with open_repository(new, registry=registry()) as restarted:
+            assert restarted.read_primary == "postgres"
+            await _until(lambda: first.read_primary == "postgres")  # within a second
+            # a process of the old deployment restarting late changes nothing
+            async with open_repository(old, registry=registry()) as late:
+                assert late.read_primary == "postgres"
+                await asyncio.sleep(0.6)
+                assert first.read_primary == restarted.read_primary == "postgres"
+                # a command run without READ_PRIMARY asks for nothing either
+                quiet = replace(old, read_primary_given=False)
+                async with open_repository(quiet, registry=registry()) as command:
+                    assert command.read_primary == "postgres"
+
+
+async def test_a_write_of_a_process_that_has_not_followed_is_fenced_and_retried(
+    sqlite_path: Path, pg_dsn: str
+) -> None:
+    settings = _settings(sqlite_path, pg_dsn)
+    async with open_repository(settings, registry=CollectorRegistry()) as a, \
+            open_repository(settings, registry=CollectorRegistry()) as b:
+        for task in b._tasks:  # b stops following: only its fenced write can tell it
+            if task.get_name() == "cutover-follow":
+                task.cancel()
+        await a.set_read_primary("postgres", force=True)
+        assert b.read_primary == "sqlite"
+        user = await b.create_user(name="late", email="late@example.com")
+        assert b.last_write == ("postgres", a.epoch)  # written where the record says
+        assert b.read_primary == "postgres"
+        for store in a.stores.values():
+            assert await store.get_row(USERS, user.id) is not None or store.backend == "sqlite"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_a_store_refuses_a_write_with_another_epoch(
+    backend: str, sqlite_path: Path, pg_dsn: str
+) -> None:
+    store = SQLiteStore(sqlite_path) if backend == "sqlite" else PostgresStore(pg_dsn)
+    try:
+        await store.init_schema()
+        await store.advance_control(Control("sqlite", 7))
+        row = {"id": uuid.uuid4(), "name": "x", "email": "x@example.com",
+               "created_at": None, "updated_at": None}
+        from proxy.codec import now_utc
+
+        row["created_at"] = row["updated_at"] = now_utc()
+        with pytest.raises(Fenced):
+            await store.insert_row(USERS, row, clock=1, epoch=6)
+        assert await store.get_row(USERS, row["id"]) is None
+        written = await store.insert_row(USERS, row, clock=1, epoch=7)
+        with pytest.raises(Fenced):
+            await store.update_row(USERS, row["id"], {"name": "y"}, clock=1, epoch=8)
+        with pytest.raises(Fenced):
+            await store.delete_row(USERS, row["id"], clock=1, epoch=6)
+        assert written.row is not None
+        assert await store.get_row(USERS, row["id"]) == written.row
+        assert not await store.fence_control(Control("postgres", 8), expect_epoch=6)
+        assert await store.fence_control(Control("postgres", 8), expect_epoch=7)
+        assert (await store.read_control()) == Control("postgres", 8)
+    finally:
+        await store.close()
+
+
+async def test_dual_writes_off_is_recorded_for_all_and_blocks_a_rollback_unless_forced(
+    sqlite_path: Path, pg_dsn: str
+) -> None:
+    on = _settings(sqlite_path, pg_dsn, read_primary="postgres")
+    async with open_repository(on, registry=CollectorRegistry()) as running:
+        assert running.dual_write
+        async with open_repository(replace(on, dual_write=False),
+                                   registry=CollectorRegistry()) as last_stage:
+            assert not last_stage.dual_write
+            await _until(lambda: not running.dual_write)
+            with pytest.raises(FlipRefused, match="dual writes are off"):
+                await running.set_read_primary("sqlite")
+            assert running.read_primary == "postgres"
+            await running.set_read_primary("sqlite", force=True)
+            assert running.read_primary == "sqlite"
+
+
+async def test_the_primary_file_fails_closed(
+    sqlite_path: Path, pg_dsn: str, tmp_path: Path
+) -> None:
+    flag = tmp_path / "primary"
+    flag.write_text("postgers\n")
+    settings = _settings(sqlite_path, pg_dsn, read_primary_file=flag)
+    with pytest.raises(ConfigError, match="READ_PRIMARY_FILE"):
+        async with open_repository(settings, registry=CollectorRegistry()):
+            pass
+    flag.write_text("sqlite\n")
+    registry = CollectorRegistry()
+    async with open_repository(settings, registry=registry) as repo:
+        flag.write_text("nonsense\n")
+        await asyncio.sleep(1.2)
+        assert repo.read_primary == "sqlite"  # kept, never READ_PRIMARY's default by surprise
+        assert registry.get_sample_value("cutover_primary_source_error") == 1
+        flag.write_text("postgres\n")  # a new word: a request to flip
+        await _until(lambda: repo.read_primary == "postgres", 3.0)
+        assert registry.get_sample_value("cutover_primary_source_error") == 0
