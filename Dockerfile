@@ -21,7 +21,8 @@ USER cutover
 WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 8000
-# liveness only: /healthz answers 503 when the primary is down, which `restart` cannot fix
+# liveness only (/healthz touches no store): /readyz answers 503 while the primary is down,
+# which a restart cannot fix; a load balancer's readiness probe reads /readyz
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
-    CMD python -c "import urllib.request, sys; urllib.request.urlopen('http://127.0.0.1:8000/openapi.json', timeout=2)" || exit 1
+    CMD python -c "import urllib.request, sys; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)" || exit 1
 CMD ["cutover", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -23,6 +23,7 @@ SHADOW_WORKERS: tuple[ShadowWorker, ...] = ("inline", "process")
 DEFAULT_MIRROR_TIMEOUT_MS = 2000
 DEFAULT_SHADOW_SAMPLE_RATE = 1.0
 DEFAULT_SHADOW_TIMEOUT_MS = 1000
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
 
 class ConfigError(ValueError):
@@ -72,6 +73,19 @@ def _rate(env: Mapping[str, str], name: str, default: float) -> float:
         raise _bad(name, raw, "a number from 0.0 to 1.0") from None
     if math.isnan(value) or not 0.0 <= value <= 1.0:
         raise _bad(name, raw, "a number from 0.0 to 1.0")
+    return value
+
+
+def _bytes(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise _bad(name, raw, f"an integer from {lo} to {hi} (bytes)") from None
+    if not lo <= value <= hi:
+        raise _bad(name, raw, f"an integer from {lo} to {hi} (bytes)")
     return value
 
 
@@ -131,6 +145,8 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     admin_token: str | None = field(default=None, repr=False)
     api_token: str | None = field(default=None, repr=False)
+    # the service refuses (413) a request body over this many bytes before it is parsed
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -158,6 +174,7 @@ class Settings:
             metrics_host=env.get("METRICS_HOST", "").strip() or "127.0.0.1",
             admin_token=_token(env, "ADMIN_TOKEN"),
             api_token=_token(env, "API_TOKEN"),
+            max_body_bytes=_bytes(env, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, 2**30),
         )
 
     def with_(self, **changes: object) -> Settings:

@@ -41,6 +41,37 @@ def load_settings() -> Settings:
         raise fail(str(exc), EXIT_USAGE) from None
 
 
+def require_initialised(settings: Settings) -> None:
+    """Stop with one line (exit 2) unless SQLITE_PATH holds the project's schema: a read-only
+    command must neither create the file (nor its directory) nor read a database that
+    `cutover schema init` has not prepared. The file is opened read-only to look."""
+    import sqlite3
+
+    path = settings.sqlite_path
+    if not path.is_file():
+        raise fail(f"no database at {path} (SQLITE_PATH): run `cutover schema init` first",
+                   EXIT_USAGE)
+    try:
+        conn = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
+        try:
+            found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                 "AND name = 'cutover_outbox'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise fail(f"{path} (SQLITE_PATH) is not a readable SQLite database ({exc}): "
+                   "run `cutover schema init` on a good path", EXIT_USAGE) from None
+    if found is None:
+        raise fail(f"{path} (SQLITE_PATH) has no cutover schema: run `cutover schema init` first",
+                   EXIT_USAGE)
+
+
+def _uninitialised(exc: BaseException) -> bool:
+    """A store without the project's tables (PostgreSQL before `schema init`)."""
+    return type(exc).__name__ == "UndefinedTableError" or (
+        type(exc).__name__ == "OperationalError" and "no such table" in str(exc))
+
+
 def run(main: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine, turning the project's errors into one line and an exit status."""
     try:
@@ -53,6 +84,11 @@ def run(main: Callable[[], Awaitable[T]]) -> T:
         raise fail(str(exc), EXIT_USAGE) from None
     except OSError as exc:
         raise fail(f"{type(exc).__name__}: {exc}", EXIT_UNAVAILABLE) from None
+    except Exception as exc:
+        if _uninitialised(exc):
+            raise fail(f"a store has no cutover schema ({exc}): run `cutover schema init` first",
+                       EXIT_USAGE) from None
+        raise
 
 
 @schema_app.command("init")

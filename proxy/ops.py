@@ -16,7 +16,7 @@ from typing import Any
 import typer
 
 from config import Settings
-from proxy.cli import EXIT_USAGE, app, fail, load_settings, run
+from proxy.cli import EXIT_USAGE, app, fail, load_settings, require_initialised, run
 from proxy.connect import open_store, read_record
 from proxy.deadletters import flip_refusal
 from proxy.repository import FlipRefused, default_shadow_path, open_repository
@@ -62,6 +62,7 @@ def _verdict(settings: Settings, outbox: dict[str, OutboxFigures]) -> Verdict:
 def status(as_json: bool = typer.Option(False, "--json", help="One JSON document.")) -> None:
     """Primary, outbox depth and age per store, shadow agreement, the go/no-go verdict."""
     settings = load_settings()
+    require_initialised(settings)
     outbox = run(lambda: _outbox(settings))
     verdict = _verdict(settings, outbox)
     report: dict[str, Any] = {
@@ -98,6 +99,7 @@ def read_primary(
 ) -> None:
     """Show the primary, or set it for every process (the control record on both stores)."""
     settings = load_settings()
+    require_initialised(settings)
     if backend is None:
         typer.echo(current_primary(settings))
         return
@@ -145,6 +147,7 @@ def shadow_list(
 ) -> None:
     """The most recent mismatches (query fingerprints, both id lists, the reason)."""
     settings = load_settings()
+    require_initialised(settings)
     store = ShadowStore(default_shadow_path(settings))
     try:
         try:
@@ -186,6 +189,7 @@ def shadow_replay(
     from shadow.replay import replay_mismatch
 
     settings = load_settings()
+    require_initialised(settings)
     store = ShadowStore(default_shadow_path(settings))
     try:
         if mismatch_id is not None:

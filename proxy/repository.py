@@ -845,6 +845,11 @@ async def open_repository(
     repo: Repository | None = None
     try:
         if init_schema:
+            # a legacy app.db is upgraded in place only after the backup `schema init` writes
+            from proxy.schema import backup_sqlite, needs_upgrade
+
+            if needs_upgrade(settings.sqlite_path):
+                backup_sqlite(settings.sqlite_path)
             await sqlite.init_schema()
             await postgres.init_schema()
         shadow_store = ShadowStore(shadow_store_path or default_shadow_path(settings))

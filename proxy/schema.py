@@ -27,7 +27,7 @@ def backup_sqlite(path: Path) -> Path:
     return target
 
 
-def _needs_upgrade(path: Path) -> bool:
+def needs_upgrade(path: Path) -> bool:
     if not path.exists() or path.stat().st_size == 0:
         return False
     conn = sqlite3.connect(path)
@@ -40,7 +40,7 @@ def _needs_upgrade(path: Path) -> bool:
 async def init_both(settings: Settings, *, backup: bool = True) -> dict[str, Any]:
     lines = []
     path = settings.sqlite_path
-    if backup and _needs_upgrade(path):
+    if backup and needs_upgrade(path):
         lines.append(f"sqlite: backup written to {backup_sqlite(path)}")
     async with open_store(settings, "sqlite") as sqlite_store:
         await sqlite_store.init_schema()

@@ -1,15 +1,18 @@
 """The HTTP service (`cutover serve`): the repository over JSON, with OpenAPI at /openapi.json.
 
-Endpoints: `GET /metrics`, `GET /healthz`, `GET /search`, JSON CRUD at `/users`, `/study-books`,
-`/questions`, `/typing-logs`, `/learning-events` (`/{id}` for one row; PUT and PATCH both change
-only the fields given), and `GET`/`PUT /admin/read-primary`.
+Endpoints: `GET /metrics`, `GET /healthz` (liveness), `GET /readyz` (readiness: the primary
+answers), `GET /search`, JSON CRUD at `/users`, `/study-books`, `/questions`, `/typing-logs`,
+`/learning-events` (`/{id}` for one row; PUT and PATCH both change only the fields given),
+`GET /admin/health` (each store's state) and `GET`/`PUT /admin/read-primary`.
 
 Data endpoints need `Authorization: Bearer $API_TOKEN` when API_TOKEN is set; the admin endpoints
 need `Bearer $ADMIN_TOKEN` and do not exist (404) while it is unset. A missing token is a 401, a
-wrong one a 403. Bad input is a 4xx with a JSON body `{"error": ..., "field": ...}`, never a
-5xx: request models mirror the repository's rules, and the project's exceptions map to
-ValidationError 422, NotFoundError 404 (422 when it names a referenced row), FlipRefused 409,
-StoreUnavailable 503. Anything else is a bug: logged as `http.unhandled`, answered 500.
+wrong one a 403, answered by `RequestGuard` from the headers before any byte of the body is read;
+a body over MAX_BODY_BYTES is a 413 before it is parsed. Bad input is a 4xx with a JSON body
+`{"error": ..., "field": ...}`, never a 5xx: request models mirror the repository's rules, and
+the project's exceptions map to ValidationError 422, NotFoundError 404 (422 when it names a
+referenced row), FlipRefused 409, StoreUnavailable 503. Anything else is a bug: logged as
+`http.unhandled`, answered 500.
 
 Log events: `http.unhandled`, `admin.read_primary` (structlog).
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+import json
 import secrets
 import time
 import typing
@@ -67,6 +71,7 @@ INT32_MAX = 2**31 - 1
 #: the service takes a description up to the size of a question (the library sets no limit)
 MAX_DESCRIPTION_CHARS = QUESTIONS.column("question").max_length
 PING_TIMEOUT_S = 2.0
+READY_CACHE_S = 1.0
 
 Backend = Literal["sqlite", "postgres"]
 
@@ -253,6 +258,10 @@ class StoreHealth(BaseModel):
     error: str | None = None
 
 
+class StatusOut(BaseModel):
+    status: Literal["ok", "unavailable"]
+
+
 class HealthOut(BaseModel):
     status: Literal["ok", "degraded", "unavailable"]
     read_primary: Backend
@@ -356,6 +365,144 @@ def _repo(request: Request) -> Repository:
 RepoDep = Annotated[Repository, Depends(_repo)]
 
 
+class _Readiness:
+    """Whether the primary answers a ping, asked at most once per READY_CACHE_S (probes from
+    every replica and load balancer then cost the store one ping a second)."""
+
+    def __init__(self) -> None:
+        self._checked = -float("inf")
+        self._ok = False
+        self._lock = asyncio.Lock()
+
+    async def primary_answers(self, repo: Repository) -> bool:
+        async with self._lock:
+            if time.monotonic() - self._checked >= READY_CACHE_S:
+                try:
+                    await asyncio.wait_for(repo.stores[repo.read_primary].ping(),
+                                           PING_TIMEOUT_S)
+                    self._ok = True
+                except Exception:
+                    self._ok = False
+                self._checked = time.monotonic()
+            return self._ok
+
+
+# -- the guard: tokens and the body cap, before any byte of the body is read ---------------------
+
+#: paths open to anyone (probes, the scraper, the schema and its viewers)
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs",
+                        "/docs/oauth2-redirect", "/redoc"})
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class _BodyTooLarge(HTTPException):
+    """Raised by the guard's `receive` past the limit: an HTTPException, since FastAPI turns any
+    other exception raised while it reads a body into a 400."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body over {limit} bytes (MAX_BODY_BYTES)",
+                         headers={"Connection": "close"})
+
+
+def _token_refusal(expected: str, header: bytes | None, what: str) -> tuple[int, str] | None:
+    """None when `header` carries the bearer token `expected`, else (status, message)."""
+    scheme, _, given = (header or b"").decode("latin-1").strip().partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return 401, f"missing bearer token ({what})"
+    if not secrets.compare_digest(given.strip().encode("latin-1"), expected.encode()):
+        return 403, f"wrong bearer token ({what})"
+    return None
+
+
+class RequestGuard:
+    """Pure ASGI middleware in front of the app: a request without the token its path needs
+    (API_TOKEN for the data endpoints, ADMIN_TOKEN for /admin) is refused from its headers
+    alone, and a body over `max_body` bytes gets a 413, from its Content-Length when it has one,
+    else when the bytes streamed in pass the limit. The app never holds more of a body than
+    the limit: FastAPI reads and parses a whole body before any dependency (the token check
+    among them) runs."""
+
+    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.max_body = settings.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or ())
+        refusal = self._refusal(scope["path"], headers.get(b"authorization"))
+        if refusal is not None:
+            await self._answer(send, *refusal)
+            return
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                await self._answer(send, 400, "Content-Length is not a number")
+                return
+            if declared > self.max_body:
+                await self._answer(send, 413, self._too_large())
+                return
+        received = 0
+        started = False
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise _BodyTooLarge(self.max_body)
+            return message
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, watched_send)
+        except _BodyTooLarge:
+            if started:
+                raise
+            await self._answer(send, 413, self._too_large())
+
+    def _too_large(self) -> str:
+        return str(_BodyTooLarge(self.max_body).detail)
+
+    def _refusal(self, path: str, authorization: bytes | None) -> tuple[int, str] | None:
+        if path in OPEN_PATHS:
+            return None
+        if path == "/admin" or path.startswith("/admin/"):
+            if self.settings.admin_token is None:
+                return 404, "admin endpoints are off: ADMIN_TOKEN is not set"
+            return _token_refusal(self.settings.admin_token, authorization, "ADMIN_TOKEN")
+        if self.settings.api_token is None:
+            return None
+        return _token_refusal(self.settings.api_token, authorization, "API_TOKEN")
+
+    @staticmethod
+    async def _answer(send: Send, status: int, message: str) -> None:
+        body = json.dumps({"error": message, "field": None}).encode()
+        headers = [(b"content-type", b"application/json"),
+                   (b"content-length", str(len(body)).encode())]
+        if status == 401:
+            headers.append((b"www-authenticate", b"Bearer"))
+        if status in (400, 413):
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 # -- the app --------------------------------------------------------------------------------------
 
 def create_app(
@@ -409,11 +556,26 @@ def create_app(
             raise HTTPException(404, "admin endpoints are off: ADMIN_TOKEN is not set")
         _check_token(settings.admin_token, creds, "ADMIN_TOKEN")
 
-    @app.get("/healthz", response_model=HealthOut, tags=["operations"],
-             responses={503: {"model": HealthOut, "description": "the primary is unreachable"}})
-    async def healthz(request: Request, response: Response) -> HealthOut:
-        """Each store's state (pinged now); 503 when the primary is unreachable."""
-        repo = _repo(request)
+    @app.get("/healthz", response_model=StatusOut, tags=["operations"])
+    async def healthz() -> StatusOut:
+        """Liveness: the process answers. No store is touched, no token needed."""
+        return StatusOut(status="ok")
+
+    readiness = _Readiness()
+
+    @app.get("/readyz", response_model=StatusOut, tags=["operations"],
+             responses={503: {"model": StatusOut, "description": "not ready"}})
+    async def readyz(request: Request, response: Response) -> StatusOut:
+        """Readiness: the primary store answers (asked at most once a second). No detail: the
+        stores' states are at `GET /admin/health`."""
+        repo: Repository | None = getattr(request.app.state, "repo", None)
+        if repo is None or not await readiness.primary_answers(repo):
+            response.status_code = 503
+            return StatusOut(status="unavailable")
+        return StatusOut(status="ok")
+
+    async def health_details(repo: RepoDep, response: Response) -> HealthOut:
+        """Each store pinged now: its state, latency and outbox; 503 when the primary is down."""
         stores = {}
         for backend, store in repo.stores.items():
             pending = int(repo.metrics.registry.get_sample_value(
@@ -505,7 +667,12 @@ def create_app(
         return ReadPrimaryOut(read_primary=repo.read_primary,
                               dual_write=repo.settings.dual_write)
 
+    admin.add_api_route(
+        "/health", health_details, methods=["GET"], response_model=HealthOut,
+        responses={503: {"model": HealthOut, "description": "the primary is unreachable"}})
     app.include_router(admin)
+    # outermost but for Starlette's error middleware: before routing, before any body is read
+    app.add_middleware(RequestGuard, settings=settings)
     return app
 
 

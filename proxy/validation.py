@@ -32,6 +32,13 @@ def _text(col: Column, value: Any) -> str:
         raise ValidationError(col.name, "must be a string")
     if "\x00" in value:
         raise ValidationError(col.name, "must not contain NUL characters")
+    if col.max_length is not None and len(value) > col.max_length:
+        raise ValidationError(col.name, f"must be at most {col.max_length} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # a lone surrogate: neither store can hold it (it has no UTF-8 form)
+        raise ValidationError(col.name, "must be valid Unicode text (no lone surrogates)") from None
     if not col.nullable and not value.strip():
         raise ValidationError(col.name, "must not be blank")
     if col.max_length is not None and len(value) > col.max_length:
@@ -72,7 +79,19 @@ def _decimal(col: Column, value: Any) -> Decimal:
     if not number.is_finite():
         raise ValidationError(col.name, "must be a finite number")
     scale = col.scale or 0
-    if number != number.quantize(quantum(scale), rounding="ROUND_HALF_EVEN"):
+    limit = Decimal(10) ** ((col.precision or 38) - scale)
+    # before quantize, which raises InvalidOperation when the result has more digits than the
+    # context's precision (accuracy="1e30")
+    if col.maximum is None and number.copy_abs() >= limit:
+        raise ValidationError(col.name, f"must be less than {limit} in magnitude")
+    if (col.minimum is not None and number < col.minimum) or (
+            col.maximum is not None and number > col.maximum):
+        raise ValidationError(col.name, f"must be from {col.minimum} to {col.maximum}")
+    try:
+        exact = number == number.quantize(quantum(scale), rounding="ROUND_HALF_EVEN")
+    except InvalidOperation:
+        exact = False
+    if not exact:
         raise ValidationError(col.name, f"must have at most {scale} decimal places")
     number = number.quantize(quantum(scale))
     if col.minimum is not None and number < col.minimum:

@@ -192,29 +192,39 @@ async def test_unreachable_primary_is_a_503_with_a_json_error(sqlite_path: Path)
     secret = "s3cret-pw"
     dsn = f"postgresql://cutover:{secret}@127.0.0.1:{_closed_port()}/cutover"
     settings = Settings(sqlite_path=sqlite_path, postgres_dsn=dsn, read_primary="postgres")
-    async with client_for(settings, init_schema=False) as (client, _):
-        r = await client.get("/healthz")
+    async with client_for(settings.with_(admin_token=ADMIN), init_schema=False) as (client, _):
+        assert (await client.get("/healthz")).json() == {"status": "ok"}  # liveness: no I/O
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503 and ready.json() == {"status": "unavailable"}
+        r = await client.get("/admin/health", headers=bearer(ADMIN))
         assert r.status_code == 503
         health = r.json()
         assert health["status"] == "unavailable" and health["read_primary"] == "postgres"
         assert health["stores"]["postgres"]["state"] == "down"
         responses = [
-            r,
+            r, ready,
             await client.get(f"/users/{uuid.uuid4()}"),
             await client.get("/users"),
             await client.post("/users", json={"name": "A", "email": "a@example.com"}),
             await client.get("/search", params={"q": "json", "user_id": str(uuid.uuid4())}),
         ]
-        for resp in responses[1:]:
+        for resp in responses[2:]:
             assert resp.status_code == 503, resp.text
             assert resp.json()["error"].startswith("postgres store unavailable")
         for resp in responses:
             assert secret not in resp.text
 
 
-async def test_healthz_reports_each_store(settings: Settings) -> None:
-    async with client_for(settings) as (client, _):
+async def test_health_details_need_the_admin_token(settings: Settings) -> None:
+    """/healthz and /readyz say ok or not, nothing more; each store's state is for the admin."""
+    async with client_for(settings.with_(admin_token=ADMIN, api_token=API)) as (client, _):
         r = await client.get("/healthz")
+        assert r.status_code == 200 and r.json() == {"status": "ok"}
+        r = await client.get("/readyz")
+        assert r.status_code == 200 and r.json() == {"status": "ok"}
+        assert (await client.get("/admin/health")).status_code == 401
+        assert (await client.get("/admin/health", headers=bearer(API))).status_code == 403
+        r = await client.get("/admin/health", headers=bearer(ADMIN))
         assert r.status_code == 200
         body = r.json()
         assert body["status"] == "ok" and body["read_primary"] == "sqlite"

@@ -243,7 +243,8 @@ def test_the_command_exits_0_or_1_and_prints_one_json_document(
     assert "the stores differ" in differ.stdout
     missing = CliRunner().invoke(app, ["verify"], env={**env, "SQLITE_PATH": "/nonexistent.db"})
     assert missing.exit_code == 2
-    assert missing.output.strip() == "error: SQLITE_PATH=/nonexistent.db: no such file"
+    assert missing.output.strip() == ("error: SQLITE_PATH=/nonexistent.db: no such file "
+                                      "(run `cutover schema init` first)")
 
 
 def test_a_sqlite_file_whose_ids_were_never_upgraded_is_refused(tmp_path: Path,

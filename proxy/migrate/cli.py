@@ -111,7 +111,8 @@ def backfill(
 def _check_sqlite(settings: Settings) -> Path:
     path = settings.sqlite_path
     if not path.is_file():
-        raise fail(f"SQLITE_PATH={path}: no such file", EXIT_USAGE)
+        raise fail(f"SQLITE_PATH={path}: no such file (run `cutover schema init` first)",
+                   EXIT_USAGE)
     return path
 
 

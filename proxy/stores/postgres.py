@@ -564,8 +564,9 @@ _FIX_LIMIT = 1000
 def _fuzzy_ctes() -> str:
     """The typo fallback, run (a one-time filter) only when the full-text branch found nothing.
 
-    Each query word is looked up in the vocabulary (`cutover_search_words`, see
-    postgres_schema): of the words word-similar to it (its trigram index, FUZZY_THRESHOLD), the
+    Each query word is looked up in the vocabulary of the user's own study books
+    (`cutover_search_words`, see postgres_schema; never another user's words): of the words
+    word-similar to it (its trigram index, FUZZY_THRESHOLD), the
     FUZZY_FIXES fewest edits away are its corrections, the word itself first when it is there,
     none more edits away than half the word's length (at least 2: a transposition).
     Edits, not similarity, rank them: a transposition in a short word shares few trigrams
@@ -587,8 +588,10 @@ def _fuzzy_ctes() -> str:
         "FROM words CROSS JOIN LATERAL (SELECT v.word, row_number() OVER (ORDER BY "
         "levenshtein(words.w, v.word), word_similarity(words.w, v.word) DESC, "
         "similarity(words.w, v.word) DESC, v.word) "
-        "AS rank FROM cutover_search_words v WHERE words.w <% v.word "
-        "AND levenshtein(words.w, v.word) <= greatest(2, length(words.w) / 2) "
+        "AS rank FROM (SELECT DISTINCT v.word FROM cutover_search_words v "
+        "WHERE words.w <% v.word AND v.study_book_id = ANY (ARRAY(SELECT b.id "
+        "FROM study_books b WHERE b.user_id = $3)) "
+        "AND levenshtein(words.w, v.word) <= greatest(2, length(words.w) / 2)) v "
         f"ORDER BY rank LIMIT {FUZZY_FIXES}) f), "
         "fixed AS MATERIALIZED (SELECT cutover_tsquery_and(tq) AS tq, count(*) AS words "
         "FROM (SELECT w, cutover_tsquery_or(tq) AS tq FROM fixes GROUP BY w) s), "

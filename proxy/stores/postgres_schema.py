@@ -6,8 +6,9 @@ Fixed against the seed (see notes/search-pitfalls.md):
   (FTS5 has none), so both engines read the same words the same way.
 - The document is split on every non-alphanumeric character before parsing, as FTS5's unicode61
   does: PostgreSQL's parser would otherwise keep `json.dumps` as one `host` token.
-- The typo fallback looks words up in a vocabulary (`cutover_search_words`, every distinct word
-  of every question, with a trigram index) and searches the corrections with full text, instead
+- The typo fallback looks words up in a vocabulary (`cutover_search_words`, the distinct words
+  of each study book's questions, with a trigram index; a search reads only the searching
+  user's books) and searches the corrections with full text, instead
   of a trigram index over whole documents: a typo of a common word then costs a few lookups and
   one GIN scan, not word similarity over every document that resembles it.
 Added: `row_version` on every table (DEFAULT 0: a plain INSERT or COPY of the seed's columns
@@ -26,6 +27,42 @@ CREATE TABLE IF NOT EXISTS cutover_wal_flushes (
     flushes BIGINT NOT NULL
 );
 """
+
+def _note_words(op: str, counted: tuple[tuple[str, int], ...]) -> str:
+    """The trigger function that counts the words of the transition tables `counted` (name,
+    +1 or -1) into the vocabulary, for the trigger `op`."""
+    parts = " UNION ALL ".join(
+        f"SELECT t.study_book_id AS b, d.w, {sign} AS n FROM {table} t, LATERAL (SELECT "
+        "DISTINCT w FROM cutover_document_words(t.question || ' ' || t.answer) AS w) d"
+        for table, sign in counted)
+    return f"""
+CREATE OR REPLACE FUNCTION cutover_words_{op}() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    emptied_books uuid[];
+    emptied_words text[];
+BEGIN
+    WITH counted AS (
+        INSERT INTO cutover_search_words AS s (study_book_id, word, questions)
+        SELECT b, w, sum(n) FROM ({parts}) c GROUP BY b, w HAVING sum(n) <> 0 ORDER BY b, w
+        ON CONFLICT (study_book_id, word) DO UPDATE SET questions = s.questions + excluded.questions
+        RETURNING s.study_book_id, s.word, s.questions)
+    SELECT array_agg(study_book_id), array_agg(word) INTO emptied_books, emptied_words
+    FROM counted WHERE questions <= 0;
+    IF emptied_words IS NOT NULL THEN
+        DELETE FROM cutover_search_words s
+        USING unnest(emptied_books, emptied_words) AS e(b, w)
+        WHERE s.study_book_id = e.b AND s.word = e.w AND s.questions <= 0;
+    END IF;
+    RETURN NULL;
+END
+$$;
+"""
+
+
+_NEW, _OLD = ("cutover_new_questions", 1), ("cutover_old_questions", -1)
+_NOTE_WORDS = (_note_words("inserted", (_NEW,)) + _note_words("updated", (_OLD, _NEW))
+               + _note_words("deleted", (_OLD,)))
+
 
 DDL = r"""
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
@@ -192,11 +229,15 @@ CREATE TABLE IF NOT EXISTS legacy_ids (
     PRIMARY KEY (table_name, legacy_id)
 );
 """ + WAL_FLUSHES + r"""
--- The fuzzy branch's vocabulary: the distinct words of every question and answer (lower case,
--- split as cutover_words splits), kept by statement triggers on questions (COPY included). No
--- unique constraint, on purpose: two transactions adding the same new word would wait on each
--- other (and could deadlock adding several); a duplicate from that race costs nothing. Words
--- whose last question is deleted stay: a correction that finds nothing costs one lookup.
+-- The fuzzy branch's vocabulary: per study book, the distinct words of its questions and answers
+-- (lower case, split as cutover_words splits) and how many of its questions hold each, kept by
+-- statement triggers on questions (COPY and the backfill included; a delete cascaded from a
+-- study book or a user too). A search corrects its words only from the searching user's own
+-- books, and a word leaves with the last question that holds it: one user's words never
+-- change what another's typos are corrected to (issue 24: with one vocabulary for everyone, a
+-- probe question told whether any other user had written a word). Per study book rather than
+-- per user: a question names its book, so a trigger never reads study_books (gone already in a
+-- cascaded delete) and a book given to another user takes its words along.
 -- A document's words: split on every run of non-alphanumeric characters, lower case, at most 64
 -- characters. Not STRICT, so that the planner inlines it where it is called in FROM (the
 -- trigger, the fuzzy branch): a STRICT set-returning function runs as a function call per row,
@@ -213,11 +254,24 @@ CREATE OR REPLACE FUNCTION cutover_document_words(doc text) RETURNS SETOF text
 
 DO $$
 BEGIN
+    -- the vocabulary of every user in one table (before issue 24): rebuilt per study book
+    IF to_regclass('cutover_search_words') IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('cutover_search_words')
+            AND attname = 'study_book_id' AND NOT attisdropped) THEN
+        DROP TABLE cutover_search_words;
+    END IF;
     IF to_regclass('cutover_search_words') IS NULL THEN
-        CREATE TABLE cutover_search_words (word TEXT NOT NULL);
+        CREATE TABLE cutover_search_words (
+            study_book_id UUID NOT NULL,
+            word TEXT NOT NULL,
+            questions INT NOT NULL,
+            PRIMARY KEY (study_book_id, word)
+        );
         INSERT INTO cutover_search_words
-            SELECT DISTINCT cutover_document_words(question || ' ' || answer) FROM questions;
-        CREATE INDEX cutover_search_words_word ON cutover_search_words (word);
+            SELECT q.study_book_id, d.w, count(*) FROM questions q,
+                LATERAL (SELECT DISTINCT w
+                         FROM cutover_document_words(q.question || ' ' || q.answer) AS w) d
+            GROUP BY 1, 2;
         CREATE INDEX cutover_search_words_trigram ON cutover_search_words
             USING GIN (word gin_trgm_ops);
         -- the fuzzy branch used to scan it; now only writes would pay for it
@@ -226,32 +280,28 @@ BEGIN
 END
 $$;
 
--- The words already known are looked up by `= ANY` (one index probe each): as NOT EXISTS the
--- planner, with no estimate of the transition table, read the whole vocabulary for every
--- statement. bench/question_writes.py, a question write's p50 with the triggers against
--- without: 1.17 against 0.74 ms that way, 1.06-1.13 against 0.88-0.98 ms (1.15-1.21x) this way.
-CREATE OR REPLACE FUNCTION cutover_note_words() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    seen text[] := ARRAY(SELECT DISTINCT w FROM cutover_changed_questions c,
-                         cutover_document_words(c.question || ' ' || c.answer) AS w);
-BEGIN
-    INSERT INTO cutover_search_words (word)
-    SELECT unnest(seen) EXCEPT SELECT word FROM cutover_search_words WHERE word = ANY (seen);
-    RETURN NULL;
-END
-$$;
+-- One statement per trigger: each question's distinct words count +1 (new rows) or -1 (old
+-- rows) for its book, summed per (book, word); the non-zero sums are added in key order (so two
+-- writers never wait on each other in opposite orders), and the words no question of the book
+-- holds any more are deleted. An update that leaves the text and the book alone changes nothing.
+""" + _NOTE_WORDS + r"""
 CREATE OR REPLACE TRIGGER cutover_words_inserted AFTER INSERT ON questions
-    REFERENCING NEW TABLE AS cutover_changed_questions
-    FOR EACH STATEMENT EXECUTE FUNCTION cutover_note_words();
+    REFERENCING NEW TABLE AS cutover_new_questions
+    FOR EACH STATEMENT EXECUTE FUNCTION cutover_words_inserted();
 CREATE OR REPLACE TRIGGER cutover_words_updated AFTER UPDATE ON questions
-    REFERENCING NEW TABLE AS cutover_changed_questions
-    FOR EACH STATEMENT EXECUTE FUNCTION cutover_note_words();
+    REFERENCING OLD TABLE AS cutover_old_questions NEW TABLE AS cutover_new_questions
+    FOR EACH STATEMENT EXECUTE FUNCTION cutover_words_updated();
+CREATE OR REPLACE TRIGGER cutover_words_deleted AFTER DELETE ON questions
+    REFERENCING OLD TABLE AS cutover_old_questions
+    FOR EACH STATEMENT EXECUTE FUNCTION cutover_words_deleted();
+DROP FUNCTION IF EXISTS cutover_note_words();
 -- Fired whatever session_replication_role says: a logical replica's vocabulary must follow its
 -- questions too, and the backfill loads questions as `replica` (no per-row foreign key checks,
 -- one anti-join at the end: 0.55 s of the server's CPU for 100k questions) only because these
 -- still fire then.
 ALTER TABLE questions ENABLE ALWAYS TRIGGER cutover_words_inserted;
 ALTER TABLE questions ENABLE ALWAYS TRIGGER cutover_words_updated;
+ALTER TABLE questions ENABLE ALWAYS TRIGGER cutover_words_deleted;
 """
 
 # Tables the schema's triggers fill from a table's writes: the backfill analyzes them with it.
