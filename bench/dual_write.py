@@ -4,8 +4,8 @@
 
 Each configuration records typing logs through the same validated API (`record_typing_log`):
 the SQLite store alone, the PostgreSQL store alone, and the repository (SQLite primary with its
-outbox entry in the same transaction; the PostgreSQL mirror write applied beside it and committed
-once SQLite has, before the call returns).
+outbox entry, version and epoch check in the same transaction; the PostgreSQL mirror write
+applied once SQLite has committed, before the call returns).
 The three take turns (rounds of writes/rounds writes each, in a rotating order) after a warm-up,
 so drift in the machine's load hits all alike. Prints p50/p95 per write over all rounds and the
 throughput (writes over the summed wall time), with 1 and with 16 concurrent writers, and the ratios

@@ -168,11 +168,12 @@ def reconcile(
     """
     from proxy.connect import read_record
     from proxy.migrate.reconcile import PrimaryUnknown, current_primary, run_reconcile
-    from proxy.migrate.verify import SQLiteNotUpgraded
+    from proxy.migrate.verify import SQLiteNotUpgraded, is_upgraded
 
     settings = load_settings()
     path = _check_sqlite(settings)
-    record = run(lambda: read_record(settings))
+    # the record only from a file that has its tables: a read-only look must create nothing
+    record = run(lambda: read_record(settings)) if is_upgraded(path) else None
     try:
         primary = record.primary if record is not None else current_primary(settings)
     except PrimaryUnknown as exc:
