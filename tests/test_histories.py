@@ -26,7 +26,8 @@ SEEDS = [1, 2, 3, 4]
 async def test_concurrent_history_converges(
     primary: Backend, seed: int, sqlite_path: Path, pg_dsn: str
 ) -> None:
-    result = await run_history(HistoryConfig(seed=seed, primary=primary), sqlite_path, pg_dsn)
+    config = HistoryConfig(seed=seed, primary=primary, recreate_parents=False)
+    result = await run_history(config, sqlite_path, pg_dsn)
     assert result.ok, result.failure_message()
     assert result.acked > 1000, result.summary()  # the load really ran
     assert result.private_rows_checked >= 7, result.summary()  # the model checked something
@@ -38,7 +39,8 @@ async def test_concurrent_history_with_flips_converges(
 ) -> None:
     """The same, while the primary flips back and forth (every repository together, as a
     deployment does through READ_PRIMARY_FILE; a refused flip is rolled back and counted)."""
-    config = HistoryConfig(seed=11, primary=primary, flips=True, shared_ops=150)
+    config = HistoryConfig(seed=11, primary=primary, flips=True, shared_ops=150,
+                           recreate_parents=False)
     result = await run_history(config, sqlite_path, pg_dsn)
     assert result.ok, result.failure_message()
     assert result.acked > 1000, result.summary()

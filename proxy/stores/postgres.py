@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from itertools import groupby
 from typing import Any, Literal
 
@@ -420,14 +420,7 @@ class PostgresStore(StoreMethods):
         pool = await self._get_pool()
         try:
             async with pool.acquire(timeout=10) as conn:
-                if len(mutations) == 1:
-                    return [await _apply_one(conn, mutations[0], savepoint=False)]
-                try:  # the whole batch in a few round trips; one by one only if that fails
-                    async with conn.transaction():
-                        await _apply_all(conn, mutations)
-                    return [ApplyResult(ApplyOutcome.APPLIED) for _ in mutations]
-                except BATCH_REJECTED:
-                    return await _apply_each(conn, mutations)
+                return await _serializably(lambda: _apply_batch(conn, mutations, "serializable"))
         except UNAVAILABLE as exc:
             raise StoreUnavailable("postgres", _reason(exc)) from exc
 
@@ -690,18 +683,15 @@ class _MirrorSession:
         if self._conn is None or self._conn.is_closed():
             self._conn = await asyncpg.connect(
                 self._dsn, timeout=10, command_timeout=30, connection_class=_Connection,
-                server_settings={"synchronous_commit": "off"},
+                server_settings={"synchronous_commit": "off",
+                                 "default_transaction_isolation": "serializable"},
             )
         return self._conn
 
     async def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
         try:
             conn = await self._connection()
-            try:
-                await _apply_all(conn, mutations)
-                return [ApplyResult(ApplyOutcome.APPLIED)] * len(mutations)
-            except BATCH_REJECTED:
-                return await _apply_each(conn, mutations)  # idempotent: again, one by one
+            return await _serializably(lambda: _apply_batch(conn, mutations, None))
         except BaseException:
             self.terminate()  # its state is unknown: a fresh connection next time
             raise
@@ -864,10 +854,41 @@ async def _apply_all(conn: asyncpg.Connection, mutations: Sequence[Mutation]) ->
             await conn.executemany(sql, args)
 
 
-async def _apply_each(conn: asyncpg.Connection, mutations: Sequence[Mutation]) -> list[ApplyResult]:
-    """One transaction (one commit), a savepoint per mutation: a failing one leaves the rest."""
-    async with conn.transaction():
-        return [await _apply_one(conn, m, savepoint=True) for m in mutations]
+MIRROR_RETRIES = 5  # serialization failures in a row before a batch is left to the outbox
+
+
+async def _serializably(
+    attempt: Callable[[], Awaitable[list[ApplyResult]]]
+) -> list[ApplyResult]:
+    """Mirror writes run SERIALIZABLE. Under READ COMMITTED an upsert's tombstone check reads
+    a snapshot from before a concurrent delete of the same row commits, and the row comes back
+    (two processes mirroring, or the replay loop beside the inline writes: seen in
+    tests/test_histories.py); SSI makes one of the two fail instead, and it is tried again."""
+    for n in range(MIRROR_RETRIES):
+        try:
+            return await attempt()
+        except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError):
+            if n == MIRROR_RETRIES - 1:
+                raise
+            await asyncio.sleep(0.002 * (n + 1))
+    raise AssertionError("unreachable")
+
+
+async def _apply_batch(
+    conn: asyncpg.Connection, mutations: Sequence[Mutation], isolation: str | None
+) -> list[ApplyResult]:
+    """The whole batch in a few round trips (in one transaction, or each statement its own on
+    the mirror session); one by one, each in a savepoint, only if that fails."""
+    try:
+        if isolation is None:
+            await _apply_all(conn, mutations)
+        else:
+            async with conn.transaction(isolation=isolation):
+                await _apply_all(conn, mutations)
+        return [ApplyResult(ApplyOutcome.APPLIED)] * len(mutations)
+    except BATCH_REJECTED:
+        async with conn.transaction(isolation=isolation):
+            return [await _apply_one(conn, m, savepoint=True) for m in mutations]
 
 
 async def _apply_one(conn: asyncpg.Connection, m: Mutation, *, savepoint: bool) -> ApplyResult:
