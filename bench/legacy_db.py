@@ -1,4 +1,4 @@
-"""Generate a legacy app.db (../shared/legacy_schema.sql) with real text, deterministically.
+"""Generate a legacy app.db (docs/legacy_schema.sql) with real text, deterministically.
 
     python bench/legacy_db.py OUT.db [--questions 100000] [--typing-logs 100000]
         [--events 100000] [--users 100] [--books 100] [--seed 1] [--dirty 0.0]

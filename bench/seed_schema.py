@@ -1,9 +1,10 @@
 """The seed document's PostgreSQL schema and hybrid search query, verbatim.
 
-The baselines of `bench/search.py` and `bench/backfill.py` (copied from
-../shared/seed/000_8bcb5f4eb90dbcb9.txt; `bench/search.py` checks the copy against the document
-when it is there). `seed_ddl()` swaps uuid-ossp's `uuid_generate_v4()` for the built-in
-`gen_random_uuid()`, since the embedded server has no uuid-ossp.
+The baselines of `bench/search.py` and `bench/backfill.py`, copied from the seed document
+(seed/000_8bcb5f4eb90dbcb9.txt in the project's workspace, not in this repository;
+`bench/search.py` checks the copy against it when it sits at ../shared/ beside the checkout).
+`seed_ddl()` swaps uuid-ossp's `uuid_generate_v4()` for the built-in `gen_random_uuid()`, since
+the embedded server has no uuid-ossp.
 """
 
 from __future__ import annotations

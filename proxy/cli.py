@@ -1,5 +1,9 @@
-"""The `cutover` command line. Exit status: 0 success; 1 the stores differ; 2 bad usage,
-configuration or a refused action; 3 a store could not be reached.
+"""The `cutover` command line. Exit status: 0 success; 1 the stores differ (verify, reconcile)
+or the verdict says no-go (`status --check`); 2 bad usage or configuration; 3 a store could not
+be reached; 4 a refused action (a flip the gate or the control record refused).
+
+Log lines go to stderr while a command runs, so stdout holds only the command's output (one
+JSON document with `--json`).
 
 Each group of verbs lives beside the code it drives and registers itself here.
 """
@@ -11,6 +15,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import structlog
 import typer
 
 from config import ConfigError, Settings
@@ -18,7 +23,7 @@ from proxy.errors import CutoverError, StoreUnavailable, ValidationError
 
 T = TypeVar("T")
 
-EXIT_OK, EXIT_DIFFER, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_DIFFER, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_REFUSED = 0, 1, 2, 3, 4
 
 app = typer.Typer(
     help="Zero-downtime SQLite -> PostgreSQL cutover: dual writes, shadow search, migration.",
@@ -26,6 +31,37 @@ app = typer.Typer(
 )
 schema_app = typer.Typer(help="Create or upgrade the schema on both stores.", no_args_is_help=True)
 app.add_typer(schema_app, name="schema")
+
+
+def _stderr_logger(*args: Any) -> Any:
+    """structlog's logger factory for commands: print to the stderr of the moment."""
+    return structlog.PrintLogger(sys.stderr)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("cutover")
+        except PackageNotFoundError:  # pragma: no cover - run from a checkout not installed
+            found = "unknown"
+        typer.echo(f"cutover {found}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version,
+                                 help="Print the version and exit."),
+) -> None:
+    """Zero-downtime SQLite -> PostgreSQL cutover: dual writes, shadow search, migration."""
+    # stdout is for the command's output (scripts parse --json); logs go to stderr, and the
+    # configuration is put back when the command ends (the CLI may run inside another program)
+    saved = structlog.get_config()
+    structlog.configure(logger_factory=_stderr_logger)
+    ctx.call_on_close(lambda: structlog.configure(**saved))
 
 
 def fail(message: str, code: int) -> typer.Exit:

@@ -16,11 +16,22 @@ from typing import Any
 import typer
 
 from config import Settings
-from proxy.cli import EXIT_USAGE, app, fail, load_settings, require_initialised, run
+from config.settings import Backend
+from proxy.cli import (
+    EXIT_DIFFER,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    app,
+    fail,
+    load_settings,
+    require_initialised,
+    run,
+)
 from proxy.connect import open_store, read_record
 from proxy.deadletters import flip_refusal
 from proxy.repository import FlipRefused, default_shadow_path, open_repository
 from proxy.stores.searchtext import parse_query
+from shadow.compare import Reason
 from shadow.store import ShadowStore
 from shadow.verdict import OutboxFigures, Verdict, evaluate
 
@@ -59,8 +70,15 @@ def _verdict(settings: Settings, outbox: dict[str, OutboxFigures]) -> Verdict:
 
 
 @app.command()
-def status(as_json: bool = typer.Option(False, "--json", help="One JSON document.")) -> None:
-    """Primary, outbox depth and age per store, shadow agreement, the go/no-go verdict."""
+def status(
+    as_json: bool = typer.Option(False, "--json", help="One JSON document."),
+    check: bool = typer.Option(False, "--check",
+                               help="Exit 1 when the verdict says no-go (for scripts)."),
+) -> None:
+    """Primary, outbox depth and age per store, shadow agreement, the go/no-go verdict.
+
+    With --check the exit status is the verdict's: 0 go, 1 no-go.
+    """
     settings = load_settings()
     require_initialised(settings)
     outbox = run(lambda: _outbox(settings))
@@ -74,9 +92,15 @@ def status(as_json: bool = typer.Option(False, "--json", help="One JSON document
     }
     if as_json:
         typer.echo(json.dumps(report, indent=2, default=str))
-        return
+    else:
+        _print_status(report, verdict, settings.dual_write)
+    if check and not verdict.go:
+        raise typer.Exit(EXIT_DIFFER)
+
+
+def _print_status(report: dict[str, Any], verdict: Verdict, dual_write: bool) -> None:
     typer.echo(f"read primary: {report['read_primary']}   dual write: "
-               f"{'on' if settings.dual_write else 'off'}")
+               f"{'on' if dual_write else 'off'}")
     for backend, figures in report["outbox"].items():
         typer.echo(f"outbox -> {backend:<8} pending {figures['pending']:>6}   oldest "
                    f"{figures['oldest_age_s']:>8.1f} s   dead letters {figures['dead_letters']}")
@@ -90,51 +114,55 @@ def status(as_json: bool = typer.Option(False, "--json", help="One JSON document
 
 @app.command("read-primary")
 def read_primary(
-    backend: str | None = typer.Argument(None, help="sqlite or postgres; omit to show."),
+    backend: Backend | None = typer.Argument(
+        None, help="The store to make primary; omit to show the current one."),
     force: bool = typer.Option(
         False, "--force",
         help="Flip despite a no-go verdict, pending mirror writes or dead letters, or to SQLite "
              "after dual writes stopped: SQLite then lacks every write since (an emergency "
              "rollback; those rows need a backfill the other way)."),
 ) -> None:
-    """Show the primary, or set it for every process (the control record on both stores)."""
+    """Show the primary, or set it for every process (the control record on both stores).
+
+    A refused flip exits 4 with the reason; bad usage exits 2.
+    """
     settings = load_settings()
     require_initialised(settings)
     if backend is None:
         typer.echo(current_primary(settings))
         return
-    if backend not in ("sqlite", "postgres"):
-        raise fail(f"read primary must be sqlite or postgres, not {backend!r}", EXIT_USAGE)
     if not force:
         outbox = run(lambda: _outbox(settings))
         figures = outbox[backend]
         if figures.dead_letters:
             raise fail("refused: " + flip_refusal(figures.dead_letters, backend,
-                                                  override="use --force"), EXIT_USAGE)
+                                                  override="use --force"), EXIT_REFUSED)
         # Under live traffic a few writes are always in flight; what blocks a flip is a
         # backlog: writes waiting longer than a replay pass takes.
         if figures.pending and figures.oldest_age_s > STUCK_AFTER_S:
             raise fail(f"refused: {figures.pending} mirror writes to {backend} are pending "
                        f"(oldest {figures.oldest_age_s:.0f} s); run `cutover reconcile`, or "
-                       "use --force", EXIT_USAGE)
+                       "use --force", EXIT_REFUSED)
         if backend == "postgres":
             verdict = _verdict(settings, outbox)
             if not verdict.go:
                 raise fail("refused: the go/no-go verdict says no-go: "
-                           + "; ".join(verdict.reasons), EXIT_USAGE)
+                           + "; ".join(verdict.reasons), EXIT_REFUSED)
 
-    async def flip() -> int | None:
+    async def flip() -> int | FlipRefused | None:
         # this command's own READ_PRIMARY (or its default) asks for nothing
         quiet = replace(settings, read_primary_given=False, shadow_worker="inline",
                         metrics_port=None)
         async with open_repository(quiet, init_schema=False) as repo:
-            await repo.set_read_primary(backend, force=force)
+            try:
+                await repo.set_read_primary(backend, force=force)
+            except FlipRefused as exc:  # returned: `run` maps other errors to exit 2
+                return exc
             return repo.epoch
 
-    try:
-        epoch = run(flip)
-    except FlipRefused as exc:
-        raise fail(f"refused: {exc}", EXIT_USAGE) from None
+    epoch = run(flip)
+    if isinstance(epoch, FlipRefused):
+        raise fail(f"refused: {epoch}", EXIT_REFUSED)
     typer.echo(f"read primary set to {backend} for every process (epoch {epoch})"
                + (" (forced)" if force else ""))
 
@@ -142,7 +170,8 @@ def read_primary(
 @shadow_app.command("list")
 def shadow_list(
     limit: int = typer.Option(20, "--limit", min=1, max=1000),
-    reason: str | None = typer.Option(None, "--reason", help="Only this discrepancy reason."),
+    reason: Reason | None = typer.Option(None, "--reason",
+                                         help="Only this discrepancy reason."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """The most recent mismatches (query fingerprints, both id lists, the reason)."""
@@ -151,7 +180,8 @@ def shadow_list(
     store = ShadowStore(default_shadow_path(settings))
     try:
         try:
-            records = store.recent_mismatches(limit, reason=reason)
+            records = store.recent_mismatches(
+                limit, reason=None if reason is None else reason.value)
         except ValueError as exc:
             raise fail(str(exc), EXIT_USAGE) from None
     finally:

@@ -163,7 +163,7 @@ def test_the_cli_refuses_a_flip_to_a_store_with_dead_letters(
     env = {"SQLITE_PATH": str(sqlite_path), "POSTGRES_DSN": pg_dsn,
            "READ_PRIMARY_FILE": str(flag)}
     refused = CliRunner().invoke(app, ["read-primary", "postgres"], env=env)
-    assert refused.exit_code == 2
+    assert refused.exit_code == 4  # refused, not bad usage (2)
     assert "3 dead letters for postgres" in refused.output
     assert "cutover reconcile --retry-dead" in refused.output
     assert not flag.exists()

@@ -45,7 +45,7 @@ def test_status_json_and_flip_refusals(env: dict[str, str]) -> None:
     assert report["verdict"]["go"] is False  # 6 comparisons are not enough evidence
 
     refused = runner.invoke(app, ["read-primary", "postgres"], env=env)
-    assert refused.exit_code == 2
+    assert refused.exit_code == 4  # refused, not bad usage (2)
     assert "no-go" in refused.output
     forced = runner.invoke(app, ["read-primary", "postgres", "--force"], env=env)
     assert forced.exit_code == 0

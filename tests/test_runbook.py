@@ -31,7 +31,8 @@ from proxy.legacy import legacy_uuid
 from proxy.sample_data import sample_questions
 from proxy.stores.sqlite_schema import LEGACY_SCHEMA
 
-LEGACY_SCHEMA_FILES = [Path(__file__).resolve().parents[2] / "shared" / "legacy_schema.sql",
+LEGACY_SCHEMA_FILES = [Path(__file__).resolve().parents[1] / "docs" / "legacy_schema.sql",
+                       Path(__file__).resolve().parents[2] / "shared" / "legacy_schema.sql",
                        Path("/work/shared/legacy_schema.sql")]
 TS = "2024-03-05T12:34:56Z"
 LEGACY_USER = "legacy-user-7"  # not a UUID: both stores get uuid5(LEGACY_NAMESPACE, it)

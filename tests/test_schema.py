@@ -22,7 +22,8 @@ from proxy.legacy import legacy_uuid
 from proxy.stores.sqlite_schema import LEGACY_SCHEMA as SQLITE_LEGACY_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
-LEGACY_SCHEMA_CANDIDATES = [ROOT.parent / "shared" / "legacy_schema.sql",
+LEGACY_SCHEMA_CANDIDATES = [ROOT / "docs" / "legacy_schema.sql",
+                            ROOT.parent / "shared" / "legacy_schema.sql",
                             Path("/work/shared/legacy_schema.sql")]
 LEGACY_TABLES = ["users", "study_books", "questions", "typing_logs", "learning_events"]
 LEGACY_COLUMNS = {

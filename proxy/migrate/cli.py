@@ -43,6 +43,25 @@ def _progress(quiet: bool) -> Iterator[tuple[Any, Any]]:
         yield on_rows, on_totals
 
 
+@contextmanager
+def _steps(quiet: bool, title: str, total: int) -> Iterator[Any]:
+    """An on_step(name) callback driving a rich progress bar of `total` steps on stderr (off
+    when quiet or when stderr is not a terminal), as backfill's."""
+    err = Console(stderr=True)
+    if quiet or not err.is_terminal:
+        yield lambda name: None
+        return
+    bar = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), console=err, transient=False)
+    task = bar.add_task(title, total=total)
+
+    def on_step(name: str) -> None:
+        bar.update(task, advance=1, description=f"{title}: {name}")
+
+    with bar:
+        yield on_step
+
+
 async def _dsn(settings: Settings) -> str:
     from proxy.connect import resolve_dsn
 
@@ -121,19 +140,22 @@ def verify(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     sample_queries: int = typer.Option(20, "--sample-queries", min=0, max=1000,
                                        help="Searches compared on both stores (informational)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Compare the two stores: counts, every row, foreign keys; search parity on a sample.
 
     Exit 0 when they agree, 1 when they differ. Rows in the backfill's rejects and rows with a
     mirror write still pending are listed apart and are not differences; dead letters are.
     """
-    from proxy.migrate.verify import SQLiteNotUpgraded, run_verify
+    from proxy.migrate.verify import VERIFY_STEPS, SQLiteNotUpgraded, run_verify
 
     settings = load_settings()
     path = _check_sqlite(settings)
 
     async def main() -> Any:
-        return await run_verify(path, await _dsn(settings), queries=sample_queries)
+        with _steps(quiet, "verify", VERIFY_STEPS) as on_step:
+            return await run_verify(path, await _dsn(settings), queries=sample_queries,
+                                    progress=on_step)
 
     try:
         with _logs_to_stderr():
@@ -158,6 +180,7 @@ def reconcile(
         False, "--retry-dead",
         help="Requeue the dead letters of both outboxes (attempts reset, last error kept) "
              "before replaying."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Replay pending mirror writes, then repair what verify finds, from the primary.
 
@@ -167,7 +190,12 @@ def reconcile(
     differences (dead letters included) remain afterwards.
     """
     from proxy.connect import read_record
-    from proxy.migrate.reconcile import PrimaryUnknown, current_primary, run_reconcile
+    from proxy.migrate.reconcile import (
+        RECONCILE_STEPS,
+        PrimaryUnknown,
+        current_primary,
+        run_reconcile,
+    )
     from proxy.migrate.verify import SQLiteNotUpgraded, is_upgraded
 
     settings = load_settings()
@@ -180,7 +208,9 @@ def reconcile(
         raise fail(str(exc), EXIT_USAGE) from None
 
     async def main() -> Any:
-        return await run_reconcile(path, await _dsn(settings), primary, retry_dead=retry_dead)
+        with _steps(quiet, "reconcile", RECONCILE_STEPS) as on_step:
+            return await run_reconcile(path, await _dsn(settings), primary,
+                                       retry_dead=retry_dead, progress=on_step)
 
     try:
         with _logs_to_stderr():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,11 @@ from proxy.deadletters import is_dead
 from proxy.errors import CutoverError
 from proxy.migrate.verify import RowDiff
 from proxy.mirror import apply_following
-from proxy.models import BY_TABLE
+from proxy.models import BY_TABLE, ENTITIES
 from proxy.stores.base import ApplyOutcome, Mutation, Store
 
 DRAIN_BATCH = 200
+RECONCILE_STEPS = 1 + 2 * len(ENTITIES)  # the outboxes drained, each table repaired, checked
 
 
 class PrimaryUnknown(CutoverError):
@@ -153,9 +155,11 @@ class ReconcileReport:
 
 
 async def run_reconcile(sqlite_path: Path, dsn: str, primary: str, *,
-                        retry_dead: bool = False) -> ReconcileReport:
+                        retry_dead: bool = False,
+                        progress: Callable[[str], None] | None = None) -> ReconcileReport:
     """Drain both outboxes (their dead letters first requeued when `retry_dead`), repair every
-    difference from `primary`, then verify again."""
+    difference from `primary`, then verify again; `progress` is told each of the
+    RECONCILE_STEPS steps as it ends."""
     from proxy.migrate.backfill import open_pool
     from proxy.migrate.verify import (
         SchemaMissing,
@@ -178,6 +182,8 @@ async def run_reconcile(sqlite_path: Path, dsn: str, primary: str, *,
         await require_tables(sqlite_path, pool)
         requeued = await requeue_dead_letters(sqlite_store, pg_store) if retry_dead else {}
         drained = await drain_outboxes(sqlite_store, pg_store)
+        step = progress or (lambda name: None)
+        step("outboxes drained")
         main, other = ((sqlite_store, pg_store) if primary == "sqlite"
                        else (pg_store, sqlite_store))
         repairs = RepairReport()
@@ -187,8 +193,10 @@ async def run_reconcile(sqlite_path: Path, dsn: str, primary: str, *,
 
         # parents before children, so a copied child finds its parent already there
         await compare_stores(sqlite_path, pool, pending=pending,
-                             on_diffs=Repairer(main, other, repairs), sequential=True)
-        after = await compare_stores(sqlite_path, pool, pending=pending)
+                             on_diffs=Repairer(main, other, repairs), sequential=True,
+                             on_table=lambda t: step(f"{t} repaired"))
+        after = await compare_stores(sqlite_path, pool, pending=pending,
+                                     on_table=lambda t: step(f"{t} checked"))
         await add_dead_letters(after, sqlite_store, pg_store)
         return ReconcileReport(primary, drained, repairs.repaired, repairs.failed, after,
                                requeued)

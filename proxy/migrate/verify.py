@@ -601,18 +601,21 @@ async def pg_orphans(pool: asyncpg.Pool) -> dict[str, int]:
 
 
 OnDiffs = Callable[[list[RowDiff]], Any]
+OnStep = Callable[[str], None]  # told each step's name as it ends (the CLI's progress bar)
+VERIFY_STEPS = len(ENTITIES) + 1  # each table compared, then the search sample
 MAX_RECHECK = 100_000  # differing ids kept to re-check against the outboxes at the end
 
 
 async def compare_stores(
     sqlite_path: Path, pool: asyncpg.Pool, *, pending: Callable[[], Any],
     on_diffs: OnDiffs | None = None, sequential: bool = False, leaf_rows: int = LEAF_ROWS,
-    processes: Executor | None = None,
+    processes: Executor | None = None, on_table: OnStep | None = None,
 ) -> VerifyReport:
     """Compare every table. `pending()` returns the ids with a pending mirror write; it is
     asked before and after, so a write that lands meanwhile is not a difference.
     `on_diffs` gets each batch of real differences as it is found (reconcile repairs them);
-    `sequential` compares parents before children instead of all tables at once."""
+    `sequential` compares parents before children instead of all tables at once; `on_table`
+    gets each table's name once it is compared."""
     started = time.perf_counter()
     await require_tables(sqlite_path, pool)
     lite, pg = SQLiteSide(sqlite_path, processes), PostgresSide(pool)
@@ -651,6 +654,8 @@ async def compare_stores(
                         recheck.append(d)
             if real and on_diffs is not None:
                 await on_diffs(real)
+        if on_table is not None:
+            on_table(table)
 
     order = [e.table for e in ENTITIES]
     if sequential:
@@ -740,8 +745,10 @@ def is_upgraded(path: Path) -> bool:
         conn.close()
 
 
-async def run_verify(sqlite_path: Path, dsn: str, *, queries: int = 20) -> VerifyReport:
-    """Compare the SQLite file at `sqlite_path` with the database at `dsn`."""
+async def run_verify(sqlite_path: Path, dsn: str, *, queries: int = 20,
+                     progress: OnStep | None = None) -> VerifyReport:
+    """Compare the SQLite file at `sqlite_path` with the database at `dsn`; `progress` is told
+    each of the VERIFY_STEPS steps as it ends."""
     from proxy.stores.postgres import PostgresStore
     from proxy.stores.sqlite import SQLiteStore
 
@@ -756,8 +763,9 @@ async def run_verify(sqlite_path: Path, dsn: str, *, queries: int = 20) -> Verif
 
         processes = scan_processes()
         try:
-            report = await compare_stores(sqlite_path, pool, pending=pending,
-                                          processes=processes)
+            report = await compare_stores(
+                sqlite_path, pool, pending=pending, processes=processes,
+                on_table=None if progress is None else (lambda t: progress(f"{t} compared")))
         finally:
             if processes is not None:
                 processes.shutdown(wait=False, cancel_futures=True)
@@ -771,6 +779,8 @@ async def run_verify(sqlite_path: Path, dsn: str, *, queries: int = 20) -> Verif
                 report.search = await search_parity(sqlite_store, pg_store, samples)
             except (sqlite3.Error, asyncpg.PostgresError) as exc:
                 report.search_error = f"{type(exc).__name__}: {exc}"[:200]
+        if progress is not None:
+            progress("search sample")
         return report
     finally:
         await pool.close()

@@ -74,7 +74,7 @@ LEGACY_FTS = (
     "CREATE VIRTUAL TABLE IF NOT EXISTS questions_fts USING fts5(\n"
     "    question_id UNINDEXED,\n    question,\n    answer\n);\n"
 )
-# ../shared/legacy_schema.sql: the SQLite database the application runs on today
+# docs/legacy_schema.sql: the SQLite database the application runs on today
 LEGACY_SCHEMA = LEGACY_TABLES + LEGACY_FTS
 
 ADDED = """
