@@ -57,20 +57,27 @@ async def apply_following(
         if m.op == "delete" and REFERENCED_BY[entity.table]:
             parents.setdefault(entity, {})[m.row_id] = i
     waiting: set[int] = set()
+    known: dict[int, dict[tuple[str, str], list[uuid.UUID]]] = {}
     if parents:
         for entity, deleted in parents.items():
             again = await primary.get_versioned(entity, list(deleted))
             for row_id, (row, version) in again.items():
                 batch[deleted[row_id]] = Mutation(entity.name, "insert", row_id, version, row)
                 del deleted[row_id]
-        waiting = await _move_children_first(primary, mirror, parents)
+        waiting = await _move_children_first(primary, mirror, parents, known)
+    guarded = {i for deleted in parents.values() for i in deleted.values()}
     results = [_WAITS] * len(batch)
-    await _apply_some(mirror, batch, [i for i in range(len(batch)) if i not in waiting], results)
+    await _apply_some(mirror, batch, [i for i in range(len(batch))
+                                      if i not in waiting and i not in guarded], results)
     if waiting:  # the rows the children moved to may have come with this batch: once more
-        still = await _move_children_first(primary, mirror, {
+        known.clear()
+        waiting = await _move_children_first(primary, mirror, {
             e: {r: i for r, i in deleted.items() if i in waiting}
-            for e, deleted in parents.items()})
-        await _apply_some(mirror, batch, sorted(waiting - still), results)
+            for e, deleted in parents.items()}, known)
+    for i in sorted(guarded - waiting):
+        # the delete applies only if no child arrived since the look (a child attached to an
+        # old incarnation of a re-created parent would go with it, by the mirror's own keys)
+        results[i] = await mirror.delete_guarded(batch[i], known.get(i, {}))
     return await settle_missing_parents(primary, mirror, batch, results)
 
 
@@ -87,12 +94,15 @@ _WAITS = ApplyResult(ApplyOutcome.FAILED, "a child of the deleted row was moved 
 
 
 async def _move_children_first(
-    primary: Store, mirror: Store, frontier: dict[Entity, dict[uuid.UUID, int]]
+    primary: Store, mirror: Store, frontier: dict[Entity, dict[uuid.UUID, int]],
+    known: dict[int, dict[tuple[str, str], list[uuid.UUID]]],
 ) -> set[int]:
     """Bring up to date the mirror's children (through cascades) of the deleted parents that
-    the primary still holds; return the indexes of the deletes that must wait."""
+    the primary still holds; note in `known` the direct children each delete looked at; return
+    the indexes of the deletes that must wait."""
     fixes: list[Mutation] = []
     owners: list[int] = []  # the index of the delete each fix protects
+    direct = True
     while frontier:
         cascaded: dict[Entity, dict[uuid.UUID, int]] = {}
         for parent, deleted in frontier.items():
@@ -102,7 +112,12 @@ async def _move_children_first(
                 held = await mirror.referencing(child, column.name, list(deleted))
                 current = (await primary.get_versioned(child, [c for c, _ in held])
                            if held else {})
+                if direct:
+                    for index in deleted.values():
+                        known.setdefault(index, {}).setdefault((child.name, column.name), [])
                 for child_id, parent_id in held:
+                    if direct:
+                        known[deleted[parent_id]][(child.name, column.name)].append(child_id)
                     if child_id in current:
                         row, version = current[child_id]
                         fixes.append(Mutation(child.name, "update", child_id, version, row))
@@ -110,6 +125,7 @@ async def _move_children_first(
                     elif column.on_delete == "CASCADE":  # its own children go too
                         cascaded.setdefault(child, {})[child_id] = deleted[parent_id]
         frontier = cascaded
+        direct = False
     if not fixes:
         return set()
     fixed = await settle_missing_parents(primary, mirror, fixes, await mirror.apply(fixes))

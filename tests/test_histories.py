@@ -26,11 +26,28 @@ SEEDS = [1, 2, 3, 4]
 async def test_concurrent_history_converges(
     primary: Backend, seed: int, sqlite_path: Path, pg_dsn: str
 ) -> None:
+    # deleted parents are not re-created with the same id here: that race is still open (the
+    # soak test below, and docs/write-path.md's known gap); without it, parents die out during
+    # the history, and fewer calls succeed
     config = HistoryConfig(seed=seed, primary=primary, recreate_parents=False)
     result = await run_history(config, sqlite_path, pg_dsn)
     assert result.ok, result.failure_message()
-    assert result.acked > 1000, result.summary()  # the load really ran
+    assert result.acked > 250, result.summary()  # the load really ran
     assert result.private_rows_checked >= 7, result.summary()  # the model checked something
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("seed", range(1, 21))
+@pytest.mark.parametrize("primary", ["sqlite", "postgres"])
+async def test_concurrent_history_with_parents_recreated_converges(
+    primary: Backend, seed: int, sqlite_path: Path, pg_dsn: str
+) -> None:
+    """The full history, parents deleted and re-created with the same id under concurrent
+    writes to their children: about one seed in ten still ends with a row or two apart (the
+    known gap in docs/write-path.md). `pytest -m soak`; bench/soak.py runs it for minutes."""
+    result = await run_history(HistoryConfig(seed=seed, primary=primary), sqlite_path, pg_dsn)
+    assert result.ok, result.failure_message()
+    assert result.acked > 1000, result.summary()
 
 
 @pytest.mark.parametrize("primary", ["sqlite", "postgres"])
@@ -43,5 +60,5 @@ async def test_concurrent_history_with_flips_converges(
                            recreate_parents=False)
     result = await run_history(config, sqlite_path, pg_dsn)
     assert result.ok, result.failure_message()
-    assert result.acked > 1000, result.summary()
+    assert result.acked > 250, result.summary()
     assert result.flips + result.flips_refused >= 4, result.summary()

@@ -182,6 +182,12 @@ class Store(Protocol):
     async def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
         """Apply each mutation if newer than what is held; idempotent, in the order given."""
 
+    async def delete_guarded(
+        self, delete: Mutation, known: dict[tuple[str, str], list[uuid.UUID]]
+    ) -> ApplyResult:
+        """Apply a parent's delete only if every row referencing it is among `known` (per
+        child table and column, the children looked at); otherwise FAILED, to look again."""
+
     async def apply_inline(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
         """`apply` for the inline mirror writes of committed primary writes; a store may commit
         them without waiting for durability (the primary's outbox still holds each)."""

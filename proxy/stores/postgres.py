@@ -424,6 +424,44 @@ class PostgresStore(StoreMethods):
         except UNAVAILABLE as exc:
             raise StoreUnavailable("postgres", _reason(exc)) from exc
 
+    async def delete_guarded(
+        self, delete: Mutation, known: dict[tuple[str, str], list[uuid.UUID]]
+    ) -> ApplyResult:
+        """One SERIALIZABLE statement: a child attached after its snapshot makes the cascade
+        fail with a serialization error (PostgreSQL's foreign keys check for new referencing
+        rows under it), and the delete is tried again, looking at that child too."""
+        entity = BY_NAME[delete.entity]
+        guards = " AND ".join(
+            f"NOT EXISTS (SELECT 1 FROM {BY_NAME[child].table} WHERE {column} = $1 "
+            f"AND id <> ALL(${i + 3}::uuid[]))" for i, (child, column) in enumerate(known))
+        sql = (
+            f"WITH g AS (SELECT {guards or 'true'} AS ok), "
+            f"d AS (DELETE FROM {entity.table} WHERE id = $1 AND row_version < $2 "
+            "AND (SELECT ok FROM g) RETURNING id), "
+            "t AS (INSERT INTO cutover_tombstones (entity, row_id, version) "
+            f"SELECT '{entity.name}', $1, $2 WHERE (SELECT ok FROM g) "
+            "ON CONFLICT (entity, row_id) DO UPDATE SET "
+            "version = GREATEST(cutover_tombstones.version, EXCLUDED.version)) "
+            "SELECT (SELECT ok FROM g) AS ok, (SELECT count(*) FROM d) AS n"
+        )
+        args = [delete.row_id, delete.version, *known.values()]
+        pool = await self._get_pool()
+
+        async def attempt() -> list[ApplyResult]:
+            async with pool.acquire(timeout=10) as conn, \
+                    conn.transaction(isolation="serializable"):
+                row = await conn.fetchrow(sql, *args)
+            if not row["ok"]:
+                return [ApplyResult(ApplyOutcome.FAILED,
+                                    "a row referencing the deleted one arrived meanwhile")]
+            return [ApplyResult(ApplyOutcome.APPLIED if row["n"]
+                                else ApplyOutcome.SUPERSEDED)]
+
+        try:
+            return (await _serializably(attempt))[0]
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable("postgres", _reason(exc)) from exc
+
     async def apply_inline(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
         """`apply` on a connection of its own whose commits skip the WAL flush (see
         `_MirrorSession`): callers acknowledge the outbox entries only after a `flush_wal`."""

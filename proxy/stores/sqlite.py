@@ -314,6 +314,22 @@ class SQLiteStore(StoreMethods):
         return await self._run(lambda conn: [_apply_one(conn, m) for m in mutations],
                                write=True, grouped=True)
 
+    async def delete_guarded(
+        self, delete: Mutation, known: dict[tuple[str, str], list[uuid.UUID]]
+    ) -> ApplyResult:
+        checks = [(f"SELECT 1 FROM {BY_NAME[child].table} WHERE {column} = ? AND id NOT IN "
+                   "(SELECT value FROM json_each(?)) LIMIT 1",
+                   (str(delete.row_id), json.dumps([str(i) for i in ids])))
+                  for (child, column), ids in known.items()]
+
+        def tx(conn: sqlite3.Connection) -> ApplyResult:
+            # one writer: nothing can attach a child between this look and the delete
+            if any(conn.execute(sql, params).fetchone() for sql, params in checks):
+                return _NEW_CHILD
+            return _apply_one(conn, delete)
+
+        return await self._run(tx, write=True, grouped=True)
+
     async def apply_inline(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
         return await self.apply(mutations)  # every commit here is as durable as the primary's
 
@@ -564,6 +580,9 @@ def _integrity_error(
             return ValidationError("id", "a row with this id already exists")
         return ValidationError(column, "already in use")
     return ValidationError(entity.name, f"rejected by the database: {text}")
+
+
+_NEW_CHILD = ApplyResult(ApplyOutcome.FAILED, "a row referencing the deleted one arrived meanwhile")
 
 
 def _apply_one(conn: sqlite3.Connection, m: Mutation) -> ApplyResult:
