@@ -508,7 +508,8 @@ def test_a_missing_source_is_one_line_and_exit_2(tmp_path: Path) -> None:
                                 env={"POSTGRES_DSN": "postgresql://u:secret@127.0.0.1:1/x"})
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [f"error: --from {tmp_path / 'nope.db'}: "
-                                                  "no such file"]
+                                                  "no such file: run `cutover backfill --from "
+                                                  "PATH` with the legacy app.db"]
 
 
 def test_the_command_prints_a_json_summary_and_writes_the_report(

@@ -57,3 +57,17 @@ async def test_open_repository_backs_up_a_legacy_db_before_upgrading(
     finally:
         conn.close()
     assert "cutover_outbox" not in tables  # the copy is the legacy file as it was
+
+
+@pytest.mark.parametrize("args", [["backfill", "--from", "typo/legacy.db"], ["backfill"]],
+                         ids=" ".join)
+def test_backfill_without_its_source_creates_nothing_and_says_what_to_run(
+        args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SQLITE_PATH", str(tmp_path / "typo" / "app.db"))
+    monkeypatch.setenv("POSTGRES_DSN", "postgresql://u:secret@127.0.0.1:1/x")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli_app, args)
+    assert result.exit_code == 2, result.output
+    assert "run `cutover backfill --from PATH`" in result.output
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
+    assert list(tmp_path.rglob("*")) == []

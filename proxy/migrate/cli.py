@@ -93,7 +93,8 @@ def backfill(
     path = source or settings.sqlite_path
     if not path.is_file():
         given = f"--from {path}" if source else f"SQLITE_PATH={path} (or give --from PATH)"
-        raise fail(f"{given}: no such file", EXIT_USAGE)
+        raise fail(f"{given}: no such file: run `cutover backfill --from PATH` with the legacy "
+                   "app.db", EXIT_USAGE)
     if not rejects.parent.is_dir():
         raise fail(f"--rejects {rejects}: directory {rejects.parent} does not exist", EXIT_USAGE)
 
