@@ -12,10 +12,12 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 from prometheus_client import CollectorRegistry
 
 from config import Settings
@@ -139,3 +141,84 @@ def test_four_processes_write_while_the_cli_flips_twenty_times(
     assert not diffs, f"{len(diffs)} differences before any repair: {diffs[:3]}"
     for row_id, value in last_own.items():  # each writer's last acknowledged value, both sides
         assert titles["sqlite"][row_id] == value == titles["postgres"][row_id]
+
+
+def _serve(env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen[str], str]:
+    """A `cutover serve` process on a free port, and its URL once it listens."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from proxy.cli import app; app()", "serve", "--port", "0"],
+        env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=cwd)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if '"service.listening"' in line:
+            # keep reading its log, or a full pipe would stall the service
+            threading.Thread(target=proc.stderr.read, daemon=True).start()
+            return proc, str(json.loads(line)["url"])
+    raise AssertionError(f"the service never listened (exit {proc.wait()})")
+
+
+def _primary_metric(url: str) -> str:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return next(line.split('"')[1] for line in text.splitlines()
+                if line.startswith("cutover_read_primary{") and line.endswith(" 1.0"))
+
+
+def test_a_rolling_restart_of_the_service_with_a_new_read_primary_flips_the_fleet(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """Three `cutover serve` processes restarted one by one with READ_PRIMARY=postgres while a
+    client writes through them: the first new process flips the fleet, the old ones follow,
+    a late process started with the old setting changes nothing, and the stores agree."""
+    sqlite_path = tmp_path / "app.db"
+    settings = Settings(sqlite_path=sqlite_path, postgres_dsn=pg_dsn, shadow_sample_rate=0.0,
+                        read_primary_given=False)
+    shared, _ = asyncio.run(_setup(settings))
+    old_env = {**_env(sqlite_path, pg_dsn), "READ_PRIMARY": "sqlite"}
+    new_env = {**old_env, "READ_PRIMARY": "postgres"}
+    servers = [_serve(old_env, tmp_path) for _ in range(3)]
+    urls = [url for _, url in servers]
+    acked: dict[str, str] = {}
+    stop = threading.Event()
+
+    def client() -> None:
+        n = 0
+        with httpx.Client(timeout=10) as http:
+            while not stop.is_set():
+                n += 1
+                book, url = shared[n % len(shared)], urls[n % len(urls)]
+                try:
+                    r = http.patch(f"{url}/study-books/{book}", json={"title": f"t{n}"})
+                except httpx.TransportError:
+                    continue  # that process is restarting
+                if r.status_code == 200:
+                    acked[book] = f"t{n}"  # one client, in sequence: the last ack is the truth
+                time.sleep(0.005)
+
+    writer = threading.Thread(target=client)
+    writer.start()
+    try:
+        time.sleep(1)
+        for i, (proc, _) in enumerate(servers):
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 0
+            servers[i] = _serve(new_env, tmp_path)
+            urls[i] = servers[i][1]
+            time.sleep(0.5)
+            if i == 0:  # the first new process flipped the fleet; the old ones followed
+                assert [_primary_metric(u) for u in urls] == ["postgres"] * 3
+        late = _serve(old_env, tmp_path)  # an old process restarting late
+        servers.append(late)
+        time.sleep(1.2)
+        assert [_primary_metric(url) for _, url in servers] == ["postgres"] * 4
+    finally:
+        stop.set()
+        writer.join(timeout=30)
+        for proc, _ in servers:
+            proc.send_signal(signal.SIGINT)
+        for proc, _ in servers:
+            proc.wait(timeout=30)
+    assert len(acked) == len(shared)
+    diffs, titles = asyncio.run(_drain_and_compare(settings))
+    assert not diffs, f"{len(diffs)} differences before any repair: {diffs[:3]}"
+    for book, title in acked.items():  # the client's last acknowledged write, on both stores
+        assert titles["sqlite"][book] == title == titles["postgres"][book]
