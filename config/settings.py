@@ -50,17 +50,22 @@ def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...], default
     return value
 
 
-def _int_ms(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+def _int_in(env: Mapping[str, str], name: str, default: int, lo: int, hi: int,
+            unit: str) -> int:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
         value = int(raw.strip())
     except ValueError:
-        raise _bad(name, raw, f"an integer from {lo} to {hi} (milliseconds)") from None
+        raise _bad(name, raw, f"an integer from {lo} to {hi} ({unit})") from None
     if not lo <= value <= hi:
-        raise _bad(name, raw, f"an integer from {lo} to {hi} (milliseconds)")
+        raise _bad(name, raw, f"an integer from {lo} to {hi} ({unit})")
     return value
+
+
+def _int_ms(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    return _int_in(env, name, default, lo, hi, "milliseconds")
 
 
 def _rate(env: Mapping[str, str], name: str, default: float) -> float:
@@ -77,16 +82,7 @@ def _rate(env: Mapping[str, str], name: str, default: float) -> float:
 
 
 def _bytes(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise _bad(name, raw, f"an integer from {lo} to {hi} (bytes)") from None
-    if not lo <= value <= hi:
-        raise _bad(name, raw, f"an integer from {lo} to {hi} (bytes)")
-    return value
+    return _int_in(env, name, default, lo, hi, "bytes")
 
 
 def _port(env: Mapping[str, str], name: str) -> int | None:
