@@ -36,6 +36,11 @@ class MirrorStore(Protocol):
     async def apply_inline(self, mutations: Sequence[Mutation]) -> list[ApplyResult]: ...
 
 
+def deletes_a_parent(m: Mutation) -> bool:
+    """A delete of a row others may reference: the mirror's foreign keys would cascade it."""
+    return m.op == "delete" and bool(REFERENCED_BY[BY_NAME[m.entity].table])
+
+
 async def apply_following(
     primary: Store, mirror: Store, mutations: Sequence[Mutation]
 ) -> list[ApplyResult]:
@@ -53,9 +58,8 @@ async def apply_following(
     batch = list(mutations)
     parents: dict[Entity, dict[uuid.UUID, int]] = {}  # entity -> deleted id -> its index
     for i, m in enumerate(batch):
-        entity = BY_NAME[m.entity]
-        if m.op == "delete" and REFERENCED_BY[entity.table]:
-            parents.setdefault(entity, {})[m.row_id] = i
+        if deletes_a_parent(m):
+            parents.setdefault(BY_NAME[m.entity], {})[m.row_id] = i
     waiting: set[int] = set()
     known: dict[int, dict[tuple[str, str], list[uuid.UUID]]] = {}
     if parents:

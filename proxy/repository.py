@@ -43,8 +43,14 @@ from proxy.connect import resolve_dsn
 from proxy.control import Control, newest
 from proxy.deadletters import flip_refusal, is_dead
 from proxy.errors import CutoverError, Fenced, NotFoundError, OutcomeUnknown, StoreUnavailable
-from proxy.mirror import TIMED_OUT, MirrorPipeline, apply_following, settle_missing_parents
-from proxy.models import BY_NAME, REFERENCED_BY, Entity, SearchResult
+from proxy.mirror import (
+    TIMED_OUT,
+    MirrorPipeline,
+    apply_following,
+    deletes_a_parent,
+    settle_missing_parents,
+)
+from proxy.models import Entity, SearchResult
 from proxy.stores.base import ApplyOutcome, Mutation, Op, OutboxStats, Written
 from proxy.stores.postgres import PostgresStore
 from proxy.stores.searchtext import DEFAULT_LIMIT, check_limit
@@ -311,22 +317,25 @@ class Repository(EntityMethods):
         proxy.control). A bad READ_PRIMARY_FILE stops here (`ConfigError`)."""
         file = self.settings.read_primary_file
         word = _file_word(file) if file is not None else None
-        current = await self._read_control()
+        copies = await self._read_copies()
+        current = newest(*copies.values())
         if current is None:
             seed = Control(word or self.settings.read_primary, 1, self.settings.dual_write,
                            frozenset({self.settings.read_primary}), word)
             for store in self._stores.values():
                 with contextlib.suppress(Exception):  # down, or its schema not there yet
                     await store.advance_control(seed)
-            current = await self._read_control()
+            copies = await self._read_copies()
+            current = newest(*copies.values())
             if current is None:
                 # neither store can hold it now: act on the settings alone (unfenced) and try
                 # again from the follow loop
                 log.error("control.unavailable", keeping=self._primary)
                 return
-        for store in self._stores.values():  # a copy left behind (a store was down) catches up
-            with contextlib.suppress(Exception):
-                await store.advance_control(current)
+        for backend, copy in copies.items():  # a copy left behind (a store was down) catches up
+            if copy != current:
+                with contextlib.suppress(Exception):
+                    await self._stores[backend].advance_control(current)
         self._adopt(current)
         wanted: Backend | None = None
         env_value = None
@@ -346,12 +355,16 @@ class Repository(EntityMethods):
             log.error("primary.request_refused", wanted=wanted, keeping=self._primary,
                       reason=str(exc)[:300])
 
-    async def _read_control(self) -> Control | None:
-        records = []
-        for store in self._stores.values():
+    async def _read_copies(self) -> dict[str, Control | None]:
+        """Each reachable store's copy of the control record (None: it has none yet)."""
+        copies: dict[str, Control | None] = {}
+        for backend, store in self._stores.items():
             with contextlib.suppress(StoreUnavailable):  # the other copy answers
-                records.append(await store.read_control())
-        return newest(*records)
+                copies[backend] = await store.read_control()
+        return copies
+
+    async def _read_control(self) -> Control | None:
+        return newest(*(await self._read_copies()).values())
 
     async def _follow(self) -> None:
         """Adopt the newest control record either store holds."""
@@ -499,7 +512,7 @@ class Repository(EntityMethods):
         outcome = "ok"
         try:
             primary, mirror = self._stores[source], self._stores[target]
-            if mutation.op == "delete" and REFERENCED_BY[BY_NAME[mutation.entity].table]:
+            if deletes_a_parent(mutation):
                 # a parent's delete looks at its children first (`apply_following`): rare
                 # enough to skip the batching pipeline
                 result = (await self._bounded(apply_following(primary, mirror, [mutation]),

@@ -24,6 +24,7 @@ from config import Settings
 from proxy import open_repository
 from proxy.models import STUDY_BOOKS
 from tests.convergence import differences
+from tests.serving import start_serve
 
 ROOT = Path(__file__).resolve().parent.parent
 FLIPS = 20
@@ -143,20 +144,6 @@ def test_four_processes_write_while_the_cli_flips_twenty_times(
         assert titles["sqlite"][row_id] == value == titles["postgres"][row_id]
 
 
-def _serve(env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen[str], str]:
-    """A `cutover serve` process on a free port, and its URL once it listens."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from proxy.cli import app; app()", "serve", "--port", "0"],
-        env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=cwd)
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if '"service.listening"' in line:
-            # keep reading its log, or a full pipe would stall the service
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
-            return proc, str(json.loads(line)["url"])
-    raise AssertionError(f"the service never listened (exit {proc.wait()})")
-
-
 def _primary_metric(url: str) -> str:
     text = httpx.get(f"{url}/metrics", timeout=10).text
     return next(line.split('"')[1] for line in text.splitlines()
@@ -175,7 +162,7 @@ def test_a_rolling_restart_of_the_service_with_a_new_read_primary_flips_the_flee
     shared, _ = asyncio.run(_setup(settings))
     old_env = {**_env(sqlite_path, pg_dsn), "READ_PRIMARY": "sqlite"}
     new_env = {**old_env, "READ_PRIMARY": "postgres"}
-    servers = [_serve(old_env, tmp_path) for _ in range(3)]
+    servers = [start_serve(old_env, tmp_path) for _ in range(3)]
     urls = [url for _, url in servers]
     acked: dict[str, str] = {}
     stop = threading.Event()
@@ -201,12 +188,12 @@ def test_a_rolling_restart_of_the_service_with_a_new_read_primary_flips_the_flee
         for i, (proc, _) in enumerate(servers):
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=30) == 0
-            servers[i] = _serve(new_env, tmp_path)
+            servers[i] = start_serve(new_env, tmp_path)
             urls[i] = servers[i][1]
             time.sleep(0.5)
             if i == 0:  # the first new process flipped the fleet; the old ones followed
                 assert [_primary_metric(u) for u in urls] == ["postgres"] * 3
-        late = _serve(old_env, tmp_path)  # an old process restarting late
+        late = start_serve(old_env, tmp_path)  # an old process restarting late
         servers.append(late)
         time.sleep(1.2)
         assert [_primary_metric(url) for _, url in servers] == ["postgres"] * 4

@@ -7,8 +7,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,6 +24,7 @@ from proxy.cli import app as cli_app
 from proxy.faces import is_loopback
 from proxy.service import create_app
 from tests.convergence import assert_converged, count_rows
+from tests.serving import start_serve
 
 API = "api-token-for-tests"
 ADMIN = "admin-token-for-tests"
@@ -336,17 +335,8 @@ async def test_cutover_serve_answers_over_http(settings: Settings, tmp_path: Pat
     env = {**os.environ, "SQLITE_PATH": str(settings.sqlite_path),
            "POSTGRES_DSN": settings.postgres_dsn, "API_TOKEN": API}
     env.pop("METRICS_PORT", None)
-    proc = subprocess.Popen(  # noqa: ASYNC220 - started once; the test then talks HTTP to it
-        [sys.executable, "-c", "from proxy.cli import app; app()", "serve", "--port", "0"],
-        env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=tmp_path)
+    proc, url = start_serve(env, tmp_path)
     try:
-        assert proc.stderr is not None
-        url = None
-        for line in proc.stderr:
-            if '"service.listening"' in line:
-                url = json.loads(line)["url"]
-                break
-        assert url is not None, "the service never said where it listens"
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
             assert (await client.get("/healthz")).json()["status"] == "ok"
             assert (await client.get("/users")).status_code == 401

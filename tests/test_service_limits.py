@@ -5,11 +5,8 @@ resident memory within a few MB of where it was."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +17,7 @@ import psutil
 import pytest
 
 from config import Settings
+from tests.serving import start_serve
 
 API = "api-token-for-limits"
 ADMIN = "admin-token-for-limits"
@@ -36,19 +34,8 @@ def server(sqlite_path: Path, pg_dsn: str, tmp_path: Path) -> Iterator[tuple[str
            "API_TOKEN": API, "ADMIN_TOKEN": ADMIN}
     env.pop("METRICS_PORT", None)
     env.pop("MAX_BODY_BYTES", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from proxy.cli import app; app()", "serve", "--port", "0"],
-        env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=tmp_path)
+    proc, url = start_serve(env, tmp_path)
     try:
-        assert proc.stderr is not None
-        url = None
-        for line in proc.stderr:
-            if '"service.listening"' in line:
-                url = json.loads(line)["url"]
-                break
-        assert url is not None, "the service never said where it listens"
-        # keep reading its log, so a full pipe never blocks it
-        threading.Thread(target=proc.stderr.read, daemon=True).start()
         parts = urlsplit(url)
         assert parts.hostname is not None and parts.port is not None
         yield parts.hostname, parts.port, proc.pid
