@@ -57,10 +57,10 @@ def test_the_policy() -> None:
 
 
 async def test_reconcile_and_the_repository_read_the_same_limit(
-        sqlite_store: SQLiteStore, pg_store: PostgresStore, pg_dsn: str, sqlite_path: Path,
+        sqlite_store: SQLiteStore, pg_store: PostgresStore, pg_schema_dsn: str, sqlite_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(deadletters, "MAX_ATTEMPTS", 3)
-    await pg_exec(pg_dsn, NO_BOB)
+    await pg_exec(pg_schema_dsn, NO_BOB)
     # reconcile: a constraint only PostgreSQL enforces is retried, not given up at once
     await user_for_postgres(sqlite_store, "bob")
     outcomes = []
@@ -73,7 +73,7 @@ async def test_reconcile_and_the_repository_read_the_same_limit(
     await sqlite_store.outbox_ack([dead.seq])
 
     # the repository's replay: the same limit
-    settings = Settings(sqlite_path=sqlite_path, postgres_dsn=pg_dsn)
+    settings = Settings(sqlite_path=sqlite_path, postgres_dsn=pg_schema_dsn)
     async with open_repository(settings) as repo:
         bob = await repo.create_user(name="bob", email="bob@example.com")
         for _ in range(20):

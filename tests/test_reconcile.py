@@ -44,8 +44,8 @@ async def test_pending_mirror_writes_are_replayed_both_ways(
 
 
 async def test_a_write_that_keeps_failing_becomes_a_dead_letter(
-        sqlite_store: SQLiteStore, pg_store: PostgresStore, pg_dsn: str) -> None:
-    await pg_exec(pg_dsn, "ALTER TABLE users ADD CONSTRAINT no_bob CHECK (name <> 'bob')")
+        sqlite_store: SQLiteStore, pg_store: PostgresStore, pg_schema_dsn: str) -> None:
+    await pg_exec(pg_schema_dsn, "ALTER TABLE users ADD CONSTRAINT no_bob CHECK (name <> 'bob')")
     stamp = {"created_at": _now(), "updated_at": _now()}
     await sqlite_store.insert_row(
         USERS, {"id": uuid.uuid4(), "name": "bob", "email": "bob@example.com", **stamp},

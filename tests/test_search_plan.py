@@ -268,12 +268,12 @@ def test_queries_of_many_words_skip_the_typo_lookups() -> None:
 
 
 async def test_substring_search_reads_only_the_users_questions(pg_store: PostgresStore,
-                                                              pg_dsn: str) -> None:
+                                                              pg_schema_dsn: str) -> None:
     """The CJK path's strpos runs on one user's questions, reached through their study books,
     never on every user's: the cost follows the user's rows, not the table's."""
     me = await pg_store.create_user(name="me", email="me@example.com")
     other = await pg_store.create_user(name="other", email="other@example.com")
-    conn = await asyncpg.connect(pg_dsn)
+    conn = await asyncpg.connect(pg_schema_dsn)
     try:
         # a tenth of the questions are mine, and the term is rare: from its guess that strpos
         # matches a third of the rows, the planner expected the page filled within the first
@@ -300,7 +300,7 @@ async def test_substring_search_reads_only_the_users_questions(pg_store: Postgre
 
 
 async def test_fuzzy_branch_finds_only_the_users_questions(pg_store: PostgresStore,
-                                                           pg_dsn: str) -> None:
+                                                           pg_schema_dsn: str) -> None:
     """The vocabulary is shared by every user, the questions it leads to are not: a typo finds
     the user's questions only, and no plan (generic, as `_init_connection` asks for, or custom)
     computes word similarity while reading questions: only the candidates' score does."""
@@ -308,7 +308,7 @@ async def test_fuzzy_branch_finds_only_the_users_questions(pg_store: PostgresSto
     other = await pg_store.create_user(name="other", email="other@example.com")
     rows = await pg_store._fetch("SHOW plan_cache_mode")
     assert rows[0][0] == "force_generic_plan"
-    conn = await asyncpg.connect(pg_dsn)
+    conn = await asyncpg.connect(pg_schema_dsn)
     try:
         for user, n in ((me.id, 3), (other.id, 60)):
             await _add_books(conn, user, n, 20, STRUCT_PACK)
@@ -333,7 +333,7 @@ async def test_fuzzy_branch_finds_only_the_users_questions(pg_store: PostgresSto
 
 
 async def test_a_users_search_scans_the_full_text_index_once(pg_store: PostgresStore,
-                                                             pg_dsn: str) -> None:
+                                                             pg_schema_dsn: str) -> None:
     """Among many users, one user's search reads the full-text index once per branch and the
     table only where the user's study books meet the index's matches. Joined to the study books
     instead, the plans read every user's matching rows (here 6,300 for my 300), or scanned the
@@ -342,7 +342,7 @@ async def test_a_users_search_scans_the_full_text_index_once(pg_store: PostgresS
     me = await pg_store.create_user(name="me", email="me@example.com")
     others = [await pg_store.create_user(name=f"o{i}", email=f"o{i}@example.com")
               for i in range(20)]
-    conn = await asyncpg.connect(pg_dsn)
+    conn = await asyncpg.connect(pg_schema_dsn)
     try:
         for user in [me.id, *(o.id for o in others)]:
             await _add_books(conn, user, 30, 10, STRUCT_PACK)
