@@ -28,7 +28,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -841,17 +841,31 @@ def default_shadow_path(settings: Settings) -> Path:
     return settings.sqlite_path.with_name("shadow.db")
 
 
+class GivenStores(TypedDict, total=False):
+    """Open stores for `open_repository` to use instead of opening its own."""
+
+    sqlite: SQLiteStore
+    postgres: PostgresStore
+
+
 @asynccontextmanager
 async def open_repository(
     settings: Settings, *, registry: CollectorRegistry | None = None,
     shadow_store_path: Path | None = None, init_schema: bool = True,
+    stores: GivenStores | None = None,
 ) -> AsyncIterator[Repository]:
-    """Open both stores, the shadow runner and the background loops; close them all on exit."""
+    """Open both stores, the shadow runner and the background loops; close them all on exit.
+
+    `stores` supplies open stores to use instead of opening them from `settings` (one or
+    both, keyed by backend, on the same databases as `settings` names); they stay the
+    caller's to close.
+    """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics(registry)
     dsn = await resolve_dsn(settings)
-    sqlite = SQLiteStore(settings.sqlite_path)
-    postgres = PostgresStore(dsn)
+    given: GivenStores = stores or {}
+    sqlite = given.get("sqlite") or SQLiteStore(settings.sqlite_path)
+    postgres = given.get("postgres") or PostgresStore(dsn)
     server = None
     shadow_store: ShadowStore | None = None
     worker: SearchWorker | None = None
@@ -898,8 +912,10 @@ async def open_repository(
             await worker.aclose()
         if server is not None:
             server.close()
-        await sqlite.close()
-        await postgres.close()
+        if "sqlite" not in given:
+            await sqlite.close()
+        if "postgres" not in given:
+            await postgres.close()
         if shadow_store is not None:
             shadow_store.close()
 
