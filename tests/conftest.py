@@ -10,10 +10,8 @@ schema creation itself keep the empty `pg_dsn` and `sqlite_path`.
 from __future__ import annotations
 
 import os
-import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,11 +20,7 @@ import pytest
 
 from proxy.stores.postgres import PostgresStore
 from proxy.stores.sqlite import SQLiteStore
-
-
-def _with_database(dsn: str, database: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path="/" + database))
+from tests.databases import copy_sqlite, fresh_database
 
 
 @pytest.fixture(scope="session")
@@ -41,27 +35,6 @@ def pg_server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = start_embedded(tmp_path_factory.mktemp("pg") / "data", cleanup="delete")
     yield str(server.get_uri())
     server.cleanup()
-
-
-async def _admin(server_dsn: str, sql: str) -> None:
-    admin = await asyncpg.connect(server_dsn)
-    try:
-        await admin.execute(sql)
-    finally:
-        await admin.close()
-
-
-@asynccontextmanager
-async def fresh_database(server_dsn: str, *, template: str | None = None) -> AsyncIterator[str]:
-    """A new database (a copy of `template` when given) for as long as the block runs; its
-    DSN. Existing data is never touched."""
-    name = f"cutover_test_{uuid.uuid4().hex[:12]}"
-    copy = f' TEMPLATE "{template}"' if template else ""
-    await _admin(server_dsn, f'CREATE DATABASE "{name}"{copy}')
-    try:
-        yield _with_database(server_dsn, name)
-    finally:
-        await _admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -138,16 +111,6 @@ async def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     finally:
         await store.close()
     return path
-
-
-def copy_sqlite(source: Path, target: Path) -> None:
-    """Copy a SQLite database page by page (consistent whatever its journal holds)."""
-    src, dst = sqlite3.connect(source), sqlite3.connect(target)
-    try:
-        src.backup(dst)
-    finally:
-        dst.close()
-        src.close()
 
 
 @pytest.fixture

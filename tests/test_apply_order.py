@@ -102,14 +102,12 @@ async def _history_then_shuffled_mirror(
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("primary_name", ["sqlite", "postgres"])
 async def test_any_order_of_the_primarys_writes_leaves_the_mirror_equal(
-    tmp_path: Path, pg_dsn: str, primary_name: str, seed: int,
+    sqlite_schema_path: Path, pg_schema_dsn: str, primary_name: str, seed: int,
 ) -> None:
-    sqlite = SQLiteStore(tmp_path / "app.db")
-    postgres = PostgresStore(pg_dsn)
+    sqlite = SQLiteStore(sqlite_schema_path)
+    postgres = PostgresStore(pg_schema_dsn)
     try:
-        await sqlite.init_schema()
-        await postgres.init_schema()
-        settings = Settings(sqlite_path=tmp_path / "app.db", postgres_dsn=pg_dsn,
+        settings = Settings(sqlite_path=sqlite_schema_path, postgres_dsn=pg_schema_dsn,
                             read_primary=primary_name)  # type: ignore[arg-type]
         primary, mirror = (sqlite, postgres) if primary_name == "sqlite" else (postgres, sqlite)
         diffs = await _history_then_shuffled_mirror(primary, mirror, settings, seed)

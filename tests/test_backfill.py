@@ -199,16 +199,11 @@ async def test_the_planner_has_statistics_at_the_end(legacy: LegacyDB, pg_dsn: s
 
 
 async def test_a_table_with_a_trigger_of_its_own_keeps_per_row_checks(
-        legacy: LegacyDB, pg_dsn: str, tmp_path: Path) -> None:
+        legacy: LegacyDB, pg_schema_dsn: str, tmp_path: Path) -> None:
     """A trigger someone added (an audit, say) would not fire as `replica`: that table is
     loaded with its triggers, and its foreign keys, checked row by row."""
     legacy.bulk(questions=20, logs=30, events=5)
-    store = PostgresStore(pg_dsn)
-    try:
-        await store.init_schema()
-    finally:
-        await store.close()
-    conn = await asyncpg.connect(pg_dsn)
+    conn = await asyncpg.connect(pg_schema_dsn)
     try:
         await conn.execute(
             "CREATE TABLE audit (n INT); "
@@ -218,10 +213,10 @@ async def test_a_table_with_a_trigger_of_its_own_keeps_per_row_checks(
             "FOR EACH ROW EXECUTE FUNCTION audit_row()")
     finally:
         await conn.close()
-    report = await backfill(legacy, pg_dsn, tmp_path)
+    report = await backfill(legacy, pg_schema_dsn, tmp_path)
     assert "typing_logs" not in report.fk_checked_after
     assert "questions" in report.fk_checked_after
-    [audited] = await pg_rows(pg_dsn, "SELECT count(*) AS n FROM audit")
+    [audited] = await pg_rows(pg_schema_dsn, "SELECT count(*) AS n FROM audit")
     assert audited["n"] == report.tables["typing_logs"].inserted == 30
 
 

@@ -139,28 +139,22 @@ async def test_the_library_refuses_a_flip_to_a_store_with_dead_letters(
 
 
 def test_the_cli_refuses_a_flip_to_a_store_with_dead_letters(
-        sqlite_path: Path, pg_dsn: str, tmp_path: Path) -> None:
+        sqlite_schema_path: Path, pg_schema_dsn: str, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from proxy.cli import app
 
     async def setup() -> None:
-        store = SQLiteStore(sqlite_path)
+        store = SQLiteStore(sqlite_schema_path)
         try:
-            await store.init_schema()
             for _ in range(3):
                 await dead_letter_for_postgres(store)
         finally:
             await store.close()
-        pg = PostgresStore(pg_dsn)
-        try:
-            await pg.init_schema()
-        finally:
-            await pg.close()
 
     asyncio.run(setup())
     flag = tmp_path / "primary"
-    env = {"SQLITE_PATH": str(sqlite_path), "POSTGRES_DSN": pg_dsn,
+    env = {"SQLITE_PATH": str(sqlite_schema_path), "POSTGRES_DSN": pg_schema_dsn,
            "READ_PRIMARY_FILE": str(flag)}
     refused = CliRunner().invoke(app, ["read-primary", "postgres"], env=env)
     assert refused.exit_code == 4  # refused, not bad usage (2)

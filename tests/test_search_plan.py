@@ -53,17 +53,16 @@ SELECTIVE = "c4ca4238a0b923820dcc509a6f75849b"  # md5('1'): in exactly one quest
 
 
 @pytest.fixture(scope="module")
-def big_dsn(pg_server_dsn: str) -> Iterator[str]:
+def big_dsn(pg_server_dsn: str, pg_template: str) -> Iterator[str]:
     """A database with 100k questions of one user, loaded in SQL (not through the store)."""
     name = f"cutover_plan_{uuid.uuid4().hex[:12]}"
     dsn = urlunsplit(urlsplit(pg_server_dsn)._replace(path="/" + name))
 
     async def setup() -> float:
         admin = await asyncpg.connect(pg_server_dsn)
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
         await admin.close()
         store = PostgresStore(dsn)
-        await store.init_schema()
         await store.create_user(id=USER, name="Big", email="big@example.com")
         await store.create_study_book(id=BOOK, user_id=USER, title="All of them")
         await store.close()
