@@ -29,6 +29,8 @@ from proxy.stores.postgres import PostgresStore
 from proxy.stores.sqlite import SQLiteStore
 from tests.convergence import differences
 
+pytestmark = pytest.mark.slow  # see pyproject.toml's markers
+
 SEEDS = range(12)
 
 

@@ -31,6 +31,8 @@ from proxy.stores.base import Mutation
 from proxy.stores.postgres import PostgresStore
 from proxy.stores.sqlite_schema import LEGACY_SCHEMA
 
+pytestmark = pytest.mark.slow  # see pyproject.toml's markers
+
 TS = "2024-03-05T12:34:56Z"
 TS_DT = datetime(2024, 3, 5, 12, 34, 56, tzinfo=UTC)
 

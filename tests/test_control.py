@@ -36,6 +36,7 @@ async def _until(check: object, timeout_s: float = 1.0) -> float:
     return loop.time() - start
 
 
+@pytest.mark.slow
 async def test_a_rolling_restart_with_a_new_read_primary_flips_the_fleet_once(
     sqlite_path: Path, pg_dsn: str
 ) -> None:
@@ -58,6 +59,7 @@ async def test_a_rolling_restart_with_a_new_read_primary_flips_the_fleet_once(
                     assert command.read_primary == "postgres"
 
 
+@pytest.mark.slow
 async def test_a_write_of_a_process_that_has_not_followed_is_fenced_and_retried(
     sqlite_path: Path, pg_dsn: str
 ) -> None:
@@ -100,6 +102,7 @@ async def test_a_store_refuses_a_write_with_another_epoch(
     assert (await store.read_control()) == Control("postgres", 8)
 
 
+@pytest.mark.slow
 async def test_dual_writes_off_is_recorded_for_all_and_blocks_a_rollback_unless_forced(
     sqlite_path: Path, pg_dsn: str
 ) -> None:
@@ -117,6 +120,7 @@ async def test_dual_writes_off_is_recorded_for_all_and_blocks_a_rollback_unless_
             assert running.read_primary == "sqlite"
 
 
+@pytest.mark.slow
 async def test_the_primary_file_fails_closed(
     sqlite_path: Path, pg_dsn: str, tmp_path: Path
 ) -> None:

@@ -28,6 +28,8 @@ from proxy.stores.base import ApplyResult, Mutation
 from tests.convergence import assert_converged
 from tests.pgcontrol import PrivateServer
 
+pytestmark = pytest.mark.slow  # see pyproject.toml's markers
+
 ENTITY_NAMES = [e.name for e in ENTITIES]
 
 

@@ -56,6 +56,7 @@ def test_the_policy() -> None:
     assert is_dead(entry, missing_parent, now=later)
 
 
+@pytest.mark.slow
 async def test_reconcile_and_the_repository_read_the_same_limit(
         sqlite_store: SQLiteStore, pg_store: PostgresStore, pg_schema_dsn: str, sqlite_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,6 +87,7 @@ async def test_reconcile_and_the_repository_read_the_same_limit(
         assert dead.mutation.row_id == bob.id and 3 <= dead.attempts < 10
 
 
+@pytest.mark.slow
 async def test_reconcile_waits_out_the_grace_for_a_missing_parent(
         sqlite_store: SQLiteStore, pg_store: PostgresStore, sqlite_path: Path) -> None:
     user = await sqlite_store.create_user(name="A", email="a@example.com")  # never mirrored
@@ -166,6 +168,7 @@ def test_the_cli_refuses_a_flip_to_a_store_with_dead_letters(
     assert flag.read_text().strip() == "postgres"
 
 
+@pytest.mark.slow
 async def test_the_http_endpoint_refuses_a_flip_to_a_store_with_dead_letters(
         sqlite_store: SQLiteStore, sqlite_path: Path, pg_dsn: str) -> None:
     from tests.test_service import ADMIN, bearer, client_for
@@ -200,6 +203,7 @@ async def test_verify_counts_dead_letters_as_differences(
     assert "no_bob" in dead["last_error"]
 
 
+@pytest.mark.slow
 def test_the_verify_command_exits_1_and_lists_dead_letters(
         both: Any, sqlite_path: Path, pg_dsn: str) -> None:
     from typer.testing import CliRunner
@@ -242,6 +246,7 @@ async def test_a_store_requeues_its_dead_letters(store: SQLiteStore | PostgresSt
     assert await store.outbox_requeue_dead(target) == 0
 
 
+@pytest.mark.slow
 async def test_reconcile_retry_dead_requeues_and_the_stores_converge(
         both: Any, sqlite_path: Path, pg_dsn: str) -> None:
     from typer.testing import CliRunner

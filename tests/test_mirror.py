@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
+import pytest
 from prometheus_client import CollectorRegistry
 
 from config import Settings
@@ -18,6 +19,8 @@ from proxy.models import USERS
 from proxy.stores.base import ApplyOutcome, Mutation
 from proxy.stores.postgres import PostgresStore
 from tests.convergence import assert_converged
+
+pytestmark = pytest.mark.slow  # see pyproject.toml's markers
 
 
 def _user(n: int) -> Mutation:

@@ -14,6 +14,8 @@ import pytest
 from proxy.errors import StoreUnavailable
 from proxy.stores.postgres import PostgresStore
 
+pytestmark = pytest.mark.slow  # see pyproject.toml's markers
+
 
 @pytest.fixture
 async def one(pg_schema_dsn: str) -> AsyncIterator[PostgresStore]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 from typer.testing import CliRunner
 
 from proxy.cli import app
@@ -87,6 +88,7 @@ async def corrupt_both_sides(sqlite_path: Path, pg_dsn: str) -> None:
                            "(SELECT id FROM learning_events ORDER BY id LIMIT 1)")
 
 
+@pytest.mark.slow
 async def test_repairs_from_sqlite_make_verify_agree(both: Any, sqlite_path: Path,
                                                      pg_dsn: str) -> None:
     await corrupt_both_sides(sqlite_path, pg_dsn)
@@ -110,6 +112,7 @@ async def test_repairs_from_sqlite_make_verify_agree(both: Any, sqlite_path: Pat
         await conn.close()
 
 
+@pytest.mark.slow
 def test_repairs_from_postgres_when_the_primary_file_says_so(
         both: Any, sqlite_path: Path, pg_dsn: str, tmp_path: Path) -> None:
     asyncio.run(corrupt_both_sides(sqlite_path, pg_dsn))

@@ -208,6 +208,7 @@ async def test_a_mirror_only_constraint_becomes_a_dead_letter_without_blocking(
                                          {"backend": "postgres"}) == 1
 
 
+@pytest.mark.slow
 async def test_read_primary_file_is_the_authority_and_is_watched(
     sqlite_path: Path, pg_dsn: str, tmp_path: Path
 ) -> None:
@@ -236,6 +237,7 @@ async def test_read_primary_file_is_the_authority_and_is_watched(
         assert flag.read_text().strip() == "postgres"
 
 
+@pytest.mark.slow
 async def test_flip_is_refused_while_writes_for_the_target_cannot_be_replayed(
     settings: Settings, switchable: SwitchableMirror,
 ) -> None:
@@ -254,6 +256,7 @@ async def test_flip_is_refused_while_writes_for_the_target_cannot_be_replayed(
         assert (await repo.get_user(user.id)).name == "Aiko 2"
 
 
+@pytest.mark.slow
 async def test_a_refused_flip_does_not_reach_the_primary_file(
     sqlite_path: Path, pg_dsn: str, tmp_path: Path, switchable: SwitchableMirror,
 ) -> None:
@@ -277,6 +280,7 @@ async def test_a_refused_flip_does_not_reach_the_primary_file(
         switchable.down = False
 
 
+@pytest.mark.slow
 async def test_the_shadow_runner_hears_when_each_primary_search_ends_even_a_failed_one(
     settings: Settings,
 ) -> None:

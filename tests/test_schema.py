@@ -21,6 +21,8 @@ from proxy import LEGACY_NAMESPACE, NotFoundError, PostgresStore, SQLiteStore
 from proxy.legacy import legacy_uuid
 from proxy.stores.sqlite_schema import LEGACY_SCHEMA as SQLITE_LEGACY_SCHEMA
 
+pytestmark = pytest.mark.slow  # see pyproject.toml's markers
+
 ROOT = Path(__file__).resolve().parents[1]
 LEGACY_SCHEMA_CANDIDATES = [ROOT / "docs" / "legacy_schema.sql",
                             ROOT.parent / "shared" / "legacy_schema.sql",

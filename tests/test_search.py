@@ -393,6 +393,7 @@ queries = st.one_of(
 )
 
 
+@pytest.mark.slow
 def test_any_string_is_a_list_or_a_validation_error(corpus: Corpus) -> None:
     """At least 2,000 generated strings on both stores: never a database error."""
     loop = asyncio.new_event_loop()

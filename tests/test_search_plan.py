@@ -29,6 +29,8 @@ from proxy.stores.postgres import (
 from proxy.stores.postgres_schema import SEARCH_INDEXES
 from proxy.stores.searchtext import FTS_CANDIDATES, parse_query
 
+pytestmark = pytest.mark.slow  # see pyproject.toml's markers
+
 ROWS = 100_000
 USER = uuid.UUID("00000000-0000-4000-8000-0000000000a1")
 BOOK = uuid.UUID("00000000-0000-4000-8000-0000000000b1")

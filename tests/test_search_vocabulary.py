@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import asyncpg
+import pytest
 
 from proxy import PostgresStore
 
@@ -18,6 +19,7 @@ async def _probe(store: PostgresStore, user_id: uuid.UUID) -> list[tuple[Any, ..
     return [(str(h.question_id), h.match_kind, h.score, h.highlight) for h in hits]
 
 
+@pytest.mark.slow
 async def test_another_users_words_never_change_a_typos_corrections(
         pg_store: PostgresStore, pg_schema_dsn: str) -> None:
     attacker = await pg_store.create_user(name="eve", email="eve@example.com")
@@ -49,6 +51,7 @@ async def test_another_users_words_never_change_a_typos_corrections(
         await conn.close()
 
 
+@pytest.mark.slow
 async def test_the_vocabulary_counts_each_books_questions(
         pg_store: PostgresStore, pg_schema_dsn: str) -> None:
     """Words come and go with the questions that hold them: insert, update (text or book),
