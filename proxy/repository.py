@@ -182,7 +182,8 @@ class Repository(EntityMethods):
         self._pending_rows: frozenset[uuid.UUID] = frozenset()
         self._outbox: dict[str, OutboxStats] = {}
         self._replay_interval_s = replay_interval_s
-        self._drain_timeout_s = 15.0
+        #: how long a flip waits for the writes pending for its target before `FlipRefused`
+        self.drain_timeout_s = 15.0
         self._batch = {b: REPLAY_BATCH for b in BACKENDS}
         self._mirror_writes = 0
         self.verdict: Verdict | None = None
@@ -396,7 +397,7 @@ class Repository(EntityMethods):
     async def _drain_to(self, target: Backend) -> None:
         """Replay every pending write for `target`; raise if some remain after the timeout, or
         if dead letters for it are waiting (the store would take over without their rows)."""
-        deadline = time.monotonic() + self._drain_timeout_s
+        deadline = time.monotonic() + self.drain_timeout_s
         source = self._stores[_other(target)]
         while True:
             await self._replay_pass(source, target)

@@ -72,15 +72,28 @@ async def _one_write(repo: Repository, rng: random.Random, n: int) -> None:
         await rng.choice(writes)()
 
 
+class InlineRefused:
+    """A real store that refuses inline mirror writes: after the first, the repository tries no
+    more (its breaker opens), so every mirror write waits in the primary's outbox."""
+
+    def __init__(self, store: SQLiteStore | PostgresStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def apply_inline(self, mutations: Any) -> Any:
+        raise ConnectionError("inline mirror writes refused")
+
+
 async def _history_then_shuffled_mirror(
     primary: SQLiteStore | PostgresStore, mirror: SQLiteStore | PostgresStore,
     settings: Settings, seed: int,
 ) -> list[str]:
     rng = random.Random(seed)
-    stores = {primary.backend: primary, mirror.backend: mirror}
+    stores = {primary.backend: primary, mirror.backend: InlineRefused(mirror)}
     repo = Repository(settings, stores["sqlite"], stores["postgres"],  # type: ignore[arg-type]
                       metrics=Metrics(CollectorRegistry()))
-    repo._breaker_open[mirror.backend] = True  # every mirror write waits in the outbox
     for n in range(120):
         await _one_write(repo, rng, n)
     pending = await primary.outbox_pending(mirror.backend, 10_000)

@@ -247,7 +247,7 @@ async def test_flip_is_refused_while_writes_for_the_target_cannot_be_replayed(
         user = await repo.create_user(name="Aiko", email="aiko@example.com")
         switchable.down = True
         await repo.update_user(user.id, name="Aiko 2")  # mirror fails: pending for postgres
-        repo._drain_timeout_s = 0.5
+        repo.drain_timeout_s = 0.5
         with pytest.raises(FlipRefused):
             await repo.set_read_primary("postgres")
         assert repo.read_primary == "sqlite"
@@ -271,7 +271,7 @@ async def test_a_refused_flip_does_not_reach_the_primary_file(
         user = await repo.create_user(name="Aiko", email="aiko@example.com")
         switchable.down = True
         await repo.update_user(user.id, name="Aiko 2")
-        repo._drain_timeout_s = 0.3
+        repo.drain_timeout_s = 0.3
         with pytest.raises(FlipRefused):
             await repo.set_read_primary("postgres")
         await asyncio.sleep(1.2)  # the file watcher polls every 0.5 s
