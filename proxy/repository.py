@@ -457,12 +457,16 @@ class Repository(EntityMethods):
         self._count(primary.backend, entity, op, "ok", start)
         if written.seq is None:
             return written.row
-        if written.cascaded:  # the children's own entries: for the replay loop, soon
-            self._scan_due = True
-            self._wake.set()
         # the mirror write carries what the primary committed, with the primary's version, and
         # starts only once the primary has committed: the mirror follows the primary's order
         mutation = Mutation(entity.name, op, row_id, written.version, written.row)
+        if written.cascaded:
+            # the mirror deletes the row once its children's entries have applied: the replay
+            # loop takes them all in one batch, children first (`apply_following`)
+            self._scan_due = True
+            self._wake.set()
+            self.metrics.observe_write(target, entity.name, op, "deferred", 0.0)
+            return written.row
         if self._breaker_open[target]:
             self.metrics.observe_write(target, entity.name, op, "deferred", 0.0)
             self._wake.set()
