@@ -71,9 +71,8 @@ class HistoryConfig:
     events: int = 2
     rounds: int = 4  # the load in rounds, each drained and compared
     flips: bool = False
-    # re-create deleted parents (users, books, questions) with the same id: the mirror's own
-    # foreign-key actions can then still race a child's arrival (see the issue 22 note); the
-    # suite runs without, bench/soak.py with (its default)
+    # re-create deleted parents (users, books, questions) with the same id, racing their
+    # children's writes; without, parents die out as the history goes on
     recreate_parents: bool = True
     flip_every_s: float = 0.15
     mirror_timeout_ms: int = 2000
