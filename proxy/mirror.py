@@ -56,7 +56,7 @@ async def apply_following(
     primary kept it. Writes missing a parent are settled by `settle_missing_parents`."""
     batch = list(mutations)
     parents = sorted((i for i, m in enumerate(batch) if deletes_a_parent(m)),
-                     key=lambda i: -DEPTH[batch[i].entity])
+                     key=lambda i: _CHILDREN_FIRST[batch[i].entity])
     others = [i for i, m in enumerate(batch) if not deletes_a_parent(m)]
     results = [WAITS] * len(batch)
     for chosen, apply in ((others, mirror.apply), (parents, mirror.delete_parents)):
@@ -66,11 +66,9 @@ async def apply_following(
     return await settle_missing_parents(primary, mirror, batch, results)
 
 
-#: how far down the references a table sits (users 0): children's deletes go before parents'
-DEPTH: dict[str, int] = {}
-for _entity in ENTITIES:  # parents come before their children in ENTITIES
-    DEPTH[_entity.name] = max((DEPTH[p.name] + 1 for p in ENTITIES for child, _ in
-                               REFERENCED_BY[p.table] if child is _entity), default=0)
+#: ENTITIES lists parents before their children: deletes go the other way
+_CHILDREN_FIRST = {e.name: -i for i, e in enumerate(ENTITIES)}
+
 
 async def settle_missing_parents(
     primary: Store, mirror: Store, mutations: Sequence[Mutation],
