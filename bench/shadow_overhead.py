@@ -97,7 +97,7 @@ from bench.corpus import Query, build_corpus, build_queries
 from bench.parity import load
 from config import Settings
 from proxy import open_repository
-from proxy.faces import configure_logging
+from proxy.app.demo_serve_commands import configure_logging
 from proxy.repository import Repository
 from shadow.worker import MAX_OUTSTANDING
 

@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry
 from config import Settings
 from config.settings import BACKENDS, Backend, ConfigError
 from metrics import Metrics
-from proxy.api import EntityMethods, stamp_create, stamp_update
+from proxy.entity_methods import EntityMethods, stamp_create, stamp_update
 from proxy.clock import next_version
 from proxy.codec import now_utc
 from proxy.connect import resolve_dsn
@@ -859,7 +859,7 @@ async def open_repository(
     try:
         if init_schema:
             # a legacy app.db is upgraded in place only after the backup `schema init` writes
-            from proxy.schema import backup_sqlite, needs_upgrade
+            from proxy.app.schema_commands import backup_sqlite, needs_upgrade
 
             if needs_upgrade(settings.sqlite_path):
                 backup_sqlite(settings.sqlite_path)

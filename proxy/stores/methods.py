@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from proxy.api import EntityMethods, stamp_create, stamp_update
+from proxy.entity_methods import EntityMethods, stamp_create, stamp_update
 from proxy.clock import next_version
 from proxy.codec import now_utc
 from proxy.errors import NotFoundError

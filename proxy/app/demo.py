@@ -1,6 +1,6 @@
 """`cutover demo`: the whole cutover on one machine in under a minute.
 
-Creates both schemas, loads sample questions made from Python docstrings (`proxy.sample_data`),
+Creates both schemas, loads sample questions made from Python docstrings (`proxy.app.sample_data`),
 then runs a mixed write/read/search workload through the repository with every search shadowed,
 flips the primary to the other store mid-run and back (the rollback), and returns a summary: writes
 and mirror failures per store and shadow figures read back from the Prometheus registry, latencies
@@ -38,7 +38,7 @@ from metrics import (
 )
 from proxy.errors import NotFoundError, StoreUnavailable, ValidationError
 from proxy.repository import FlipRefused, Repository, open_repository
-from proxy.sample_data import (
+from proxy.app.sample_data import (
     ACTIONS,
     APPS,
     DEMO_USERS,

@@ -133,7 +133,7 @@ def schema_init(
                                 help="Copy an existing SQLite file before changing it."),
 ) -> None:
     """Create the schema on both stores (safe to run again); upgrade a legacy app.db in place."""
-    from proxy.schema import init_both
+    from proxy.app.schema_commands import init_both
 
     settings = load_settings()
     report: dict[str, Any] = run(lambda: init_both(settings, backup=backup))
@@ -145,7 +145,7 @@ def _register() -> None:
     """Import the modules that add their verbs (kept optional while they are being built)."""
     import importlib
 
-    for module in ("proxy.ops", "proxy.migrate.cli", "proxy.faces"):
+    for module in ("proxy.app.ops_commands", "proxy.app.migrate_commands", "proxy.app.demo_serve_commands"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -1,4 +1,4 @@
-"""The `backfill`, `verify` and `reconcile` verbs of `cutover` (registered on `proxy.cli.app`)."""
+"""The `backfill`, `verify` and `reconcile` verbs of `cutover` (registered on `proxy.app.cli.app`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from config import Settings
-from proxy.cli import EXIT_DIFFER, EXIT_USAGE, app, fail, load_settings, run
+from proxy.app.cli import EXIT_DIFFER, EXIT_USAGE, app, fail, load_settings, run
 
 
 @contextmanager

@@ -17,7 +17,7 @@ import typer
 
 from config import Settings
 from config.settings import Backend
-from proxy.cli import (
+from proxy.app.cli import (
     EXIT_DIFFER,
     EXIT_REFUSED,
     EXIT_USAGE,

@@ -1,4 +1,4 @@
-"""The `cutover demo` and `cutover serve` commands (registered on `proxy.cli.app` at import)."""
+"""The `cutover demo` and `cutover serve` commands (registered on `proxy.app.cli.app` at import)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import structlog
 import typer
 
 from config import Settings
-from proxy.cli import EXIT_USAGE, app, fail, load_settings, run
+from proxy.app.cli import EXIT_USAGE, app, fail, load_settings, run
 
 
 def configure_logging(level: int, *, json_lines: bool) -> None:
@@ -97,7 +97,7 @@ def demo(
                                   help="Sample questions to load (from Python docstrings)."),
 ) -> None:
     """`cutover demo` (see DEMO_HELP)."""
-    from proxy.demo import DemoOptions, format_summary, run_demo
+    from proxy.app.demo import DemoOptions, format_summary, run_demo
 
     settings = load_settings()
     refuse_unupgraded_legacy_db(settings)
@@ -171,7 +171,7 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
     from prometheus_client import CollectorRegistry
 
     from proxy.repository import open_repository
-    from proxy.service import create_app
+    from proxy.app.service import create_app
 
     async with open_repository(settings, registry=CollectorRegistry()) as repo:
         host, port = sock.getsockname()[:2]

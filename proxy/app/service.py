@@ -655,7 +655,7 @@ def create_app(
             if dead:
                 raise FlipRefused(f"cannot flip to {target}: {flip_refusal(dead, target)}")
         if target == "postgres" and target != repo.read_primary and not body.force:
-            from proxy.demo import current_verdict
+            from proxy.app.demo import current_verdict
 
             verdict = await current_verdict(repo)
             if verdict is not None and not verdict["go"]:
