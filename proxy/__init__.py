@@ -3,6 +3,7 @@
 from proxy.connect import open_store
 from proxy.errors import (
     CutoverError,
+    FlipRefused,
     NotFoundError,
     OutcomeUnknown,
     StoreUnavailable,
@@ -10,7 +11,7 @@ from proxy.errors import (
 )
 from proxy.legacy import LEGACY_NAMESPACE
 from proxy.models import LearningEvent, Question, SearchResult, StudyBook, TypingLog, User
-from proxy.repository import FlipRefused, Repository, open_repository
+from proxy.repository import Repository, open_repository
 from proxy.stores import PostgresStore, SQLiteStore, Store
 
 __all__ = [

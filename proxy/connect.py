@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from config import Settings
-from proxy.control import Control, newest
 from proxy.embedded import DEFAULT_DATA_DIR, embedded_dsn
 from proxy.stores.postgres import PostgresStore
 from proxy.stores.sqlite import SQLiteStore
@@ -43,17 +42,3 @@ async def open_store(
     finally:
         await store.close()
 
-
-async def read_record(settings: Settings) -> Control | None:
-    """The control record (the newest copy of the two stores'), for a command that acts
-    beside the running processes; None when neither store holds one yet."""
-    from proxy.errors import StoreUnavailable
-
-    records = []
-    for backend in ("sqlite", "postgres"):
-        try:
-            async with open_store(settings, backend) as store:
-                records.append(await store.read_control())
-        except StoreUnavailable:
-            continue  # the other copy answers
-    return newest(*records)

@@ -27,8 +27,8 @@ from typer.testing import CliRunner
 from config import Settings
 from proxy import NotFoundError, Repository, ValidationError, open_repository
 from proxy.app.cli import app as cli_app
-from proxy.legacy import legacy_uuid
 from proxy.app.sample_data import sample_questions
+from proxy.legacy import legacy_uuid
 from proxy.stores.sqlite_schema import LEGACY_SCHEMA
 
 LEGACY_SCHEMA_FILES = [Path(__file__).resolve().parents[1] / "docs" / "legacy_schema.sql",

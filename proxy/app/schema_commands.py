@@ -2,45 +2,35 @@
 
 from __future__ import annotations
 
-import sqlite3
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
+import typer
+
 from config import Settings
+from proxy.app.cli import app, load_settings, run
 from proxy.connect import open_store
-from proxy.stores.sqlite_schema import is_legacy_database
+from proxy.sqlite_file import backup_sqlite, is_legacy_file
+
+schema_app = typer.Typer(help="Create or upgrade the schema on both stores.", no_args_is_help=True)
+app.add_typer(schema_app, name="schema")
 
 
-def backup_sqlite(path: Path) -> Path:
-    """Copy the database beside itself (consistent even while in use) and return the copy."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    target = path.with_name(f"{path.name}.bak-{stamp}")
-    src = sqlite3.connect(path)
-    try:
-        dst = sqlite3.connect(target)
-        with dst:
-            src.backup(dst)
-        dst.close()
-    finally:
-        src.close()
-    return target
-
-
-def needs_upgrade(path: Path) -> bool:
-    if not path.exists() or path.stat().st_size == 0:
-        return False
-    conn = sqlite3.connect(path)
-    try:
-        return is_legacy_database(conn)
-    finally:
-        conn.close()
+@schema_app.command("init")
+def schema_init(
+    backup: bool = typer.Option(True, "--backup/--no-backup",
+                                help="Copy an existing SQLite file before changing it."),
+) -> None:
+    """Create the schema on both stores (safe to run again); upgrade a legacy app.db in place."""
+    settings = load_settings()
+    report: dict[str, Any] = run(lambda: init_both(settings, backup=backup))
+    for line in report["lines"]:
+        typer.echo(line)
 
 
 async def init_both(settings: Settings, *, backup: bool = True) -> dict[str, Any]:
     lines = []
     path = settings.sqlite_path
-    if backup and needs_upgrade(path):
+    if backup and is_legacy_file(path):
         lines.append(f"sqlite: backup written to {backup_sqlite(path)}")
     async with open_store(settings, "sqlite") as sqlite_store:
         await sqlite_store.init_schema()
