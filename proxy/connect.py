@@ -1,10 +1,12 @@
-"""Opening stores from settings (the embedded PostgreSQL default included)."""
+"""Opening stores from settings (the embedded PostgreSQL default included), and for the shadow
+worker's child."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from config import Settings
@@ -42,3 +44,16 @@ async def open_store(
     finally:
         await store.close()
 
+
+@dataclass(frozen=True, slots=True)
+class SearchStores:
+    """What the shadow worker's child searches (`shadow.worker.OpenSearchers`): both stores,
+    opened in the child, with no more connections or reader threads than its searches at once.
+    Pickled to the child: plain fields only."""
+
+    sqlite_path: Path | str
+    dsn: str
+
+    def __call__(self, concurrency: int) -> dict[str, SQLiteStore | PostgresStore]:
+        return {"sqlite": SQLiteStore(self.sqlite_path, readers=concurrency),
+                "postgres": PostgresStore(self.dsn, min_size=1, max_size=concurrency)}

@@ -36,7 +36,7 @@ from config.settings import BACKENDS, Backend, ConfigError, other_backend
 from metrics import Metrics
 from proxy.clock import next_version
 from proxy.codec import now_utc
-from proxy.connect import resolve_dsn
+from proxy.connect import SearchStores, resolve_dsn
 from proxy.control import Control, newest
 from proxy.deadletters import is_dead
 from proxy.entity_methods import EntityMethods, stamp_create, stamp_update
@@ -847,17 +847,18 @@ async def open_repository(
             await postgres.init_schema()
         shadow_store = ShadowStore(shadow_store_path or default_shadow_path(settings))
         repo = Repository(settings, sqlite, postgres, metrics=metrics)
-        in_process = settings.shadow_worker == "process"
+        in_child = settings.shadow_worker == "process"
         repo.shadow = ShadowRunner(
             metrics, sample_rate=settings.shadow_sample_rate,
             timeout_s=settings.shadow_timeout_ms / 1000, store=shadow_store,
             pending_rows=repo.pending_rows,
-            max_concurrency=SHADOWS_IN_FLIGHT if in_process else DEFAULT_MAX_CONCURRENCY,
+            max_concurrency=SHADOWS_IN_FLIGHT if in_child else DEFAULT_MAX_CONCURRENCY,
         )
-        if in_process:
+        if in_child:
             # the child searches, compares and records (log lines, the store's rows) itself
             worker = SearchWorker(
-                settings.sqlite_path, dsn, timeout_s=settings.shadow_timeout_ms / 1000,
+                SearchStores(settings.sqlite_path, dsn),
+                timeout_s=settings.shadow_timeout_ms / 1000,
                 recording=Recording.like(repo.shadow.recorder),
                 on_internal_error=metrics.shadow_internal_error,
             )
