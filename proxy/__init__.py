@@ -1,4 +1,5 @@
-"""The dual-write repository for the SQLite -> PostgreSQL cutover, and the two stores."""
+"""The dual-write repository for the SQLite -> PostgreSQL cutover, and the two stores (the
+application built on them, the `cutover` commands, the service and the demo, is `proxy.app`)."""
 
 from proxy.connect import open_store
 from proxy.errors import (
