@@ -42,10 +42,10 @@ from prometheus_client import CollectorRegistry
 from config import Settings
 from config.settings import Backend
 from metrics import Metrics
-from proxy.errors import NotFoundError, StoreUnavailable, ValidationError
+from proxy.errors import FlipRefused, NotFoundError, StoreUnavailable, ValidationError
 from proxy.models import LEARNING_EVENTS, QUESTIONS, STUDY_BOOKS, TYPING_LOGS, USERS
 from proxy.models import Entity as EntitySpec
-from proxy.repository import FlipRefused, Repository
+from proxy.repository import Repository
 from proxy.stores.postgres import PostgresStore
 from proxy.stores.sqlite import SQLiteStore
 from tests.convergence import differences
