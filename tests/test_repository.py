@@ -60,6 +60,17 @@ def settings(sqlite_path: Path, pg_dsn: str) -> Settings:
     return Settings(sqlite_path=sqlite_path, postgres_dsn=pg_dsn, shadow_sample_rate=1.0)
 
 
+async def test_a_store_given_to_open_repository_is_used_and_left_open(settings: Settings) -> None:
+    store = SQLiteStore(settings.sqlite_path)
+    try:
+        async with open_repository(settings, stores={"sqlite": store}) as repo:
+            assert repo.stores["sqlite"] is store
+            user = await repo.create_user(name="Aiko", email="aiko@example.com")
+        assert await store.get_row(USERS, user.id) is not None  # still the caller's, still open
+    finally:
+        await store.close()
+
+
 async def test_writes_reach_both_stores_and_reads_follow_the_flag(settings: Settings) -> None:
     registry = CollectorRegistry()
     async with open_repository(settings, registry=registry) as repo:
