@@ -104,3 +104,19 @@ async def test_an_unreachable_server_is_unavailable_not_a_crash() -> None:
             await store.ping()
     finally:
         await store.close()
+
+
+async def test_first_calls_together_open_one_pool(pg_dsn: str) -> None:
+    """Calls that came together as a store's first each made a pool, and all but one were
+    left open: more connections than `max_size`, kept (and reconnecting) after `close`."""
+    store = PostgresStore(pg_dsn, min_size=2, max_size=3)
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        await asyncio.gather(*(store.ping() for _ in range(8)))
+        held = await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()")
+        await store.close()
+    finally:
+        await admin.close()
+    assert held <= 3
