@@ -454,18 +454,13 @@ class Repository(EntityMethods):
         # the mirror write carries what the primary committed, with the primary's version, and
         # starts only once the primary has committed: the mirror follows the primary's order
         mutation = Mutation(entity.name, op, row_id, written.version, written.row)
-        if written.cascaded:
-            # the mirror deletes the row once its children's entries have applied: the replay
-            # loop takes them all in one batch, children first (`apply_following`)
+        if written.cascaded:  # their own entries too: the replay loop finds them applied
             self._scan_due = True
-            self._wake.set()
-            self.metrics.observe_write(target, entity.name, op, "deferred", 0.0)
-            return written.row
         if self._breaker_open[target]:
             self.metrics.observe_write(target, entity.name, op, "deferred", 0.0)
             self._wake.set()
             return written.row
-        await self._mirror(mutation, written.seq, primary.backend, target)
+        await self._mirror(mutation, written.seq, primary.backend, target, written.cascaded)
         return written.row
 
     async def _primary_write(
@@ -502,8 +497,10 @@ class Repository(EntityMethods):
                       reason=exc.reason)
             raise
 
-    async def _mirror(self, mutation: Mutation, seq: int, source: str, target: Backend) -> None:
-        """Mirror one committed write inline, within the timeout; never raises. A failure or a
+    async def _mirror(self, mutation: Mutation, seq: int, source: str, target: Backend,
+                      cascaded: Sequence[Mutation] = ()) -> None:
+        """Mirror one committed write inline (a delete with the writes its ON DELETE rules
+        made, which the mirror applies first), within the timeout; never raises. A failure or a
         timeout leaves the outbox entry to the replay loop and opens the breaker."""
         self._mirror_writes += 1
         start = time.perf_counter()
@@ -511,10 +508,11 @@ class Repository(EntityMethods):
         try:
             primary, mirror = self._stores[source], self._stores[target]
             if deletes_a_parent(mutation):
-                # a parent's delete looks at its children first (`apply_following`): rare
-                # enough to skip the batching pipeline
-                result = (await self._bounded(apply_following(primary, mirror, [mutation]),
-                                              self._mirror_timeout_s))[0]
+                # a parent's delete goes after its children's writes (`apply_following`):
+                # rare enough to skip the batching pipeline
+                result = (await self._bounded(
+                    apply_following(primary, mirror, [*cascaded, mutation]),
+                    self._mirror_timeout_s))[-1]
             else:
                 result = await self._pipelines[target].submit(mutation)  # within its timeout
                 if result is not TIMED_OUT:

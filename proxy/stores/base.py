@@ -88,12 +88,13 @@ WAITS = ApplyResult(ApplyOutcome.FAILED, "rows on this store still reference the
 class Written(NamedTuple):
     """What a primary write committed: the row after it (None for a delete), the outbox seq
     of its mirror write (None without a target), the version the primary gave it, and for a
-    delete how many other rows its ON DELETE rules changed (each with an outbox entry)."""
+    delete the writes its ON DELETE rules made (children deleted or set to NULL, each with an
+    outbox entry of its own)."""
 
     row: dict[str, Any] | None
     seq: int | None
     version: int
-    cascaded: int = 0
+    cascaded: tuple[Mutation, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -306,7 +306,7 @@ class PostgresStore(StoreMethods):
         except UNAVAILABLE as exc:
             raise StoreUnavailable("postgres", _reason(exc)) from exc
         assert row is not None
-        return Written(None, row["outbox_seq"], row["row_version"], cascaded)
+        return Written(None, row["outbox_seq"], row["row_version"], tuple(cascaded))
 
     # -- the control record (see proxy.control) --
     async def read_control(self) -> Control | None:
@@ -796,18 +796,18 @@ def _delete_primary_sql(entity: Entity, key: str = "id = $1") -> str:
     version, the tombstone and the outbox entry in one statement."""
     return (
         f"WITH {_delete_cte(entity, key)}, {_outbox_cte(entity, 'delete', '$3')} "
-        "SELECT r.row_version, (SELECT max(seq) FROM o) AS outbox_seq FROM r"
+        "SELECT r.id, r.row_version, (SELECT max(seq) FROM o) AS outbox_seq FROM r"
     )
 
 
 async def _cascade(
     conn: asyncpg.Connection, entity: Entity, ids: list[uuid.UUID], clock: int,
     targets: list[str],
-) -> int:
+) -> list[Mutation]:
     """Carry out the ON DELETE rules for rows of `entity` about to be deleted, as writes of our
     own (see the SQLite store's `_cascade`); children are locked before their own children are
-    looked at. Returns how many rows changed."""
-    changed = 0
+    looked at. Returns those writes, children's children first."""
+    changed: list[Mutation] = []
     for child, column in REFERENCED_BY[entity.table]:
         if column.on_delete == "CASCADE":
             doomed = [r["id"] for r in await conn.fetch(
@@ -815,15 +815,19 @@ async def _cascade(
                 "FOR UPDATE", ids)]
             if doomed:
                 changed += await _cascade(conn, child, doomed, clock, targets)
-                changed += len(await conn.fetch(
-                    _delete_primary_sql(child, "id = ANY($1::uuid[])"), doomed, clock, targets))
+                changed += [Mutation(child.name, "delete", r["id"], r["row_version"])
+                            for r in await conn.fetch(
+                                _delete_primary_sql(child, "id = ANY($1::uuid[])"),
+                                doomed, clock, targets)]
         else:
-            changed += await conn.fetchval(
-                f"WITH r AS (UPDATE {child.table} SET {column.name} = NULL, "
-                f"row_version = GREATEST({child.table}.row_version + 1, $2) "
-                f"WHERE {column.name} = ANY($1::uuid[]) RETURNING *), "
-                f"{_outbox_cte(child, 'update', '$3')} SELECT count(*) FROM r",
-                ids, clock, targets)
+            changed += [Mutation(child.name, "update", r["id"], r["row_version"],
+                                 from_postgres(child, r))
+                        for r in await conn.fetch(
+                            f"WITH r AS (UPDATE {child.table} SET {column.name} = NULL, "
+                            f"row_version = GREATEST({child.table}.row_version + 1, $2) "
+                            f"WHERE {column.name} = ANY($1::uuid[]) RETURNING *), "
+                            f"{_outbox_cte(child, 'update', '$3')} SELECT * FROM r",
+                            ids, clock, targets)]
     return changed
 
 

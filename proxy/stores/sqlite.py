@@ -245,7 +245,7 @@ class SQLiteStore(StoreMethods):
                                  (str(row_id),)).fetchone()
             version = max((found[0] or 0) + 1, clock)
             _tombstone(conn, entity, row_id, version)
-            return Written(None, _outbox_add(conn, outbox, version), version, cascaded)
+            return Written(None, _outbox_add(conn, outbox, version), version, tuple(cascaded))
 
         return await self._run(tx, write=True, grouped=True)
 
@@ -471,12 +471,12 @@ def _outbox_add(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], version: 
 def _cascade(
     conn: sqlite3.Connection, entity: Entity, ids: list[str], clock: int,
     targets: Sequence[str],
-) -> int:
+) -> list[Mutation]:
     """Carry out the ON DELETE rules for rows of `entity` about to be deleted, as writes of our
     own: each child deleted or set to NULL gets a version, a tombstone and an outbox entry, as
     any write does (left to the foreign keys, a mirror could never learn of them, and a late
-    write of such a child could come back). Returns how many rows changed."""
-    changed = 0
+    write of such a child could come back). Returns those writes, children's children first."""
+    changed: list[Mutation] = []
     listed = json.dumps(ids)
     for child, column in REFERENCED_BY[entity.table]:
         where = f"{column.name} IN (SELECT value FROM json_each(?))"
@@ -493,7 +493,7 @@ def _cascade(
                 version = max((old or 0) + 1, clock)
                 _tombstone(conn, child, child_id, version)
                 _outbox_add(conn, _outbox_rows(targets, child, "delete", child_id, None), version)
-                changed += 1
+                changed.append(Mutation(child.name, "delete", uuid.UUID(child_id), version))
         else:
             for r in conn.execute(
                 f"UPDATE {child.table} SET {column.name} = NULL, "
@@ -503,7 +503,7 @@ def _cascade(
                 row = from_sqlite(child, r)
                 _outbox_add(conn, _outbox_rows(targets, child, "update", row["id"],
                                                encode_row(child.name, row)), r["row_version"])
-                changed += 1
+                changed.append(Mutation(child.name, "update", row["id"], r["row_version"], row))
     return changed
 
 
