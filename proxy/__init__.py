@@ -5,6 +5,7 @@ from proxy.errors import (
     CutoverError,
     NotFoundError,
     OutcomeUnknown,
+    SchemaMismatch,
     StoreUnavailable,
     ValidationError,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "Question",
     "Repository",
     "SQLiteStore",
+    "SchemaMismatch",
     "SearchResult",
     "Store",
     "StoreUnavailable",

@@ -141,6 +141,27 @@ def schema_init(
         typer.echo(line)
 
 
+@schema_app.command("status")
+def schema_status(
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON document."),
+) -> None:
+    """Each store's schema revision and whether they match (exit 1 when they differ)."""
+    import json
+
+    from proxy.schema import schema_status as status
+
+    report: dict[str, Any] = run(lambda: status(load_settings()))
+    if json_out:
+        typer.echo(json.dumps(report))
+    else:
+        for store in ("sqlite", "postgres"):
+            typer.echo(f"{store}: {report[store] or 'no recorded revision'}")
+        verdict = ("the stores match" if report["match"]
+                   else "the stores DIFFER: run `cutover schema init`")
+        typer.echo(f"newest: {report['head']}; {verdict}")
+    raise typer.Exit(EXIT_OK if report["match"] else EXIT_DIFFER)
+
+
 def _register() -> None:
     """Import the modules that add their verbs (kept optional while they are being built)."""
     import importlib

@@ -4,6 +4,7 @@
     ├── ValidationError (also ValueError)   bad input, raised before any store is touched
     ├── NotFoundError (also LookupError)    the row does not exist
     ├── Fenced                              a write carried an epoch its store has left behind
+    ├── SchemaMismatch                      the two stores are at different schema revisions
     └── StoreUnavailable                    the primary could not be reached; nothing changed
         └── OutcomeUnknown                  the primary did not answer in time: the write
                                             may still commit (retry with the same id)
@@ -60,3 +61,16 @@ class Fenced(CutoverError):
         self.epoch = epoch
         self.current = current
         super().__init__(f"{backend} is at epoch {current}, the write carried {epoch}")
+
+
+class SchemaMismatch(CutoverError):
+    """Raised when the repository opens on two stores at different schema revisions: a mirror
+    write could name a column one of them lacks."""
+
+    def __init__(self, sqlite: str | None, postgres: str | None) -> None:
+        self.sqlite = sqlite
+        self.postgres = postgres
+        super().__init__(
+            f"the stores are at different schema revisions (sqlite {sqlite or 'unrecorded'}, "
+            f"postgres {postgres or 'unrecorded'}): run `cutover schema init` to bring both "
+            "to the newest")

@@ -42,7 +42,14 @@ from proxy.codec import now_utc
 from proxy.connect import resolve_dsn
 from proxy.control import Control, newest
 from proxy.deadletters import flip_refusal, is_dead
-from proxy.errors import CutoverError, Fenced, NotFoundError, OutcomeUnknown, StoreUnavailable
+from proxy.errors import (
+    CutoverError,
+    Fenced,
+    NotFoundError,
+    OutcomeUnknown,
+    SchemaMismatch,
+    StoreUnavailable,
+)
 from proxy.mirror import (
     TIMED_OUT,
     MirrorPipeline,
@@ -841,6 +848,17 @@ def default_shadow_path(settings: Settings) -> Path:
     return settings.sqlite_path.with_name("shadow.db")
 
 
+async def _same_schema_revision(sqlite: SQLiteStore, postgres: PostgresStore) -> None:
+    """Refuse to open on stores at different schema revisions (`SchemaMismatch`). A store that
+    does not answer is not compared: the repository opens without it, as before."""
+    try:
+        revisions = await sqlite.schema_revision(), await postgres.schema_revision()
+    except StoreUnavailable:
+        return
+    if revisions[0] != revisions[1]:
+        raise SchemaMismatch(*revisions)
+
+
 @asynccontextmanager
 async def open_repository(
     settings: Settings, *, registry: CollectorRegistry | None = None,
@@ -865,6 +883,7 @@ async def open_repository(
                 backup_sqlite(settings.sqlite_path)
             await sqlite.init_schema()
             await postgres.init_schema()
+        await _same_schema_revision(sqlite, postgres)
         shadow_store = ShadowStore(shadow_store_path or default_shadow_path(settings))
         repo = Repository(settings, sqlite, postgres, metrics=metrics)
         in_process = settings.shadow_worker == "process"

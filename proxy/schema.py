@@ -1,4 +1,5 @@
-"""`cutover schema init`: both schemas, with a backup of an existing SQLite file first."""
+"""`cutover schema init` and `status`: both stores to the newest revision (with a backup of a
+legacy SQLite file first), and the revision each store is at."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from config import Settings
 from proxy.connect import open_store
+from proxy.stores import migrations
 from proxy.stores.sqlite_schema import is_legacy_database
 
 
@@ -44,8 +46,30 @@ async def init_both(settings: Settings, *, backup: bool = True) -> dict[str, Any
         lines.append(f"sqlite: backup written to {backup_sqlite(path)}")
     async with open_store(settings, "sqlite") as sqlite_store:
         await sqlite_store.init_schema()
-        lines.append(f"sqlite: schema ready at {path}")
+        lines.append(f"sqlite: schema at {await sqlite_store.schema_revision()} ({path})")
     async with open_store(settings, "postgres") as pg_store:
         await pg_store.init_schema()
-        lines.append(f"postgres: schema ready ({settings.safe_dsn})")
+        lines.append(f"postgres: schema at {await pg_store.schema_revision()} "
+                     f"({settings.safe_dsn})")
     return {"lines": lines}
+
+
+def _sqlite_revision(path: Path) -> str | None:
+    """The file's recorded revision, read without creating or changing anything."""
+    if not path.exists():
+        return None
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return migrations.sqlite_revision(conn)
+    finally:
+        conn.close()
+
+
+async def schema_status(settings: Settings) -> dict[str, Any]:
+    """Each store's schema revision, the newest this code knows, and whether they match."""
+    sqlite = _sqlite_revision(settings.sqlite_path)
+    async with open_store(settings, "postgres") as pg_store:
+        postgres = await pg_store.schema_revision()
+    newest = migrations.head()
+    return {"sqlite": sqlite, "postgres": postgres, "head": newest,
+            "match": sqlite == postgres, "at_head": sqlite == postgres == newest}
