@@ -71,9 +71,15 @@ def _upgrade(conn: sa.Connection, cfg: Config, target: str) -> None:
     if current is not None and current not in {r.revision for r in script.walk_revisions()}:
         return
     cfg.attributes["connection"] = conn
-    if current is None and sa.inspect(conn).has_table("users"):
+    if is_unrecorded_schema(conn):
         command.stamp(cfg, LEGACY)
     command.upgrade(cfg, target)
+
+
+def is_unrecorded_schema(conn: sa.Connection) -> bool:
+    """A database from before revisions were recorded: the application's tables, no revision."""
+    return (MigrationContext.configure(conn).get_current_revision() is None
+            and sa.inspect(conn).has_table("users"))
 
 
 def sqlite_engine(path: Path) -> sa.Engine:
