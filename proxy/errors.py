@@ -4,7 +4,7 @@
     ├── ValidationError (also ValueError)   bad input, raised before any store is touched
     ├── NotFoundError (also LookupError)    the row does not exist
     ├── Fenced                              a write carried an epoch its store has left behind
-    ├── SchemaMismatch                      the two stores are at different schema revisions
+    ├── SchemaMismatch                      the stores are at different schema revisions
     └── StoreUnavailable                    the primary could not be reached; nothing changed
         └── OutcomeUnknown                  the primary did not answer in time: the write
                                             may still commit (retry with the same id)
@@ -64,13 +64,15 @@ class Fenced(CutoverError):
 
 
 class SchemaMismatch(CutoverError):
-    """Raised when the repository opens on two stores at different schema revisions: a mirror
-    write could name a column one of them lacks."""
+    """Raised when the repository opens on two stores at different schema revisions (a mirror
+    write could name a column one of them lacks), or on two behind the revision its code needs."""
 
-    def __init__(self, sqlite: str | None, postgres: str | None) -> None:
+    def __init__(self, sqlite: str | None, postgres: str | None, needed: str) -> None:
         self.sqlite = sqlite
         self.postgres = postgres
-        super().__init__(
-            f"the stores are at different schema revisions (sqlite {sqlite or 'unrecorded'}, "
-            f"postgres {postgres or 'unrecorded'}): run `cutover schema init` to bring both "
-            "to the newest")
+        self.needed = needed
+        state = (f"at schema revision {sqlite or 'unrecorded'}" if sqlite == postgres else
+                 f"at different schema revisions (sqlite {sqlite or 'unrecorded'}, "
+                 f"postgres {postgres or 'unrecorded'})")
+        super().__init__(f"the stores are {state}, this cutover needs {needed}: run "
+                         "`cutover schema init` to bring both to it")

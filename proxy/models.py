@@ -171,9 +171,10 @@ def _column(col: sa.Column[Any]) -> Column:
     fk = next(iter(col.foreign_keys), None)
     numeric = col.type if isinstance(col.type, sa.Numeric) else None
     return Column(
-        col.name, kind, nullable=bool(col.nullable),
+        # plain str: SQLAlchemy's names are a str subclass (quoted_name) orjson refuses as keys
+        str(col.name), kind, nullable=bool(col.nullable),
         max_length=col.info.get("max_length", getattr(col.type, "length", None)),
-        references=fk.column.table.name if fk else None,
+        references=str(fk.column.table.name) if fk else None,
         on_delete=fk.ondelete if fk else None,  # type: ignore[arg-type]
         scale=numeric.scale if numeric else None,
         precision=numeric.precision if numeric else None,

@@ -58,6 +58,7 @@ from proxy.mirror import (
     settle_missing_parents,
 )
 from proxy.models import Entity, SearchResult
+from proxy.stores import migrations
 from proxy.stores.base import ApplyOutcome, Mutation, Op, OutboxStats, Written
 from proxy.stores.postgres import PostgresStore
 from proxy.stores.searchtext import DEFAULT_LIMIT, check_limit
@@ -849,14 +850,17 @@ def default_shadow_path(settings: Settings) -> Path:
 
 
 async def _same_schema_revision(sqlite: SQLiteStore, postgres: PostgresStore) -> None:
-    """Refuse to open on stores at different schema revisions (`SchemaMismatch`). A store that
-    does not answer is not compared: the repository opens without it, as before."""
+    """Refuse to open (`SchemaMismatch`) on stores at different schema revisions, or both at
+    one older than this code's newest: its writes could name a column a store lacks. A store at
+    a newer revision is fine (revisions only add what older code ignores). A store that does not
+    answer is not compared: the repository opens without it, as before."""
     try:
         revisions = await sqlite.schema_revision(), await postgres.schema_revision()
     except StoreUnavailable:
         return
-    if revisions[0] != revisions[1]:
-        raise SchemaMismatch(*revisions)
+    needed = migrations.head()
+    if revisions[0] != revisions[1] or revisions[0] in migrations.older_than(needed):
+        raise SchemaMismatch(*revisions, needed)
 
 
 @asynccontextmanager

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from config import Settings
-from proxy.connect import open_store
+from proxy.connect import open_store, read_record
 from proxy.stores import migrations
 from proxy.stores.sqlite_schema import is_legacy_database
 
@@ -40,17 +40,20 @@ def needs_upgrade(path: Path) -> bool:
 
 
 async def init_both(settings: Settings, *, backup: bool = True) -> dict[str, Any]:
+    """Both stores to the newest revision: the mirror first, then the primary (the runbook's
+    order, docs/schema-changes.md), so a revision that fails stops before the store serving
+    reads changed."""
     lines = []
     path = settings.sqlite_path
     if backup and needs_upgrade(path):
         lines.append(f"sqlite: backup written to {backup_sqlite(path)}")
-    async with open_store(settings, "sqlite") as sqlite_store:
-        await sqlite_store.init_schema()
-        lines.append(f"sqlite: schema at {await sqlite_store.schema_revision()} ({path})")
-    async with open_store(settings, "postgres") as pg_store:
-        await pg_store.init_schema()
-        lines.append(f"postgres: schema at {await pg_store.schema_revision()} "
-                     f"({settings.safe_dsn})")
+    record = await read_record(settings) if path.exists() else None
+    primary = record.primary if record is not None else settings.read_primary
+    for backend in ("postgres", "sqlite") if primary == "sqlite" else ("sqlite", "postgres"):
+        async with open_store(settings, backend) as store:
+            await store.init_schema()
+            where = path if backend == "sqlite" else settings.safe_dsn
+            lines.append(f"{backend}: schema at {await store.schema_revision()} ({where})")
     return {"lines": lines}
 
 

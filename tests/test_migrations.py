@@ -268,3 +268,21 @@ def test_the_dependency_list_names_what_the_code_imports_and_nothing_else() -> N
     assert "aiosqlite" not in declared  # docs/no-aiosqlite.md
     assert {"sqlalchemy", "alembic"} <= imported
     assert declared == imported
+
+
+def test_the_entities_columns_come_from_the_tables() -> None:
+    """One description: each entity's columns are its table's (less the write version), with
+    the VARCHAR limits, parents and numeric scales the tables say, as plain strings."""
+    from proxy.models import ENTITIES, TYPING_LOGS, USERS
+
+    for entity in ENTITIES:
+        table = metadata.tables[entity.table]
+        assert entity.column_names == tuple(c.name for c in table.columns
+                                            if c.name != "row_version")
+        assert all(type(name) is str for name in entity.column_names)
+    assert USERS.column("email").max_length == 255
+    log_question = TYPING_LOGS.column("question_id")
+    assert (log_question.references, log_question.on_delete, log_question.nullable) == (
+        "questions", "SET NULL", True)
+    assert (TYPING_LOGS.column("accuracy").scale, TYPING_LOGS.column("accuracy").maximum) == (
+        2, 100)

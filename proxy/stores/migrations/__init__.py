@@ -58,6 +58,13 @@ def head(version_locations: Sequence[Path] = ()) -> str:
     return found
 
 
+def older_than(revision: str) -> set[str | None]:
+    """The revisions before `revision` (None included: a store from before revisions)."""
+    script = ScriptDirectory.from_config(config())
+    return {None, *(r.revision for r in script.iterate_revisions(revision, "base")
+                    if r.revision != revision)}
+
+
 def _upgrade(conn: sa.Connection, cfg: Config, target: str) -> None:
     """Stamp a database from before revisions, then upgrade it, in the caller's transaction.
 
