@@ -12,9 +12,9 @@ the same tables and columns, and `alembic_version` on each says which one that i
   record, tombstones, `legacy_ids`); idempotent over any schema between those two.
 
 SQLite runs each upgrade in one `BEGIN IMMEDIATE` transaction (SQLite's DDL is transactional),
-PostgreSQL in one transaction under the advisory lock every schema change takes; revisions are
-rendered as batch operations on SQLite (`render_as_batch`), so one that must rebuild a table
-does so by copy and rename.
+PostgreSQL in one transaction under the advisory lock every schema change takes. A revision
+alters a table through `op.batch_alter_table`: in place where SQLite can, else by copy and
+rename (docs/schema-changes.md).
 """
 
 from __future__ import annotations
