@@ -217,6 +217,27 @@ async def test_the_repository_refuses_stores_at_different_revisions(
         assert await repo.stores["postgres"].schema_revision() == BASELINE
 
 
+async def test_the_repository_refuses_stores_behind_the_revision_its_code_needs(
+        tmp_path: Path, pg_dsn: str) -> None:
+    """Both stores alike, but older than this code: its writes could name a column they lack."""
+    settings = Settings(sqlite_path=tmp_path / "app.db", postgres_dsn=pg_dsn)
+    async with open_repository(settings):
+        pass
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute("UPDATE alembic_version SET version_num = $1", LEGACY)
+    finally:
+        await conn.close()
+    lite = sqlite3.connect(settings.sqlite_path)
+    with lite:
+        lite.execute("UPDATE alembic_version SET version_num = ?", (LEGACY,))
+    lite.close()
+    with pytest.raises(SchemaMismatch, match=f"at schema revision {LEGACY}, this cutover needs "
+                                             f"{BASELINE}: run `cutover schema init`"):
+        async with open_repository(settings, init_schema=False):
+            pytest.fail("opened")
+
+
 def test_the_cli_says_the_mismatch_in_one_line_and_exits_2(
         tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     _env(monkeypatch, tmp_path / "app.db", pg_dsn)

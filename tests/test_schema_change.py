@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import uuid
 from decimal import Decimal
 from pathlib import Path
 
@@ -73,6 +74,15 @@ async def test_a_revision_applied_while_writers_run_keeps_the_mirror_equal(
         assert await sqlite_store.schema_revision() == "0002_question_tags"
         assert await pg_store.schema_revision() == "0002_question_tags"
 
+        # a rolling deploy: the new code wrote tags on both stores; a process of the old code
+        # then updates the question: it names only its columns, so the tags stay on both
+        tagged = (await repo.list_questions(book.id, limit=1))[0]
+        await _set_tags(settings.sqlite_path, pg_dsn, tagged.id, "audio,formats")
+        await repo.update_question(tagged.id, answer="Changed by the old code.")
+        await drain(repo)
+        assert await differences(sqlite_store, pg_store) == []
+        assert await _tags(settings.sqlite_path, pg_dsn, tagged.id) == ("audio,formats",) * 2
+
     # a process of the old code still opens on stores at a revision it does not know
     async with open_repository(settings) as repo:
         assert len(await repo.list_questions(book.id, limit=5)) == 5
@@ -80,15 +90,41 @@ async def test_a_revision_applied_while_writers_run_keeps_the_mirror_equal(
     conn = sqlite3.connect(settings.sqlite_path)
     try:
         assert conn.execute("SELECT count(*), count(tags) FROM questions").fetchone() == (
-            30 + after, 0)
+            30 + after, 1)
     finally:
         conn.close()
     pg = await asyncpg.connect(pg_dsn)
     try:
-        assert await pg.fetchval("SELECT count(*) FROM questions WHERE tags IS NOT NULL") == 0
+        assert await pg.fetchval("SELECT count(*) FROM questions WHERE tags IS NOT NULL") == 1
         assert await pg.fetchval(VECTOR_IS_STALE) == 0  # the rows from before the change too
         first = await pg.fetchval("SELECT search_vector::text FROM questions "
                                   "WHERE question = 'Which mp3s play 0?'")
         assert "'mp3s'" in first and "'mp3'" not in first
+    finally:
+        await pg.close()
+
+
+async def _set_tags(path: Path, dsn: str, question_id: uuid.UUID, tags: str) -> None:
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE questions SET tags = ? WHERE id = ?", (tags, str(question_id)))
+    conn.close()
+    pg = await asyncpg.connect(dsn)
+    try:
+        await pg.execute("UPDATE questions SET tags = $1 WHERE id = $2", tags, question_id)
+    finally:
+        await pg.close()
+
+
+async def _tags(path: Path, dsn: str, question_id: uuid.UUID) -> tuple[str | None, str | None]:
+    conn = sqlite3.connect(path)
+    try:
+        lite = conn.execute("SELECT tags FROM questions WHERE id = ?",
+                            (str(question_id),)).fetchone()[0]
+    finally:
+        conn.close()
+    pg = await asyncpg.connect(dsn)
+    try:
+        return lite, await pg.fetchval("SELECT tags FROM questions WHERE id = $1", question_id)
     finally:
         await pg.close()
