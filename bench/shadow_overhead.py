@@ -97,9 +97,9 @@ from bench.corpus import Query, build_corpus, build_queries
 from bench.parity import load
 from config import Settings
 from proxy import open_repository
-from proxy.faces import configure_logging
+from proxy.app.demo_serve_commands import configure_logging
 from proxy.repository import Repository
-from shadow.worker import MAX_OUTSTANDING
+from shadow.worker import MAX_OUTSTANDING, Answer, Batch, CompareDone, Ready
 
 RATES = (0.0, 1.0)
 # in flight while the capacity run waits (see `capacity`): just under the worker's bound on
@@ -143,7 +143,7 @@ class AnswersAtOnce:
         asyncio.get_running_loop().call_soon(done, None)
 
 
-def echo_child(conn: Connection, _sqlite_path: str, _dsn: str, _niceness: int,
+def echo_child(conn: Connection, _searchers: object, _niceness: int,
                _concurrency: int, batch_delay_s: float, *_: object) -> None:
     """`--stub echo`: the worker's child (in place of `shadow.worker._child_main`, at idle
     priority as it runs) answering each request at once, in batches as it does."""
@@ -156,7 +156,7 @@ def echo_child(conn: Connection, _sqlite_path: str, _dsn: str, _niceness: int,
 async def _echo(conn: Connection, batch_delay_s: float) -> None:
     loop = asyncio.get_running_loop()
     done = loop.create_future()
-    answers: list[tuple[str, int, None]] = []
+    answers: list[Answer] = []
     timer: asyncio.TimerHandle | None = None
 
     def send() -> None:
@@ -176,12 +176,12 @@ async def _echo(conn: Connection, batch_delay_s: float) -> None:
             if not done.done():
                 done.set_result(None)
             return
-        _pending, batch = pickle.loads(message)
-        answers.extend(("compared", request[1], None) for request in batch)
+        batch: Batch = pickle.loads(message)
+        answers.extend(CompareDone(request.rid, None) for request in batch.requests)
         if timer is None:
             timer = loop.call_later(batch_delay_s, send)
 
-    answers.append(("ready", 0, None))
+    answers.append(Ready())
     send()
     loop.add_reader(conn.fileno(), readable)
     await done

@@ -17,6 +17,15 @@ from typing import Literal
 
 Backend = Literal["sqlite", "postgres"]
 BACKENDS: tuple[Backend, ...] = ("sqlite", "postgres")
+
+
+def other_backend(backend: str) -> Backend:
+    """The store that is not `backend` (the mirror of a primary, the shadow of a search)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not one of {BACKENDS}")
+    return BACKENDS[1] if backend == BACKENDS[0] else BACKENDS[0]
+
+
 ShadowWorker = Literal["inline", "process"]
 SHADOW_WORKERS: tuple[ShadowWorker, ...] = ("inline", "process")
 

@@ -1,11 +1,12 @@
 """Prometheus metrics of the cutover and the `/metrics` endpoint.
 
-Imports nothing of the project and registers nothing at import: build `Metrics(registry)`.
+Imports nothing of the project but the names of the two stores (`config.settings.BACKENDS`),
+and registers nothing at import: build `Metrics(registry)`.
 """
 
+from config.settings import BACKENDS
 from metrics.exposition import MetricsASGIApp, MetricsServer, make_metrics_app, serve_metrics
 from metrics.registry import (
-    BACKENDS,
     DISCREPANCY_REASONS,
     ENTITIES,
     SEARCH_ROLES,

@@ -20,7 +20,8 @@ from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-BACKENDS: Final = ("sqlite", "postgres")
+from config.settings import BACKENDS
+
 #: `Entity.name` of each table (proxy.models): the `entity` label.
 ENTITIES: Final = ("user", "study_book", "question", "typing_log", "learning_event")
 WRITE_OPS: Final = ("insert", "update", "delete")

@@ -1,8 +1,10 @@
-"""The dual-write repository for the SQLite -> PostgreSQL cutover, and the two stores."""
+"""The dual-write repository for the SQLite -> PostgreSQL cutover, and the two stores (the
+application built on them, the `cutover` commands, the service and the demo, is `proxy.app`)."""
 
 from proxy.connect import open_store
 from proxy.errors import (
     CutoverError,
+    FlipRefused,
     NotFoundError,
     OutcomeUnknown,
     SchemaMismatch,
@@ -11,7 +13,7 @@ from proxy.errors import (
 )
 from proxy.legacy import LEGACY_NAMESPACE
 from proxy.models import LearningEvent, Question, SearchResult, StudyBook, TypingLog, User
-from proxy.repository import FlipRefused, Repository, open_repository
+from proxy.repository import Repository, open_repository
 from proxy.stores import PostgresStore, SQLiteStore, Store
 
 __all__ = [

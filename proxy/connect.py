@@ -1,14 +1,15 @@
-"""Opening stores from settings (the embedded PostgreSQL default included)."""
+"""Opening stores from settings (the embedded PostgreSQL default included), and for the shadow
+worker's child."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from config import Settings
-from proxy.control import Control, newest
 from proxy.embedded import DEFAULT_DATA_DIR, embedded_dsn
 from proxy.stores.postgres import PostgresStore
 from proxy.stores.sqlite import SQLiteStore
@@ -44,16 +45,15 @@ async def open_store(
         await store.close()
 
 
-async def read_record(settings: Settings) -> Control | None:
-    """The control record (the newest copy of the two stores'), for a command that acts
-    beside the running processes; None when neither store holds one yet."""
-    from proxy.errors import StoreUnavailable
+@dataclass(frozen=True, slots=True)
+class SearchStores:
+    """What the shadow worker's child searches (`shadow.worker.OpenSearchers`): both stores,
+    opened in the child, with no more connections or reader threads than its searches at once.
+    Pickled to the child: plain fields only."""
 
-    records = []
-    for backend in ("sqlite", "postgres"):
-        try:
-            async with open_store(settings, backend) as store:
-                records.append(await store.read_control())
-        except StoreUnavailable:
-            continue  # the other copy answers
-    return newest(*records)
+    sqlite_path: Path | str
+    dsn: str
+
+    def __call__(self, concurrency: int) -> dict[str, SQLiteStore | PostgresStore]:
+        return {"sqlite": SQLiteStore(self.sqlite_path, readers=concurrency),
+                "postgres": PostgresStore(self.dsn, min_size=1, max_size=concurrency)}

@@ -27,8 +27,3 @@ def is_dead(entry: OutboxEntry, result: ApplyResult, *, now: datetime | None = N
     age = ((now or datetime.now(UTC)) - entry.created_at).total_seconds()
     return age > MISSING_PARENT_GRACE_S
 
-
-def flip_refusal(count: int, target: str, *, override: str = "force") -> str:
-    """Why a flip to `target` is refused while `count` dead letters wait for it."""
-    letters = "dead letter" if count == 1 else "dead letters"
-    return f"{count} {letters} for {target}; run `cutover reconcile --retry-dead`, or {override}"

@@ -1,13 +1,23 @@
-"""The project's exceptions, one root.
+"""The project's exceptions, one root, for the library, the migration tools and the CLI alike.
 
     CutoverError
     ├── ValidationError (also ValueError)   bad input, raised before any store is touched
     ├── NotFoundError (also LookupError)    the row does not exist
     ├── Fenced                              a write carried an epoch its store has left behind
     ├── SchemaMismatch                      the stores are at different schema revisions
+    ├── FlipRefused                         the primary cannot move now (the flip's gate)
+    ├── PrimaryUnknown                      READ_PRIMARY_FILE does not name a store
+    ├── SchemaMissing                       a store lacks the tables (schema init never ran)
+    ├── SQLiteNotUpgraded (also ValueError) the SQLite file still holds legacy ids
+    ├── BadSource                           backfill's `--from` is not a legacy app.db
+    ├── BackfillRunning                     another backfill holds the target's lock
     └── StoreUnavailable                    the primary could not be reached; nothing changed
         └── OutcomeUnknown                  the primary did not answer in time: the write
                                             may still commit (retry with the same id)
+
+Outside this tree: `config.ConfigError` (settings import nothing of the project) and the shadow
+worker's `shadow.worker.ShadowWorkerError` (recorded as a comparison's error, never raised to a
+caller of the repository).
 """
 
 from __future__ import annotations
@@ -61,6 +71,31 @@ class Fenced(CutoverError):
         self.epoch = epoch
         self.current = current
         super().__init__(f"{backend} is at epoch {current}, the write carried {epoch}")
+
+
+class FlipRefused(CutoverError):
+    """Raised when the primary cannot move now: mirror writes to the target still pending, dead
+    letters for it, or (for the CLI and the service) the go/no-go verdict; see proxy.flip_gate."""
+
+
+class PrimaryUnknown(CutoverError):
+    """Raised when READ_PRIMARY_FILE is set but cannot be read or does not name a store."""
+
+
+class SchemaMissing(CutoverError):
+    """Raised when a store lacks the tables to compare (schema init never ran on it)."""
+
+
+class SQLiteNotUpgraded(CutoverError, ValueError):
+    """Raised when the SQLite database still holds ids that are not canonical UUIDs."""
+
+
+class BadSource(CutoverError):
+    """Raised when backfill's `--from` file is missing or is not a legacy app.db."""
+
+
+class BackfillRunning(CutoverError):
+    """Raised when another backfill holds the lock on the target database."""
 
 
 class SchemaMismatch(CutoverError):

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from proxy.models import BY_NAME, REFERENCED_BY, Entity
-from proxy.stores.base import ApplyOutcome, ApplyResult, Mutation, Store
+from proxy.models import BY_NAME, ENTITIES, REFERENCED_BY
+from proxy.stores.base import WAITS, ApplyOutcome, ApplyResult, Mutation, Store
 
 MAX_BATCH = 64
 TIMED_OUT = ApplyResult(ApplyOutcome.FAILED, "timed out")
@@ -47,94 +46,28 @@ async def apply_following(
     """Apply writes the primary committed to the mirror so that it ends as the primary is,
     whichever order they arrive in.
 
-    A parent's delete cascades on the mirror to the children the mirror holds, so the deletes
-    of parents are looked at first, a batch at a time. If the primary holds the row again
-    (re-created since), the delete is out of date: the primary's row is applied instead, which
-    keeps its children. Otherwise each child (or grandchild, through the cascade) the primary
-    still holds was moved elsewhere by a write that has not reached the mirror yet: it is
-    brought up to date first, or the delete waits for the row it moved to. Children the
-    primary cascaded away have entries of their own; the mirror's cascade only gets there
-    first. Writes missing a parent are then settled by `settle_missing_parents`."""
+    The mirror's own ON DELETE rules never act: the primary carried its cascade out as writes
+    of its own (each child deleted or set to NULL has an entry), so a parent's delete applies
+    only once no row on the mirror references it (`Store.delete_parents`), after the batch's
+    other writes and deepest table first. Until then it waits: for the children's entries, for
+    the moves of children the primary put elsewhere, or for the parent's re-creation (a newer
+    version, which supersedes the delete). Left to the mirror's foreign keys, a child attached
+    there to an old incarnation of a re-created parent went with the old delete while the
+    primary kept it. Writes missing a parent are settled by `settle_missing_parents`."""
     batch = list(mutations)
-    parents: dict[Entity, dict[uuid.UUID, int]] = {}  # entity -> deleted id -> its index
-    for i, m in enumerate(batch):
-        if deletes_a_parent(m):
-            parents.setdefault(BY_NAME[m.entity], {})[m.row_id] = i
-    waiting: set[int] = set()
-    known: dict[int, dict[tuple[str, str], list[uuid.UUID]]] = {}
-    if parents:
-        for entity, deleted in parents.items():
-            again = await primary.get_versioned(entity, list(deleted))
-            for row_id, (row, version) in again.items():
-                batch[deleted[row_id]] = Mutation(entity.name, "insert", row_id, version, row)
-                del deleted[row_id]
-        waiting = await _move_children_first(primary, mirror, parents, known)
-    guarded = {i for deleted in parents.values() for i in deleted.values()}
-    results = [_WAITS] * len(batch)
-    await _apply_some(mirror, batch, [i for i in range(len(batch))
-                                      if i not in waiting and i not in guarded], results)
-    if waiting:  # the rows the children moved to may have come with this batch: once more
-        known.clear()
-        waiting = await _move_children_first(primary, mirror, {
-            e: {r: i for r, i in deleted.items() if i in waiting}
-            for e, deleted in parents.items()}, known)
-    for i in sorted(guarded - waiting):
-        # the delete applies only if no child arrived since the look (a child attached to an
-        # old incarnation of a re-created parent would go with it, by the mirror's own keys)
-        results[i] = await mirror.delete_guarded(batch[i], known.get(i, {}))
+    parents = sorted((i for i, m in enumerate(batch) if deletes_a_parent(m)),
+                     key=lambda i: _CHILDREN_FIRST[batch[i].entity])
+    others = [i for i, m in enumerate(batch) if not deletes_a_parent(m)]
+    results = [WAITS] * len(batch)
+    for chosen, apply in ((others, mirror.apply), (parents, mirror.delete_parents)):
+        if chosen:
+            for i, result in zip(chosen, await apply([batch[i] for i in chosen]), strict=True):
+                results[i] = result
     return await settle_missing_parents(primary, mirror, batch, results)
 
 
-async def _apply_some(mirror: Store, batch: list[Mutation], chosen: list[int],
-                      results: list[ApplyResult]) -> None:
-    if chosen:
-        applied = await mirror.apply([batch[i] for i in chosen])
-        for i, result in zip(chosen, applied, strict=True):
-            results[i] = result
-
-
-_WAITS = ApplyResult(ApplyOutcome.FAILED, "a child of the deleted row was moved to a row not "
-                     "on this store yet: the delete waits for it")
-
-
-async def _move_children_first(
-    primary: Store, mirror: Store, frontier: dict[Entity, dict[uuid.UUID, int]],
-    known: dict[int, dict[tuple[str, str], list[uuid.UUID]]],
-) -> set[int]:
-    """Bring up to date the mirror's children (through cascades) of the deleted parents that
-    the primary still holds; note in `known` the direct children each delete looked at; return
-    the indexes of the deletes that must wait."""
-    fixes: list[Mutation] = []
-    owners: list[int] = []  # the index of the delete each fix protects
-    direct = True
-    while frontier:
-        cascaded: dict[Entity, dict[uuid.UUID, int]] = {}
-        for parent, deleted in frontier.items():
-            if not deleted:
-                continue
-            for child, column in REFERENCED_BY[parent.table]:
-                held = await mirror.referencing(child, column.name, list(deleted))
-                current = (await primary.get_versioned(child, [c for c, _ in held])
-                           if held else {})
-                if direct:
-                    for index in deleted.values():
-                        known.setdefault(index, {}).setdefault((child.name, column.name), [])
-                for child_id, parent_id in held:
-                    if direct:
-                        known[deleted[parent_id]][(child.name, column.name)].append(child_id)
-                    if child_id in current:
-                        row, version = current[child_id]
-                        fixes.append(Mutation(child.name, "update", child_id, version, row))
-                        owners.append(deleted[parent_id])
-                    elif column.on_delete == "CASCADE":  # its own children go too
-                        cascaded.setdefault(child, {})[child_id] = deleted[parent_id]
-        frontier = cascaded
-        direct = False
-    if not fixes:
-        return set()
-    fixed = await settle_missing_parents(primary, mirror, fixes, await mirror.apply(fixes))
-    return {owner for owner, r in zip(owners, fixed, strict=True)
-            if r.outcome is ApplyOutcome.FAILED}
+#: ENTITIES lists parents before their children: deletes go the other way
+_CHILDREN_FIRST = {e.name: -i for i, e in enumerate(ENTITIES)}
 
 
 async def settle_missing_parents(

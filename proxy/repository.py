@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,22 +32,23 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from config import Settings
-from config.settings import BACKENDS, Backend, ConfigError
+from config.settings import BACKENDS, Backend, ConfigError, other_backend
 from metrics import Metrics
-from proxy.api import EntityMethods, stamp_create, stamp_update
 from proxy.clock import next_version
 from proxy.codec import now_utc
-from proxy.connect import resolve_dsn
+from proxy.connect import SearchStores, resolve_dsn
 from proxy.control import Control, newest
-from proxy.deadletters import flip_refusal, is_dead
+from proxy.deadletters import is_dead
+from proxy.entity_methods import EntityMethods, stamp_create, stamp_update
 from proxy.errors import (
-    CutoverError,
     Fenced,
+    FlipRefused,
     NotFoundError,
     OutcomeUnknown,
     SchemaMismatch,
     StoreUnavailable,
 )
+from proxy.flip_gate import dead_letter_refusal, outbox_figures, refusal
 from proxy.mirror import (
     TIMED_OUT,
     MirrorPipeline,
@@ -58,6 +57,8 @@ from proxy.mirror import (
     settle_missing_parents,
 )
 from proxy.models import Entity, SearchResult
+from proxy.primary_source import read_primary_file, write_primary_file
+from proxy.sqlite_file import backup_sqlite, is_legacy_file
 from proxy.stores import migrations
 from proxy.stores.base import ApplyOutcome, Mutation, Op, OutboxStats, Written
 from proxy.stores.postgres import PostgresStore
@@ -66,7 +67,7 @@ from proxy.stores.sqlite import SQLiteStore
 from proxy.validation import parse_id
 from shadow import RankedHit, ShadowRunner, ShadowStore
 from shadow.experiment import DEFAULT_MAX_CONCURRENCY
-from shadow.verdict import MirrorFigures, OutboxFigures, Verdict, refresh_ready
+from shadow.verdict import MirrorFigures, Verdict, refresh_ready
 from shadow.worker import SHADOWS_IN_FLIGHT, Recording, SearchWorker
 
 log = structlog.get_logger("cutover.repository")
@@ -79,11 +80,6 @@ PRIMARY_TIMEOUT_S = 10.0
 FILE_POLL_S = 0.5
 FOLLOW_S = 0.25  # how often a process reads the control record: it follows a flip within 1 s
 FENCED_RETRY_S = 5.0  # how long a write refused for its epoch keeps retrying on the new primary
-
-
-class FlipRefused(CutoverError):
-    """Raised when the primary cannot move now (mirror writes to the target still pending, or
-    dead letters for it)."""
 
 
 class _WriteGate:
@@ -122,14 +118,6 @@ class _WriteGate:
             self._open.set()
 
 
-def read_primary_file(path: Path) -> Backend:
-    """The word in READ_PRIMARY_FILE; `ValueError` when it is missing, unreadable or bad."""
-    word = path.read_text(encoding="utf-8").strip()
-    if word not in BACKENDS:
-        raise ValueError(f"{path} holds {word[:40]!r}: allowed values are sqlite or postgres")
-    return word
-
-
 def _file_word(path: Path) -> Backend | None:
     """READ_PRIMARY_FILE's word at start-up: a bad or unreadable file stops the process; a
     missing one asks for nothing (said in the log, and by the watcher's metric)."""
@@ -140,14 +128,6 @@ def _file_word(path: Path) -> Backend | None:
         return None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"READ_PRIMARY_FILE={path}: {exc}") from None
-
-
-def write_primary_file(path: Path, backend: Backend) -> None:
-    """Rewrite READ_PRIMARY_FILE atomically (a reader sees the old word or the new one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(backend + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class Repository(EntityMethods):
@@ -207,7 +187,7 @@ class Repository(EntityMethods):
 
     @property
     def mirror_backend(self) -> Backend:
-        return "postgres" if self._primary == "sqlite" else "sqlite"
+        return other_backend(self._primary)
 
     @property
     def stores(self) -> dict[str, AnyStore]:
@@ -316,7 +296,7 @@ class Repository(EntityMethods):
             await self._follow()
             raise FlipRefused("another flip happened meanwhile")
         with contextlib.suppress(StoreUnavailable):
-            await self._stores[_other(current.primary)].advance_control(new)
+            await self._stores[other_backend(current.primary)].advance_control(new)
         self._adopt(new)
 
     # -- following the control record --
@@ -405,7 +385,7 @@ class Repository(EntityMethods):
         """Replay every pending write for `target`; raise if some remain after the timeout, or
         if dead letters for it are waiting (the store would take over without their rows)."""
         deadline = time.monotonic() + self._drain_timeout_s
-        source = self._stores[_other(target)]
+        source = self._stores[other_backend(target)]
         while True:
             await self._replay_pass(source, target)
             await self._flush_acks()
@@ -415,14 +395,27 @@ class Repository(EntityMethods):
             if time.monotonic() > deadline:
                 raise FlipRefused(f"mirror writes to {target} are still pending")
             await asyncio.sleep(0.05)
-        dead = await self.dead_letters(target)
-        if dead:
-            raise FlipRefused(flip_refusal(dead, target))
+        stats = await source.outbox_stats(target)
+        dead = dead_letter_refusal(stats.dead, target)
+        if dead is not None:
+            raise FlipRefused(dead)
 
-    async def dead_letters(self, target: Backend) -> int:
-        """Mirror writes to `target` set aside as dead letters (kept in the other store)."""
-        stats = await self._stores[_other(target)].outbox_stats(target)
-        return stats.dead
+    async def flip_refusal(self, target: Backend, *, override: str = "force") -> str | None:
+        """Why an operator's flip to `target` is refused now (proxy.flip_gate), None when it
+        may go: dead letters, a backlog of mirror writes, or a no-go verdict."""
+        outbox = outbox_figures(await self.outbox_stats())
+        verdict = await self.current_verdict() if target == "postgres" else None
+        return refusal(target, self._primary, outbox, verdict, override=override)
+
+    async def current_verdict(self) -> Verdict | None:
+        """The go/no-go verdict now, the shadows in flight compared first (None without a
+        shadow store); also published as `cutover_ready`."""
+        if self.shadow is None or self.shadow.store is None:
+            return None
+        await self.shadow.drain()
+        await self._refresh_outbox_metrics()
+        await self._refresh_verdict()
+        return self.verdict
 
     # -- writes --
     async def _write(
@@ -465,12 +458,16 @@ class Repository(EntityMethods):
         self._count(primary.backend, entity, op, "ok", start)
         if written.seq is None:
             return written.row
-        if written.cascaded:  # the children's own entries: for the replay loop, soon
-            self._scan_due = True
-            self._wake.set()
         # the mirror write carries what the primary committed, with the primary's version, and
         # starts only once the primary has committed: the mirror follows the primary's order
         mutation = Mutation(entity.name, op, row_id, written.version, written.row)
+        if written.cascaded:
+            # the mirror deletes the row once its children's entries have applied: the replay
+            # loop takes them all in one batch, children first (`apply_following`)
+            self._scan_due = True
+            self._wake.set()
+            self.metrics.observe_write(target, entity.name, op, "deferred", 0.0)
+            return written.row
         if self._breaker_open[target]:
             self.metrics.observe_write(target, entity.name, op, "deferred", 0.0)
             self._wake.set()
@@ -632,7 +629,7 @@ class Repository(EntityMethods):
         await self._flush_acks()  # first, so entries already mirrored are not applied again
         applied = 0
         for source_name in BACKENDS:
-            target = _other(source_name)
+            target = other_backend(source_name)
             applied += await self._replay_pass(self._stores[source_name], target)
         await self._flush_acks()
         return applied
@@ -703,7 +700,7 @@ class Repository(EntityMethods):
                 try:
                     # inline mirror commits may skip the WAL flush (see `apply_inline`): make
                     # them durable before the outbox forgets them
-                    await self._stores[_other(backend)].flush_wal()
+                    await self._stores[other_backend(backend)].flush_wal()
                     await self._stores[backend].outbox_ack(batch)
                 except Exception:
                     # unacknowledged entries are replayed again: harmless, they are idempotent
@@ -711,31 +708,24 @@ class Repository(EntityMethods):
 
     async def _refresh_outbox_metrics(self) -> None:
         rows: set[uuid.UUID] = set()
-        now = datetime.now(UTC)
         for source_name in BACKENDS:
-            target = _other(source_name)
+            target = other_backend(source_name)
             try:
                 stats = await self._stores[source_name].outbox_stats(target)
             except Exception:
                 continue
             self._outbox[target] = stats
-            age = (now - stats.oldest_created_at).total_seconds() if stats.oldest_created_at else 0
-            self.metrics.set_outbox(target, stats.pending, age, stats.dead)
             rows |= stats.by_row
+        for backend, figures in outbox_figures(self._outbox).items():
+            self.metrics.set_outbox(backend, figures.pending, figures.oldest_age_s,
+                                    figures.dead_letters)
         self._pending_rows = frozenset(rows)
 
     async def _refresh_verdict(self) -> None:
         """Publish `cutover_ready` from the shadow window, the outbox and mirror failures."""
         if self.shadow is None or self.shadow.store is None:
             return
-        now = datetime.now(UTC)
-        figures = {
-            backend: OutboxFigures(
-                pending=stats.pending, dead_letters=stats.dead,
-                oldest_age_s=(now - stats.oldest_created_at).total_seconds()
-                if stats.oldest_created_at else 0.0)
-            for backend, stats in self._outbox.items()
-        }
+        figures = outbox_figures(self._outbox)
         mirror = MirrorFigures(writes=self._mirror_writes, failures=sum(self._failures.values()))
         self.verdict = await refresh_ready(self.metrics, self.shadow.store, figures, mirror)
 
@@ -840,10 +830,6 @@ def _committed() -> asyncio.Future[bool]:
     return done
 
 
-def _other(backend: str) -> Backend:
-    return "postgres" if backend == "sqlite" else "sqlite"
-
-
 def default_shadow_path(settings: Settings) -> Path:
     """Where comparisons are kept: `shadow.db` beside the SQLite database."""
     return settings.sqlite_path.with_name("shadow.db")
@@ -881,26 +867,25 @@ async def open_repository(
     try:
         if init_schema:
             # a legacy app.db is upgraded in place only after the backup `schema init` writes
-            from proxy.schema import backup_sqlite, needs_upgrade
-
-            if needs_upgrade(settings.sqlite_path):
+            if is_legacy_file(settings.sqlite_path):
                 backup_sqlite(settings.sqlite_path)
             await sqlite.init_schema()
             await postgres.init_schema()
         await _same_schema_revision(sqlite, postgres)
         shadow_store = ShadowStore(shadow_store_path or default_shadow_path(settings))
         repo = Repository(settings, sqlite, postgres, metrics=metrics)
-        in_process = settings.shadow_worker == "process"
+        in_child = settings.shadow_worker == "process"
         repo.shadow = ShadowRunner(
             metrics, sample_rate=settings.shadow_sample_rate,
             timeout_s=settings.shadow_timeout_ms / 1000, store=shadow_store,
             pending_rows=repo.pending_rows,
-            max_concurrency=SHADOWS_IN_FLIGHT if in_process else DEFAULT_MAX_CONCURRENCY,
+            max_concurrency=SHADOWS_IN_FLIGHT if in_child else DEFAULT_MAX_CONCURRENCY,
         )
-        if in_process:
+        if in_child:
             # the child searches, compares and records (log lines, the store's rows) itself
             worker = SearchWorker(
-                settings.sqlite_path, dsn, timeout_s=settings.shadow_timeout_ms / 1000,
+                SearchStores(settings.sqlite_path, dsn),
+                timeout_s=settings.shadow_timeout_ms / 1000,
                 recording=Recording.like(repo.shadow.recorder),
                 on_internal_error=metrics.shadow_internal_error,
             )

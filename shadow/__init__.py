@@ -1,7 +1,8 @@
 """Shadow comparison of searches: graded figures, a reason for every difference, a verdict.
 
-Imports `metrics` and nothing else of the project (results are read through the `RankedHit`
-protocol, which `proxy.models.SearchResult` satisfies).
+Imports `metrics` and `config` and nothing else of the project (results are read through the
+`RankedHit` protocol, which `proxy.models.SearchResult` satisfies; the worker's child is handed
+the searches to run, see `shadow.worker`).
 """
 
 from shadow.compare import (
@@ -22,7 +23,7 @@ from shadow.compare import (
     snapshot,
     top1_agreement,
 )
-from shadow.experiment import ShadowRunner, other_backend
+from shadow.experiment import ShadowRunner
 from shadow.recorder import fingerprint
 from shadow.replay import replay_mismatch
 from shadow.store import ComparisonRecord, MismatchRecord, ShadowStore, WindowSummary
@@ -76,7 +77,6 @@ __all__ = [
     "jaccard_at_k",
     "kendall_tau",
     "only_in_each",
-    "other_backend",
     "overlap_at_k",
     "query_terms",
     "rbo",

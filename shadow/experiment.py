@@ -46,7 +46,8 @@ from typing import Any, Protocol
 
 import structlog
 
-from metrics import BACKENDS, Metrics
+from config.settings import other_backend
+from metrics import Metrics
 from shadow.compare import (
     CompareContext,
     Comparison,
@@ -86,13 +87,6 @@ class RemoteComparer(Protocol):
         (counted there, nothing recorded), or the exception when nothing was recorded there
         (TimeoutError: the answer came too late to be). May raise at once instead."""
         ...
-
-
-def other_backend(backend: str) -> str:
-    """The store that is not `backend`."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} is not one of {BACKENDS}")
-    return BACKENDS[1] if backend == BACKENDS[0] else BACKENDS[0]
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,8 +6,8 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 
+from config.settings import other_backend
 from shadow.compare import CompareContext, Comparison, RankedHit, classify
-from shadow.experiment import other_backend
 from shadow.store import MismatchRecord
 
 #: (backend, query, user_id, limit) -> that store's results

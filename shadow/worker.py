@@ -1,20 +1,21 @@
 """Shadow searches in a child process, so the caller's process only sends and receives a little.
 
 `SearchWorker` spawns one child (the "spawn" start method: no copy of the caller's threads, locks
-or open connections) with its own event loop and its own `SQLiteStore` and `PostgresStore`. The
-parent sends `(op, request id, backend, query, user id, limit, deadline, extra)` down a socket
-pair; the child runs `store.search(..., highlights=False)` for the requests, `concurrency` at a
-time (one by default), and answers:
+or open connections) with its own event loop and its own searchers, which it opens with the
+`OpenSearchers` it is handed (`proxy.connect.SearchStores`: a `SQLiteStore` and a
+`PostgresStore`; this package imports nothing of `proxy`). The parent sends `Request`s down a
+socket pair; the child (`_Child`) runs `searcher.search(..., highlights=False)` for them,
+`concurrency` at a time (one by default), and answers (the messages are typed, below):
 
-- `search`: `(request id, ids and match kinds)` or `(request id, error text)`;
-- `compare` (what `ShadowRunner` uses, as its `remote`): the child also compares the shadow's
+- a search: `Found` (ids and match kinds) or `Failed` (the error's text);
+- a compare (what `ShadowRunner` uses, as its `remote`): the child also compares the shadow's
   list with the primary's (sent as ids and match kinds) and records the comparison through its
   own `shadow.recorder.Recorder` (`Recording` says how: the shadow store's file, the salt, the
   caller's structlog configuration), then answers only the figures the caller's metrics need
   (`Compared`). Rows with a mirror write pending travel with a batch when they changed; the
   child compares against those known when the request arrived and when its search ended, as
-  the inline runner reads them before and after. Its own failures travel as
-  `("internal_error", stage)`, which `on_internal_error` counts.
+  the inline runner reads them before and after (`CompareDone`, or `Late`). Its own failures
+  travel as `InternalError(stage)`, which `on_internal_error` counts.
 
 Both directions travel in batches: a batch leaves `batch_delay_s` after its first message, so each
 side wakes the other once per batch rather than once per search (why: `BATCH_DELAY_S`). A request
@@ -37,8 +38,8 @@ loop on a send), or the store raised in the child (`WorkerSearchFailed`, naming 
 Log events: `shadow_worker.started`, `shadow_worker.died`, `shadow_worker.restart_refused`,
 `shadow_worker.killed` (did not stop within the close timeout).
 
-On the parent's side this module imports only `shadow`'s own modules (the comparison types, the
-recorder's, the store's caps); the child imports the stores too.
+This module imports only `shadow`'s own modules (the comparison types, the recorder's, the
+store's caps); what the child searches comes in through `OpenSearchers`.
 """
 
 from __future__ import annotations
@@ -54,18 +55,17 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import structlog
 
-from shadow.compare import Hit
+from shadow.compare import CompareContext, Comparison, Hit, Outcome, RankedHit, classify, snapshot
 from shadow.recorder import Compared, Recorder, SearchContext
-from shadow.store import DEFAULT_MAX_COMPARISONS, DEFAULT_MAX_MISMATCHES
+from shadow.store import DEFAULT_MAX_COMPARISONS, DEFAULT_MAX_MISMATCHES, ShadowStore
 
 #: child restarts allowed within RESTART_WINDOW_S; beyond, requests fail until the window frees
 MAX_RESTARTS = 5
@@ -121,6 +121,101 @@ def default_batch_delay(timeout_s: float | None) -> float:
 LATE_S = 0.5
 
 _CLOSE = b""  # the message that asks the child to finish and exit
+
+
+# -- what the child searches -------------------------------------------------------------------
+
+class Searcher(Protocol):
+    """One store as the child uses it (`proxy.stores`' stores satisfy it)."""
+
+    async def search(self, query: str, user_id: uuid.UUID, limit: int, *,
+                     highlights: bool = True) -> Sequence[RankedHit]: ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class OpenSearchers(Protocol):
+    """Opens, in the child, a searcher for each backend, for `concurrency` searches at once.
+
+    Crosses to the child by pickle: a module-level class or function (`proxy.connect
+    .SearchStores`)."""
+
+    def __call__(self, concurrency: int) -> Mapping[str, Searcher]: ...
+
+
+# -- the protocol: typed messages, pickled a batch at a time -----------------------------------
+# NamedTuples: typed, and they pickle as a tuple and a class reference (sent once a batch).
+
+class CompareWith(NamedTuple):
+    """What a compare request carries beyond its search: the primary's answer."""
+
+    primary_backend: str
+    #: the primary's ids as ints (a plain attribute: `.bytes` is computed on each read) and
+    #: match kinds
+    primary: list[tuple[int, str]]
+
+
+class Request(NamedTuple):
+    """One search the parent asks of the child (with `compare`, compared and recorded there)."""
+
+    rid: int
+    backend: str
+    query: str
+    user_id: str
+    limit: int
+    #: on `time.monotonic()` (CLOCK_MONOTONIC on Linux: the same clock in both processes)
+    deadline: float | None
+    compare: CompareWith | None = None
+
+
+class Batch(NamedTuple):
+    """The parent's requests that travel together."""
+
+    #: rows with a mirror write pending (16 bytes each) when the set changed, else None
+    pending: bytes | None
+    requests: list[Request]
+
+
+class Ready(NamedTuple):
+    """The child serves requests."""
+
+
+class InternalError(NamedTuple):
+    """The child's own work failed at `stage` (compare, publish, store)."""
+
+    stage: str
+
+
+class Found(NamedTuple):
+    """A search's ids (as bytes) and match kinds."""
+
+    rid: int
+    hits: list[tuple[bytes, str]]
+
+
+class Failed(NamedTuple):
+    """A search raised in the child: "Type: message"."""
+
+    rid: int
+    error: str
+
+
+class CompareDone(NamedTuple):
+    """A comparison recorded in the child (its figures), or None when comparing failed."""
+
+    rid: int
+    figures: Compared | None
+
+
+class Late(NamedTuple):
+    """A comparison finished past `LATE_S` after its deadline: not recorded in the child."""
+
+    rid: int
+
+
+Answer = Ready | InternalError | Found | Failed | CompareDone | Late
 
 
 @dataclass(frozen=True)
@@ -198,7 +293,7 @@ class SearchWorker:
     """
 
     def __init__(
-        self, sqlite_path: Path | str, dsn: str, *, niceness: int = NICENESS,
+        self, searchers: OpenSearchers, *, niceness: int = NICENESS,
         concurrency: int = CONCURRENCY, timeout_s: float | None = None,
         max_outstanding: int = MAX_OUTSTANDING, max_restarts: int = MAX_RESTARTS,
         restart_window_s: float = RESTART_WINDOW_S, close_timeout_s: float = 5.0,
@@ -212,8 +307,7 @@ class SearchWorker:
             batch_delay_s = default_batch_delay(timeout_s)
         if batch_delay_s < 0:
             raise ValueError("batch_delay_s must not be negative")
-        self.sqlite_path = str(sqlite_path)
-        self._dsn = dsn
+        self.searchers = searchers
         self.niceness = niceness
         self.concurrency = concurrency
         self.timeout_s = timeout_s  # the caller's; the child stops a request's work after it
@@ -236,7 +330,7 @@ class SearchWorker:
         # to raise (never a result of a request)
         self._waiting: dict[int, Callable[[Any], None]] = {}
         self._unanswered: set[int] = set()  # sent to the live child, not answered yet
-        self._outgoing: list[tuple[Any, ...]] = []  # requests of the batch not sent yet
+        self._outgoing: list[Request] = []  # requests of the batch not sent yet
         # rows with a mirror write pending: the newest set `compare` was given, and the last
         # one sent to the child (a batch carries the set only when it changed)
         self._pending: frozenset[uuid.UUID] = frozenset()
@@ -287,7 +381,7 @@ class SearchWorker:
         ours, theirs = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(
             target=_child_main,
-            args=(theirs, self.sqlite_path, self._dsn, self.niceness, self.concurrency,
+            args=(theirs, self.searchers, self.niceness, self.concurrency,
                   self.batch_delay_s, self.recording),
             name="cutover-shadow-worker", daemon=True,
         )
@@ -346,7 +440,7 @@ class SearchWorker:
         Raises `ShadowWorkerError` (and nothing else but cancellation) when it cannot answer.
         """
         result: tuple[Hit, ...] = await self._request(
-            "search", backend, query, str(user_id), limit, self.timeout_s, None
+            backend, query, str(user_id), limit, self.timeout_s, None
         )
         return result
 
@@ -363,8 +457,8 @@ class SearchWorker:
         was recorded. `pending` is the set of rows with a mirror write pending now.
         """
         result: Compared | None = await self._request(
-            "compare", ctx.shadow_backend, ctx.query, ctx.user_id, ctx.limit, timeout_s,
-            self._compare_extra(ctx, primary, pending),
+            ctx.shadow_backend, ctx.query, ctx.user_id, ctx.limit, timeout_s,
+            self._compare_with(ctx, primary, pending),
         )
         return result
 
@@ -378,21 +472,21 @@ class SearchWorker:
 
         What `ShadowRunner` uses: the caller's process then spends no task, future or timer
         on a shadow (bench/shadow_overhead.py, see `shadow.experiment`)."""
-        self._enqueue("compare", ctx.shadow_backend, ctx.query, ctx.user_id, ctx.limit,
-                      timeout_s, self._compare_extra(ctx, primary, pending), done)
+        self._enqueue(ctx.shadow_backend, ctx.query, ctx.user_id, ctx.limit,
+                      timeout_s, self._compare_with(ctx, primary, pending), done)
 
-    def _compare_extra(
+    def _compare_with(
         self, ctx: SearchContext, primary: tuple[Hit, ...], pending: frozenset[uuid.UUID]
-    ) -> tuple[str, list[tuple[int, str]]]:
+    ) -> CompareWith:
         if self.recording is None:
             raise WorkerUnavailable("the shadow worker was started without recording")
         self._pending = pending
-        # the UUIDs' ints: a plain attribute (`.bytes` is computed on each read)
-        return ctx.primary_backend, [(h.question_id.int, h.match_kind) for h in primary]
+        return CompareWith(ctx.primary_backend,
+                           [(h.question_id.int, h.match_kind) for h in primary])
 
     async def _request(
-        self, op: str, backend: str, query: str, user_id: str, limit: int,
-        timeout_s: float | None, extra: Any,
+        self, backend: str, query: str, user_id: str, limit: int,
+        timeout_s: float | None, compare: CompareWith | None,
     ) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
@@ -404,7 +498,7 @@ class SearchWorker:
             else:
                 future.set_result(outcome)
 
-        rid = self._enqueue(op, backend, query, user_id, limit, timeout_s, extra, settle)
+        rid = self._enqueue(backend, query, user_id, limit, timeout_s, compare, settle)
         try:
             return await future
         finally:
@@ -413,8 +507,8 @@ class SearchWorker:
             self._waiting.pop(rid, None)
 
     def _enqueue(
-        self, op: str, backend: str, query: str, user_id: str, limit: int,
-        timeout_s: float | None, extra: Any, settle: Callable[[Any], None],
+        self, backend: str, query: str, user_id: str, limit: int,
+        timeout_s: float | None, compare: CompareWith | None, settle: Callable[[Any], None],
     ) -> int:
         """Queue a request for the next batch; its answer (or the child's death) calls
         `settle`. Returns the request's id."""
@@ -427,9 +521,8 @@ class SearchWorker:
         if len(self._unanswered) >= self.max_outstanding:
             raise WorkerBusy(f"{len(self._unanswered)} requests wait for the shadow worker")
         rid = next(self._ids)
-        # time.monotonic() is CLOCK_MONOTONIC on Linux: the same clock in the child
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        self._outgoing.append((op, rid, backend, query, user_id, limit, deadline, extra))
+        self._outgoing.append(Request(rid, backend, query, user_id, limit, deadline, compare))
         if self._send_handle is None:
             self._send_handle = self._loop.call_later(self.batch_delay_s, self._send_batch)
         self._unanswered.add(rid)
@@ -467,7 +560,7 @@ class SearchWorker:
             pending = b"".join(u.bytes for u in self._pending)
         self._pending_sent = self._pending
         try:
-            conn.send_bytes(pickle.dumps((pending, batch), protocol=pickle.HIGHEST_PROTOCOL))
+            conn.send_bytes(pickle.dumps(Batch(pending, batch), protocol=pickle.HIGHEST_PROTOCOL))
         except OSError as exc:  # fails every request waiting, these included
             self._child_gone(f"send failed: {type(exc).__name__}")
 
@@ -489,29 +582,30 @@ class SearchWorker:
         except Exception as exc:  # an answer we cannot read: treat the child as broken
             self._child_gone(f"unreadable answer: {type(exc).__name__}")
 
-    def _answer(self, message: tuple[Any, ...]) -> None:
-        kind, rid, body = message
-        if kind == "ready":
+    def _answer(self, message: Answer) -> None:
+        if isinstance(message, Ready):
             if self._ready is not None and not self._ready.done():
                 self._ready.set_result(None)
             return
-        if kind == "internal_error":
+        if isinstance(message, InternalError):
             if self.on_internal_error is not None:
                 with contextlib.suppress(Exception):
-                    self.on_internal_error(str(body))
+                    self.on_internal_error(message.stage)
             return
-        self._unanswered.discard(rid)
-        settle = self._waiting.pop(rid, None)
+        self._unanswered.discard(message.rid)
+        settle = self._waiting.pop(message.rid, None)
         if settle is None:
             return  # abandoned by its caller (timed out)
-        if kind == "ok":
-            self._settle(settle, tuple([Hit(uuid.UUID(bytes=b), k) for b, k in body]))
-        elif kind == "compared":
-            self._settle(settle, None if body is None else Compared._make(body))
-        elif kind == "late":
-            self._settle(settle, TimeoutError("the shadow worker answered past its deadline"))
+        outcome: Any
+        if isinstance(message, Found):
+            outcome = tuple([Hit(uuid.UUID(bytes=b), k) for b, k in message.hits])
+        elif isinstance(message, CompareDone):
+            outcome = message.figures
+        elif isinstance(message, Late):
+            outcome = TimeoutError("the shadow worker answered past its deadline")
         else:
-            self._settle(settle, WorkerSearchFailed(str(body)))
+            outcome = WorkerSearchFailed(message.error)
+        self._settle(settle, outcome)
 
     def _settle(self, settle: Callable[[Any], None], outcome: Any) -> None:
         # a caller's callback that raises must not be taken for an unreadable answer (which
@@ -560,7 +654,7 @@ class SearchWorker:
 
 # -- the child ---------------------------------------------------------------------------------
 
-def _child_main(conn: Connection, sqlite_path: str, dsn: str, niceness: int,
+def _child_main(conn: Connection, searchers: OpenSearchers, niceness: int,
                 concurrency: int = CONCURRENCY, batch_delay_s: float = BATCH_DELAY_S,
                 recording: Recording | None = None) -> None:
     # The parent decides when this process ends (a close message, or its end of the pipe
@@ -581,7 +675,7 @@ def _child_main(conn: Connection, sqlite_path: str, dsn: str, niceness: int,
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     if recording is not None:
         _configure_logging(recording.log_config)
-    asyncio.run(_serve(conn, sqlite_path, dsn, concurrency, batch_delay_s, recording))
+    asyncio.run(_serve(conn, searchers, concurrency, batch_delay_s, recording))
 
 
 def _configure_logging(config: dict[str, Any]) -> None:
@@ -597,176 +691,196 @@ def _configure_logging(config: dict[str, Any]) -> None:
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(stream), **config)
 
 
-async def _serve(conn: Connection, sqlite_path: str, dsn: str, concurrency: int,
+async def _serve(conn: Connection, open_searchers: OpenSearchers, concurrency: int,
                  batch_delay_s: float, recording: Recording | None = None) -> None:
-    from proxy.stores.postgres import PostgresStore
-    from proxy.stores.sqlite import SQLiteStore
-    from shadow.compare import CompareContext, Comparison, Outcome, classify, snapshot
-    from shadow.recorder import Recorder
-    from shadow.store import ShadowStore
-
-    loop = asyncio.get_running_loop()
     # no more connections or reader threads than searches it runs at once (a store of one
     # connection holds it rather than pooling it: less CPU a search)
-    stores: dict[str, Any] = {
-        "sqlite": SQLiteStore(sqlite_path, readers=concurrency),
-        "postgres": PostgresStore(dsn, min_size=1, max_size=concurrency),
-    }
-    tasks: set[asyncio.Task[None]] = set()
-    done = loop.create_future()
-
-    answers: list[tuple[Any, ...]] = []  # the batch not sent yet
-    timer: asyncio.TimerHandle | None = None  # sends the batch, while one is set
-
-    def send_batch() -> None:
-        nonlocal timer
-        if timer is not None:  # called before its timer, or by it
-            timer.cancel()
-            timer = None
-        if not answers:
-            return
-        batch = answers.copy()
-        answers.clear()
-        try:
-            conn.send_bytes(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
-        except OSError:  # the parent is gone
-            if not done.done():
-                done.set_result(None)
-
-    def send(message: tuple[Any, ...]) -> None:
-        nonlocal timer
-        answers.append(message)
-        if timer is None:
-            timer = loop.call_later(batch_delay_s, send_batch)
-
-    recorder: Recorder | None = None
+    searchers = open_searchers(concurrency)
+    child = _Child(conn, searchers, concurrency, batch_delay_s)
     shadow_store: ShadowStore | None = None
     if recording is not None:
-        log = structlog.get_logger("cutover.shadow")
-        if recording.store_path is not None:
-            try:
-                shadow_store = ShadowStore(recording.store_path,
-                                           max_comparisons=recording.max_comparisons,
-                                           max_mismatches=recording.max_mismatches)
-            except Exception:  # comparisons are still logged and counted, just not kept
-                log.exception("shadow.internal_error", stage="store", what="open")
-                send(("internal_error", 0, "store"))
-        recorder = Recorder(
-            logger=log, salt=recording.salt, store=shadow_store,
-            log_query_text=recording.log_query_text,
-            store_query_text=recording.store_query_text,
-            on_error=lambda stage, what: send(("internal_error", 0, stage)),
-        )
-    pending: frozenset[uuid.UUID] = frozenset()  # the newest set the parent sent
+        child.recorder, shadow_store = _open_recorder(recording, child.send)
+    try:
+        await child.run()
+    finally:
+        for searcher in searchers.values():
+            with contextlib.suppress(Exception):
+                await searcher.close()
+        if shadow_store is not None:
+            with contextlib.suppress(Exception):
+                shadow_store.close()
+        conn.close()
 
-    running = asyncio.Semaphore(concurrency)
 
-    async def search(backend: str, query: str, user_id: str, limit: int,
-                     deadline: float | None) -> tuple[list[Any] | None, str, bool, float | None]:
-        """(results, "", False) or (None, "Type: why", whether the deadline stopped it), and
-        the search's own time (None if it never started)."""
+def _open_recorder(recording: Recording,
+                   send: Callable[[Answer], None]) -> tuple[Recorder, ShadowStore | None]:
+    """The child's recorder as `recording` says, and the shadow store it writes to (None when
+    there is none, or it could not be opened: comparisons are then logged and counted only)."""
+    log = structlog.get_logger("cutover.shadow")
+    shadow_store: ShadowStore | None = None
+    if recording.store_path is not None:
+        try:
+            shadow_store = ShadowStore(recording.store_path,
+                                       max_comparisons=recording.max_comparisons,
+                                       max_mismatches=recording.max_mismatches)
+        except Exception:
+            log.exception("shadow.internal_error", stage="store", what="open")
+            send(InternalError("store"))
+    recorder = Recorder(
+        logger=log, salt=recording.salt, store=shadow_store,
+        log_query_text=recording.log_query_text,
+        store_query_text=recording.store_query_text,
+        on_error=lambda stage, what: send(InternalError(stage)),
+    )
+    return recorder, shadow_store
+
+
+class _Searched(NamedTuple):
+    """A search's outcome in the child."""
+
+    results: Sequence[RankedHit] | None  # None: it failed
+    failure: str  # "Type: why" when it failed
+    expired: bool  # whether the deadline stopped it
+    took_s: float | None  # the search's own time (None if it never started)
+
+
+class _Child:
+    """The child's side: reads batches of requests, runs them `concurrency` at a time and
+    answers in batches, until the parent closes its end or asks it to finish."""
+
+    def __init__(self, conn: Connection, searchers: Mapping[str, Searcher], concurrency: int,
+                 batch_delay_s: float) -> None:
+        self.conn = conn
+        self.searchers = searchers
+        self.batch_delay_s = batch_delay_s
+        self.recorder: Recorder | None = None  # set to serve compare requests
+        self.loop = asyncio.get_running_loop()
+        self.running = asyncio.Semaphore(concurrency)
+        self.pending: frozenset[uuid.UUID] = frozenset()  # the newest set the parent sent
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        self._answers: list[Answer] = []  # the batch not sent yet
+        self._timer: asyncio.TimerHandle | None = None  # sends the batch, while one is set
+
+    async def run(self) -> None:
+        # open the PostgreSQL pool before saying ready, so the first requests find it
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.searchers["postgres"].ping(), 10.0)
+        self.loop.add_reader(self.conn.fileno(), self.on_readable)
+        self._answers.append(Ready())
+        self.flush()  # at once: the parent waits for it
+        await self.done
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=5.0)
+        if self.recorder is not None:
+            await self.recorder.aclose()
+        self.flush()  # what the last searches answered (the parent may be gone: no harm)
+
+    def send(self, answer: Answer) -> None:
+        self._answers.append(answer)
+        if self._timer is None:
+            self._timer = self.loop.call_later(self.batch_delay_s, self.flush)
+
+    def flush(self) -> None:
+        """Send the answers waiting (called by the timer, or before it)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._answers:
+            return
+        batch, self._answers = self._answers, []
+        try:
+            self.conn.send_bytes(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError:  # the parent is gone
+            self._finish()
+
+    def on_readable(self) -> None:
+        try:
+            message = self.conn.recv_bytes()  # one batch per wake-up, as in the parent's
+            if message == _CLOSE:
+                raise EOFError
+            batch: Batch = pickle.loads(message)
+        except (EOFError, OSError):
+            self.loop.remove_reader(self.conn.fileno())
+            self._finish()
+            return
+        if batch.pending is not None:
+            self.pending = frozenset(uuid.UUID(bytes=batch.pending[i:i + 16])
+                                     for i in range(0, len(batch.pending), 16))
+        for request in batch.requests:
+            if request.compare is None:
+                work = self._search_and_answer(request)
+            elif self.recorder is not None:
+                work = self._compare(request, request.compare, self.recorder)
+            else:
+                self.send(Failed(request.rid, "RuntimeError: started without recording"))
+                continue
+            task = self.loop.create_task(work)
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    async def _search(self, request: Request) -> _Searched:
+        deadline = request.deadline
         # the loop's clock is time.monotonic() too
         timer = asyncio.timeout_at(deadline)  # None: no deadline
         started: float | None = None
         try:
-            async with running:
+            async with self.running:
                 if deadline is not None and deadline <= time.monotonic():
-                    return None, "TimeoutError: expired before it started", True, None
+                    return _Searched(None, "TimeoutError: expired before it started", True, None)
                 started = time.perf_counter()
                 async with timer:
-                    results = await stores[backend].search(query, uuid.UUID(user_id), limit,
-                                                           highlights=False)
-            return results, "", False, time.perf_counter() - started
+                    results = await self.searchers[request.backend].search(
+                        request.query, uuid.UUID(request.user_id), request.limit,
+                        highlights=False)
+            return _Searched(results, "", False, time.perf_counter() - started)
         except TimeoutError as exc:
             expired = timer.expired()
             failure = f"TimeoutError: {'cancelled at its deadline' if expired else exc}"
         except Exception as exc:
             expired, failure = False, f"{type(exc).__name__}: {exc}"
         took = None if started is None else time.perf_counter() - started
-        return None, failure[:500], expired, took
+        return _Searched(None, failure[:500], expired, took)
 
-    async def one(rid: int, backend: str, query: str, user_id: str, limit: int,
-                  deadline: float | None) -> None:
-        results, failure, _, _ = await search(backend, query, user_id, limit, deadline)
-        if results is None:
-            send(("error", rid, failure))
+    async def _search_and_answer(self, request: Request) -> None:
+        searched = await self._search(request)
+        if searched.results is None:
+            self.send(Failed(request.rid, searched.failure))
         else:
-            send(("ok", rid, [(r.question_id.bytes, r.match_kind) for r in results]))
+            self.send(Found(request.rid, [(r.question_id.bytes, r.match_kind)
+                                          for r in searched.results]))
 
-    async def compare(rid: int, backend: str, query: str, user_id: str, limit: int,
-                      deadline: float, primary_backend: str,
-                      primary_ids: list[tuple[int, str]]) -> None:
-        assert recorder is not None
-        pending_before = pending
-        results, failure, expired, shadow_s = await search(backend, query, user_id, limit,
-                                                           deadline)
-        if time.monotonic() > deadline + LATE_S:
-            send(("late", rid, None))  # the parent may have given up: it records a timeout
+    async def _compare(self, request: Request, primary_answer: CompareWith,
+                       recorder: Recorder) -> None:
+        pending_before = self.pending
+        searched = await self._search(request)
+        assert request.deadline is not None  # a compare always has one
+        if time.monotonic() > request.deadline + LATE_S:
+            self.send(Late(request.rid))  # the parent may have given up: it records a timeout
             return
-        primary = tuple([Hit(uuid.UUID(int=i), k) for i, k in primary_ids])
-        if results is None:
+        primary = tuple([Hit(uuid.UUID(int=i), k) for i, k in primary_answer.primary])
+        if searched.results is None:
             ids = [h.question_id for h in primary]
-            if expired:
+            if searched.expired:
                 comparison = Comparison.failed(ids, Outcome.TIMEOUT)
             else:  # only the type: a message may quote the query
-                comparison = Comparison.failed(ids, Outcome.ERROR, failure.split(":", 1)[0])
+                comparison = Comparison.failed(ids, Outcome.ERROR,
+                                               searched.failure.split(":", 1)[0])
         else:
             try:
                 # pending rows read again: a write that landed meanwhile explains it too
-                comparison = classify(primary, snapshot(results),
-                                      CompareContext(query, limit, pending_before | pending))
+                comparison = classify(
+                    primary, snapshot(searched.results),
+                    CompareContext(request.query, request.limit, pending_before | self.pending))
             except Exception:
                 recorder.internal_error("compare", "compare")
-                send(("compared", rid, None))
+                self.send(CompareDone(request.rid, None))
                 return
-        recorder.record(SearchContext(query, user_id, limit, primary_backend, backend),
-                        comparison, shadow_s)
-        send(("compared", rid, tuple(Compared.of(comparison, shadow_s))))
-
-    def readable() -> None:
-        nonlocal pending
-        try:
-            message = conn.recv_bytes()  # one batch per wake-up, as in the parent's
-            if message == _CLOSE:
-                raise EOFError
-            pending_update, batch = pickle.loads(message)
-            if pending_update is not None:
-                pending = frozenset(uuid.UUID(bytes=pending_update[i:i + 16])
-                                    for i in range(0, len(pending_update), 16))
-            for op, rid, backend, query, user_id, limit, deadline, extra in batch:
-                if op == "compare" and recorder is not None:
-                    work = compare(rid, backend, query, user_id, limit, deadline, *extra)
-                elif op == "compare":
-                    send(("error", rid, "RuntimeError: started without recording"))
-                    continue
-                else:
-                    work = one(rid, backend, query, user_id, limit, deadline)
-                task = loop.create_task(work)
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-        except (EOFError, OSError):
-            loop.remove_reader(conn.fileno())
-            if not done.done():
-                done.set_result(None)
-
-    try:
-        # open the PostgreSQL pool before saying ready, so the first requests find it
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(stores["postgres"].ping(), 10.0)
-        loop.add_reader(conn.fileno(), readable)
-        answers.append(("ready", 0, None))
-        send_batch()  # at once: the parent waits for it
-        await done
-        if tasks:
-            await asyncio.wait(set(tasks), timeout=5.0)
-        if recorder is not None:
-            await recorder.aclose()
-        send_batch()  # what the last searches answered (the parent may be gone: no harm)
-    finally:
-        for store in stores.values():
-            with contextlib.suppress(Exception):
-                await store.close()
-        if shadow_store is not None:
-            with contextlib.suppress(Exception):
-                shadow_store.close()
-        conn.close()
+        recorder.record(SearchContext(request.query, request.user_id, request.limit,
+                                      primary_answer.primary_backend, request.backend),
+                        comparison, searched.took_s)
+        self.send(CompareDone(request.rid, Compared.of(comparison, searched.took_s)))

@@ -42,10 +42,10 @@ from prometheus_client import CollectorRegistry
 from config import Settings
 from config.settings import Backend
 from metrics import Metrics
-from proxy.errors import NotFoundError, StoreUnavailable, ValidationError
+from proxy.errors import FlipRefused, NotFoundError, StoreUnavailable, ValidationError
 from proxy.models import LEARNING_EVENTS, QUESTIONS, STUDY_BOOKS, TYPING_LOGS, USERS
 from proxy.models import Entity as EntitySpec
-from proxy.repository import FlipRefused, Repository
+from proxy.repository import Repository
 from proxy.stores.postgres import PostgresStore
 from proxy.stores.sqlite import SQLiteStore
 from tests.convergence import differences
@@ -71,9 +71,8 @@ class HistoryConfig:
     events: int = 2
     rounds: int = 4  # the load in rounds, each drained and compared
     flips: bool = False
-    # re-create deleted parents (users, books, questions) with the same id: the mirror's own
-    # foreign-key actions can then still race a child's arrival (see the issue 22 note); the
-    # suite runs without, bench/soak.py with (its default)
+    # re-create deleted parents (users, books, questions) with the same id, racing their
+    # children's writes; without, parents die out as the history goes on
     recreate_parents: bool = True
     flip_every_s: float = 0.15
     mirror_timeout_ms: int = 2000

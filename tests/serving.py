@@ -13,7 +13,7 @@ def start_serve(env: dict[str, str], cwd: Path) -> tuple[subprocess.Popen[str], 
     """`cutover serve` on a free loopback port, and its URL once it listens. Its log (stderr)
     is read to the end in a thread, so a full pipe never stalls it."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from proxy.cli import app; app()", "serve", "--port", "0"],
+        [sys.executable, "-c", "from proxy.app.cli import app; app()", "serve", "--port", "0"],
         env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=cwd)
     assert proc.stderr is not None
     for line in proc.stderr:

@@ -23,7 +23,7 @@ import asyncpg
 import pytest
 from typer.testing import CliRunner
 
-from proxy.cli import app
+from proxy.app.cli import app
 from proxy.legacy import legacy_uuid
 from proxy.migrate.backfill import PARTS, RowChecker, deferrable_indexes, iter_lines, run_backfill
 from proxy.models import QUESTIONS
@@ -382,7 +382,7 @@ async def test_a_killed_run_resumes_without_gaps_or_duplicates(
     legacy.bulk(users=10, questions=3000, logs=3000, events=3000)
     env = {**os.environ, "POSTGRES_DSN": pg_dsn}
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "from proxy.cli import app; app()", "backfill", "--from",
+        sys.executable, "-c", "from proxy.app.cli import app; app()", "backfill", "--from",
         str(legacy.path), "--rejects", str(tmp_path / "first.jsonl"), "--batch-size", "100",
         "--quiet", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     conn = await asyncpg.connect(pg_dsn)

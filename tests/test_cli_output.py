@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from config import Settings
 from proxy import open_repository
-from proxy.cli import app
+from proxy.app.cli import app
 from shadow.compare import Reason
 
 # every command that has --json, with the arguments this test gives it
@@ -73,18 +73,18 @@ def test_the_test_covers_every_command_with_json() -> None:
 
 def test_every_json_output_is_one_document_on_stdout(
         env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import proxy.ops
+    import proxy.app.ops_commands
 
     asyncio.run(_seed(env))
     monkeypatch.chdir(tmp_path)  # backfill's default rejects file, the demo's ./data
     # a log line while a command runs must not land in its stdout
-    verdict = proxy.ops._verdict
+    verdict = proxy.app.ops_commands._verdict
 
     def logging_verdict(*args: Any) -> Any:
         structlog.get_logger("test").warning("test.log_line", detail="goes to stderr")
         return verdict(*args)
 
-    monkeypatch.setattr(proxy.ops, "_verdict", logging_verdict)
+    monkeypatch.setattr(proxy.app.ops_commands, "_verdict", logging_verdict)
     runner = CliRunner()
     for name, args in JSON_COMMANDS.items():
         run_env = dict(env)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from config import Settings
 from proxy import open_repository
-from proxy.cli import app as cli_app
+from proxy.app.cli import app as cli_app
 
 READ_ONLY = [["status"], ["verify"], ["read-primary"], ["shadow", "list"], ["reconcile"]]
 

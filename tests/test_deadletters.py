@@ -142,7 +142,7 @@ def test_the_cli_refuses_a_flip_to_a_store_with_dead_letters(
         sqlite_path: Path, pg_dsn: str, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from proxy.cli import app
+    from proxy.app.cli import app
 
     async def setup() -> None:
         store = SQLiteStore(sqlite_path)
@@ -210,7 +210,7 @@ def test_the_verify_command_exits_1_and_lists_dead_letters(
         both: Any, sqlite_path: Path, pg_dsn: str) -> None:
     from typer.testing import CliRunner
 
-    from proxy.cli import app
+    from proxy.app.cli import app
 
     sqlite_store, _ = both
     uid = asyncio.run(dead_letter_for_postgres(sqlite_store))
@@ -252,7 +252,7 @@ async def test_reconcile_retry_dead_requeues_and_the_stores_converge(
         both: Any, sqlite_path: Path, pg_dsn: str) -> None:
     from typer.testing import CliRunner
 
-    from proxy.cli import app
+    from proxy.app.cli import app
 
     def cutover(*args: str) -> Any:  # in a thread: the command runs its own event loop
         env = {"POSTGRES_DSN": pg_dsn, "SQLITE_PATH": str(sqlite_path)}

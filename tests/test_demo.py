@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 from config import Settings
 from metrics import DISCREPANCY_REASONS
 from proxy import open_store
-from proxy.cli import app as cli_app
-from proxy.demo import DemoOptions, format_summary, percentile, run_demo
-from proxy.sample_data import sample_questions, search_queries
+from proxy.app.cli import app as cli_app
+from proxy.app.demo import DemoOptions, format_summary, percentile, run_demo
+from proxy.app.sample_data import sample_questions, search_queries
 from tests.convergence import differences
 
 SHORT = DemoOptions(duration_s=4.0, workers=3, questions=60)
@@ -146,7 +146,7 @@ def test_search_queries_are_deterministic_for_a_seed() -> None:
 
 
 def test_the_sample_imports_no_module_with_side_effects() -> None:
-    code = ("import sys; from proxy.sample_data import sample_questions; sample_questions(); "
+    code = ("import sys; from proxy.app.sample_data import sample_questions; sample_questions(); "
             "bad = {'antigravity', 'this', 'idlelib', 'tkinter', 'turtle', 'webbrowser'}; "
             "print(sorted(bad & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -89,7 +89,7 @@ def test_four_processes_write_while_the_cli_flips_twenty_times(
             if paused:  # a process frozen across a flip: its late writes are fenced, not lost
                 writers[0].send_signal(signal.SIGSTOP)
             done = subprocess.run(
-                [sys.executable, "-c", "from proxy.cli import app; app()", "read-primary",
+                [sys.executable, "-c", "from proxy.app.cli import app; app()", "read-primary",
                  target, "--force"], env=env, cwd=ROOT, capture_output=True, text=True,
                 timeout=120)
             assert done.returncode == 0, done.stdout + done.stderr

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from config import Settings
 from proxy import SchemaMismatch, open_repository
-from proxy.cli import app as cli_app
+from proxy.app.cli import app as cli_app
 from proxy.stores import migrations
 from proxy.stores.migrations import BASELINE, LEGACY, head, sqlite_engine, upgrade_sqlite
 from proxy.stores.postgres import PostgresStore

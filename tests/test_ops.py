@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from config import Settings
 from proxy import open_repository
-from proxy.cli import app
+from proxy.app.cli import app
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 from typer.testing import CliRunner
 
-from proxy.cli import app
+from proxy.app.cli import app
 from proxy.deadletters import MAX_ATTEMPTS
 from proxy.migrate.reconcile import drain_outboxes, run_reconcile
 from proxy.migrate.verify import run_verify

@@ -26,9 +26,9 @@ from typer.testing import CliRunner
 
 from config import Settings
 from proxy import NotFoundError, Repository, ValidationError, open_repository
-from proxy.cli import app as cli_app
+from proxy.app.cli import app as cli_app
+from proxy.app.sample_data import sample_questions
 from proxy.legacy import legacy_uuid
-from proxy.sample_data import sample_questions
 from proxy.stores.sqlite_schema import LEGACY_SCHEMA
 
 LEGACY_SCHEMA_FILES = [Path(__file__).resolve().parents[1] / "docs" / "legacy_schema.sql",
@@ -187,7 +187,8 @@ async def flip_by_file(repo: Repository, target: str) -> None:
     `cutover status` first: the verdict and the outbox are what the command checks itself.
     `--force` then, because under live writes the outbox is never empty at the instant the
     command counts it (writes in flight, acknowledgements flushed in batches), so without it the
-    command refuses for as long as the application writes (reported to proxy/ops.py's owner).
+    command refuses for as long as the application writes (reported to the owner of
+    proxy/app/ops_commands.py).
     """
     result = await cutover("status", "--json")
     assert result.exit_code == 0, result.output

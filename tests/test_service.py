@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 
 from config import Settings
 from proxy import open_repository
-from proxy.cli import app as cli_app
-from proxy.faces import is_loopback
-from proxy.service import create_app
+from proxy.app.cli import app as cli_app
+from proxy.app.demo_serve_commands import is_loopback
+from proxy.app.service import create_app
 from tests.convergence import assert_converged, count_rows
 from tests.serving import start_serve
 

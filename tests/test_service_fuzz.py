@@ -23,7 +23,7 @@ from hypothesis.errors import Flaky, Unsatisfiable
 from schemathesis import GenerationMode
 
 from config import Settings
-from proxy.service import create_app
+from proxy.app.service import create_app
 
 ADMIN = "admin-token-for-fuzz"
 #: generated requests per operation and mode (34 operations x 2 modes)

@@ -126,7 +126,7 @@ def test_a_body_over_the_setting_is_a_413_and_one_under_it_is_read(
     from prometheus_client import CollectorRegistry
 
     from proxy import open_repository
-    from proxy.service import create_app
+    from proxy.app.service import create_app
 
     settings = Settings(sqlite_path=sqlite_path, postgres_dsn=pg_dsn, api_token=API,
                         max_body_bytes=Settings.from_env({"MAX_BODY_BYTES": "2048"})

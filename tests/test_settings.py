@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
 from config import ConfigError, Settings
-from proxy.cli import app
+from proxy.app.cli import app
 
 SECRET = "s3cr3t-PaSS"
 

@@ -27,6 +27,7 @@ import shadow.experiment
 from config import Settings
 from metrics import Metrics
 from proxy import open_repository
+from proxy.connect import SearchStores
 from proxy.repository import Repository
 from shadow import ShadowRunner, ShadowStore, snapshot
 from shadow.compare import Hit
@@ -168,7 +169,7 @@ async def test_an_idle_child_killed_is_replaced_on_the_next_request(
 ) -> None:
     async with open_repository(settings, registry=CollectorRegistry()) as repo:
         aiko, _ = await seed(repo)
-    async with SearchWorker(sqlite_path, pg_dsn) as worker:
+    async with SearchWorker(SearchStores(sqlite_path, pg_dsn)) as worker:
         first = worker.pid
         assert first is not None
         os.kill(first, signal.SIGKILL)
@@ -181,7 +182,7 @@ async def test_an_idle_child_killed_is_replaced_on_the_next_request(
 async def test_the_child_runs_at_idle_priority(sqlite_path: Path, pg_dsn: str,
                                                sqlite_store: Any) -> None:
     """The caller's process wins every core the two want at once (see `_child_main`)."""
-    async with SearchWorker(sqlite_path, pg_dsn) as worker:
+    async with SearchWorker(SearchStores(sqlite_path, pg_dsn)) as worker:
         assert worker.pid is not None
         assert os.sched_getscheduler(worker.pid) == os.SCHED_IDLE
         assert os.sched_getscheduler(0) != os.SCHED_IDLE  # the caller's own is untouched
@@ -189,7 +190,7 @@ async def test_the_child_runs_at_idle_priority(sqlite_path: Path, pg_dsn: str,
 
 async def test_restarts_are_bounded(sqlite_path: Path, pg_dsn: str, sqlite_store: Any) -> None:
     with capture_logs() as logs:
-        async with SearchWorker(sqlite_path, pg_dsn, max_restarts=2) as worker:
+        async with SearchWorker(SearchStores(sqlite_path, pg_dsn), max_restarts=2) as worker:
             for _ in range(2):
                 pid = worker.pid
                 assert pid is not None
@@ -210,7 +211,7 @@ async def test_a_store_error_in_the_child_is_a_search_failure(
     sqlite_path: Path, pg_server_dsn: str
 ) -> None:
     missing = pg_server_dsn.rsplit("/", 1)[0] + f"/cutover_missing_{uuid.uuid4().hex[:8]}"
-    async with SearchWorker(sqlite_path, missing) as worker:
+    async with SearchWorker(SearchStores(sqlite_path, missing)) as worker:
         with pytest.raises(WorkerSearchFailed) as info:
             await worker.search("postgres", "json", uuid.uuid4(), 20)
         assert "Unavailable" in str(info.value) or "Error" in str(info.value)
@@ -223,7 +224,7 @@ async def test_close_leaves_no_child_process(
     sqlite_path: Path, pg_dsn: str, stopped: bool
 ) -> None:
     with capture_logs() as logs:
-        worker = SearchWorker(sqlite_path, pg_dsn, close_timeout_s=1.0)
+        worker = SearchWorker(SearchStores(sqlite_path, pg_dsn), close_timeout_s=1.0)
         await worker.start()
         pid = worker.pid
         assert pid is not None and not gone(pid)
@@ -257,7 +258,8 @@ async def test_the_child_runs_its_concurrency_of_searches_at_once(
         aiko, _ = await seed(repo)
     locker = await asyncpg.connect(pg_dsn)
     try:
-        async with SearchWorker(sqlite_path, pg_dsn, concurrency=concurrency) as worker:
+        async with SearchWorker(SearchStores(sqlite_path, pg_dsn),
+                                concurrency=concurrency) as worker:
             tx = locker.transaction()
             await tx.start()
             await locker.execute("LOCK TABLE questions IN ACCESS EXCLUSIVE MODE")
@@ -287,7 +289,7 @@ async def test_the_child_stops_work_past_the_callers_deadline(
     locker = await asyncpg.connect(pg_dsn)
     observer = await asyncpg.connect(pg_dsn)
     try:
-        async with SearchWorker(sqlite_path, pg_dsn, timeout_s=0.5) as worker:
+        async with SearchWorker(SearchStores(sqlite_path, pg_dsn), timeout_s=0.5) as worker:
             async with locker.transaction():
                 await locker.execute("LOCK TABLE questions IN ACCESS EXCLUSIVE MODE")
                 running = asyncio.ensure_future(worker.search("postgres", "json", aiko, 20))
@@ -312,7 +314,7 @@ async def test_searches_sent_together_travel_as_one_batch_each_way(
     """Each side wakes the other once per batch, not once per search (BATCH_DELAY_S)."""
     async with open_repository(settings, registry=CollectorRegistry()) as repo:
         aiko, _ = await seed(repo)
-    async with SearchWorker(sqlite_path, pg_dsn, batch_delay_s=0.2) as worker:
+    async with SearchWorker(SearchStores(sqlite_path, pg_dsn), batch_delay_s=0.2) as worker:
         conn: Any = worker._conn
         sent: list[bytes] = []
         received: list[bytes] = []
@@ -337,16 +339,17 @@ async def test_searches_sent_together_travel_as_one_batch_each_way(
 
 def test_a_short_timeout_shortens_the_batches(sqlite_path: Path) -> None:
     """A request's deadline runs from when it is queued: its batch waits a tenth of it at most."""
-    assert SearchWorker(sqlite_path, "postgresql://unused",
+    assert SearchWorker(SearchStores(sqlite_path, "postgresql://unused"),
                         timeout_s=0.3).batch_delay_s == pytest.approx(0.03)
-    assert SearchWorker(sqlite_path, "postgresql://unused",
+    assert SearchWorker(SearchStores(sqlite_path, "postgresql://unused"),
                         timeout_s=5.0).batch_delay_s == BATCH_DELAY_S
-    assert SearchWorker(sqlite_path, "postgresql://unused").batch_delay_s == BATCH_DELAY_S
+    assert SearchWorker(SearchStores(sqlite_path, "postgresql://unused")
+                        ).batch_delay_s == BATCH_DELAY_S
 
 
 def test_a_negative_batch_delay_is_refused(sqlite_path: Path) -> None:
     with pytest.raises(ValueError, match="batch_delay_s"):
-        SearchWorker(sqlite_path, "postgresql://unused", batch_delay_s=-0.1)
+        SearchWorker(SearchStores(sqlite_path, "postgresql://unused"), batch_delay_s=-0.1)
 
 
 async def test_the_runner_feeding_the_worker_takes_a_burst_of_24_shadows(
@@ -417,7 +420,8 @@ async def test_pending_rows_reach_the_child_and_explain_a_stale_mirror(
     store_path = tmp_path / "shadow.db"
     stale = uuid.uuid4()  # on the primary only: its mirror write is pending
     ctx = SearchContext("json", str(aiko), 20, "sqlite", "postgres")
-    async with SearchWorker(sqlite_path, pg_dsn, recording=recording(store_path)) as worker:
+    async with SearchWorker(SearchStores(sqlite_path, pg_dsn),
+                            recording=recording(store_path)) as worker:
         got = [await worker.compare(ctx, (*expected, Hit(stale, "fts")), pending,
                                     timeout_s=30.0)
                for pending in (frozenset({stale}), frozenset())]
@@ -440,7 +444,8 @@ async def test_send_compare_answers_through_its_callback_and_a_raising_one_keeps
         expected = snapshot(await repo.stores["sqlite"].search("json", aiko, 20))
     ctx = SearchContext("json", str(aiko), 20, "sqlite", "postgres")
     errors: list[str] = []
-    async with SearchWorker(sqlite_path, pg_dsn, recording=recording(tmp_path / "s.db"),
+    async with SearchWorker(SearchStores(sqlite_path, pg_dsn),
+                            recording=recording(tmp_path / "s.db"),
                             on_internal_error=errors.append) as worker:
         pid = worker.pid
         answers: asyncio.Queue[object] = asyncio.Queue()
@@ -494,7 +499,8 @@ async def test_a_child_too_late_to_record_leaves_the_record_to_the_callers_proce
         primary = await repo.stores["sqlite"].search("json", aiko, 20)
     store_path = tmp_path / "shadow.db"
     m = Metrics(CollectorRegistry())
-    async with SearchWorker(sqlite_path, pg_dsn, recording=recording(store_path)) as worker:
+    async with SearchWorker(SearchStores(sqlite_path, pg_dsn),
+                            recording=recording(store_path)) as worker:
         with ShadowStore(store_path) as store:
             runner = ShadowRunner(m, sample_rate=1.0, timeout_s=0.2, store=store, remote=worker)
             pid = worker.pid

@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 from typer.testing import CliRunner
 
-from proxy.cli import app
+from proxy.app.cli import app
 from proxy.legacy import legacy_uuid
 from proxy.migrate import verify as verify_mod
 from proxy.migrate.backfill import open_pool, run_backfill

@@ -43,7 +43,7 @@ from typing import Any
 
 import asyncpg
 
-from proxy.errors import CutoverError, StoreUnavailable
+from proxy.errors import BackfillRunning, BadSource, StoreUnavailable
 from proxy.legacy import (
     _CANONICAL,
     NOT_CLEAN,
@@ -98,14 +98,6 @@ CREATE TABLE IF NOT EXISTS {REJECTS_TABLE} (
 );
 CREATE INDEX IF NOT EXISTS idx_{REJECTS_TABLE}_mapped ON {REJECTS_TABLE} (table_name, mapped_id);
 """
-
-
-class BadSource(CutoverError):
-    """Raised when the `--from` file is missing or is not a legacy app.db."""
-
-
-class BackfillRunning(CutoverError):
-    """Raised when another backfill holds the lock on the target database."""
 
 
 # -- what a run reports ---------------------------------------------------------------------

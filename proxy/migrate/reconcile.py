@@ -16,10 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from config import Settings
 from proxy.clock import next_version
 from proxy.deadletters import is_dead
-from proxy.errors import CutoverError
 from proxy.migrate.verify import RowDiff
 from proxy.mirror import apply_following
 from proxy.models import BY_TABLE, ENTITIES
@@ -27,25 +25,6 @@ from proxy.stores.base import ApplyOutcome, Mutation, Store
 
 DRAIN_BATCH = 200
 RECONCILE_STEPS = 1 + 2 * len(ENTITIES)  # the outboxes drained, each table repaired, checked
-
-
-class PrimaryUnknown(CutoverError):
-    """Raised when READ_PRIMARY_FILE is set but does not name a store."""
-
-
-def current_primary(settings: Settings) -> str:
-    """READ_PRIMARY, or the word in READ_PRIMARY_FILE when that is set (it is the authority)."""
-    path = settings.read_primary_file
-    if path is None:
-        return settings.read_primary
-    try:
-        word = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise PrimaryUnknown(f"READ_PRIMARY_FILE={path}: cannot read it ({exc.strerror})") from None
-    if word not in ("sqlite", "postgres"):
-        raise PrimaryUnknown(
-            f"READ_PRIMARY_FILE={path} holds {word[:40]!r}: allowed values are sqlite or postgres")
-    return word
 
 
 async def drain_outboxes(sqlite_store: Store, pg_store: Store, *,
@@ -160,9 +139,9 @@ async def run_reconcile(sqlite_path: Path, dsn: str, primary: str, *,
     """Drain both outboxes (their dead letters first requeued when `retry_dead`), repair every
     difference from `primary`, then verify again; `progress` is told each of the
     RECONCILE_STEPS steps as it ends."""
+    from proxy.errors import SchemaMissing
     from proxy.migrate.backfill import open_pool
     from proxy.migrate.verify import (
-        SchemaMissing,
         add_dead_letters,
         compare_stores,
         is_upgraded,

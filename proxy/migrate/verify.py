@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from proxy.codec import quantum
-from proxy.errors import CutoverError
+from proxy.errors import SchemaMissing, SQLiteNotUpgraded
 from proxy.legacy import _CANONICAL, parse_timestamp
 from proxy.migrate.backfill import REJECTS_TABLE, open_pool
 from proxy.models import BY_TABLE, ENTITIES, Column, Entity, Kind
@@ -56,14 +56,6 @@ _MICRO = timedelta(microseconds=1)
 
 Normal = tuple[str | None, ...]
 T = TypeVar("T")
-
-
-class SQLiteNotUpgraded(ValueError):
-    """Raised when the SQLite database still holds ids that are not canonical UUIDs."""
-
-
-class SchemaMissing(CutoverError):
-    """Raised when a store lacks the tables to compare (schema init never ran on it)."""
 
 
 # -- normalising a row ------------------------------------------------------------------------

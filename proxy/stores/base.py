@@ -80,6 +80,11 @@ class ApplyResult:
     missing_parent: bool = False
 
 
+#: a parent's delete on a mirror while rows there still reference the row (`delete_parents`)
+WAITS = ApplyResult(ApplyOutcome.FAILED, "rows on this store still reference the deleted row: "
+                    "the delete waits for their writes")
+
+
 class Written(NamedTuple):
     """What a primary write committed: the row after it (None for a delete), the outbox seq
     of its mirror write (None without a target), the version the primary gave it, and for a
@@ -159,11 +164,6 @@ class Store(Protocol):
     ) -> dict[uuid.UUID, tuple[dict[str, Any], int]]:
         """The rows among `row_ids` as they are now, each with its version (absent: left out)."""
 
-    async def referencing(
-        self, child: Entity, column: str, parent_ids: Sequence[uuid.UUID]
-    ) -> list[tuple[uuid.UUID, uuid.UUID]]:
-        """(id, parent id) of each of `child`'s rows whose `column` names one of `parent_ids`."""
-
     async def list_rows(
         self, entity: Entity, owner: Any | None, *, limit: int, offset: int
     ) -> list[dict[str, Any]]: ...
@@ -186,11 +186,11 @@ class Store(Protocol):
     async def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
         """Apply each mutation if newer than what is held; idempotent, in the order given."""
 
-    async def delete_guarded(
-        self, delete: Mutation, known: dict[tuple[str, str], list[uuid.UUID]]
-    ) -> ApplyResult:
-        """Apply a parent's delete only if every row referencing it is among `known` (per
-        child table and column, the children looked at); otherwise FAILED, to look again."""
+    async def delete_parents(self, deletes: Sequence[Mutation]) -> list[ApplyResult]:
+        """Apply deletes of rows others may reference, in the order given, each only if newer
+        than what is held and no row here references it (this store's own ON DELETE rules
+        never act: a primary's cascade arrives as writes of its own); a row still referenced
+        is FAILED, to try again once the writes of the rows referencing it arrive."""
 
     async def apply_inline(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
         """`apply` for the inline mirror writes of committed primary writes; a store may commit

@@ -22,6 +22,7 @@ from proxy.errors import Fenced, NotFoundError, StoreUnavailable, ValidationErro
 from proxy.models import BY_NAME, BY_TABLE, ENTITIES, REFERENCED_BY, Entity, Kind, SearchResult
 from proxy.stores import migrations, postgres_schema
 from proxy.stores.base import (
+    WAITS,
     ApplyOutcome,
     ApplyResult,
     Mutation,
@@ -372,13 +373,6 @@ class PostgresStore(StoreMethods):
                                  list(row_ids))
         return {r["id"]: (from_postgres(entity, r), r["row_version"]) for r in rows}
 
-    async def referencing(
-        self, child: Entity, column: str, parent_ids: Sequence[uuid.UUID]
-    ) -> list[tuple[uuid.UUID, uuid.UUID]]:
-        rows = await self._fetch(f"SELECT id, {column} FROM {child.table} "
-                                 f"WHERE {column} = ANY($1::uuid[])", list(parent_ids))
-        return [(r[0], r[1]) for r in rows]
-
     async def list_rows(
         self, entity: Entity, owner: Any | None, *, limit: int, offset: int
     ) -> list[dict[str, Any]]:
@@ -428,41 +422,25 @@ class PostgresStore(StoreMethods):
         except UNAVAILABLE as exc:
             raise StoreUnavailable("postgres", _reason(exc)) from exc
 
-    async def delete_guarded(
-        self, delete: Mutation, known: dict[tuple[str, str], list[uuid.UUID]]
-    ) -> ApplyResult:
-        """One SERIALIZABLE statement: a child attached after its snapshot makes the cascade
-        fail with a serialization error (PostgreSQL's foreign keys check for new referencing
-        rows under it), and the delete is tried again, looking at that child too."""
-        entity = BY_NAME[delete.entity]
-        guards = " AND ".join(
-            f"NOT EXISTS (SELECT 1 FROM {BY_NAME[child].table} WHERE {column} = $1 "
-            f"AND id <> ALL(${i + 3}::uuid[]))" for i, (child, column) in enumerate(known))
-        sql = (
-            f"WITH g AS (SELECT {guards or 'true'} AS ok), "
-            f"d AS (DELETE FROM {entity.table} WHERE id = $1 AND row_version < $2 "
-            "AND (SELECT ok FROM g) RETURNING id), "
-            "t AS (INSERT INTO cutover_tombstones (entity, row_id, version) "
-            f"SELECT '{entity.name}', $1, $2 WHERE (SELECT ok FROM g) "
-            "ON CONFLICT (entity, row_id) DO UPDATE SET "
-            "version = GREATEST(cutover_tombstones.version, EXCLUDED.version)) "
-            "SELECT (SELECT ok FROM g) AS ok, (SELECT count(*) FROM d) AS n"
-        )
-        args = [delete.row_id, delete.version, *known.values()]
+    async def delete_parents(self, deletes: Sequence[Mutation]) -> list[ApplyResult]:
+        """One SERIALIZABLE transaction, a statement per delete: a child attached by a
+        transaction that committed after the snapshot makes the foreign key's action fail
+        with a serialization error (its check looks for new referencing rows), and the whole
+        is tried again, seeing that child."""
         pool = await self._get_pool()
 
         async def attempt() -> list[ApplyResult]:
+            results = []
             async with pool.acquire(timeout=10) as conn, \
                     conn.transaction(isolation="serializable"):
-                row = await conn.fetchrow(sql, *args)
-            if not row["ok"]:
-                return [ApplyResult(ApplyOutcome.FAILED,
-                                    "a row referencing the deleted one arrived meanwhile")]
-            return [ApplyResult(ApplyOutcome.APPLIED if row["n"]
-                                else ApplyOutcome.SUPERSEDED)]
+                for m in deletes:
+                    found = await conn.fetchrow(_DELETE_PARENT[m.entity], m.row_id, m.version)
+                    results.append(WAITS if found["waits"] else ApplyResult(
+                        ApplyOutcome.APPLIED if found["n"] else ApplyOutcome.SUPERSEDED))
+            return results
 
         try:
-            return (await _serializably(attempt))[0]
+            return await _serializably(attempt)
         except UNAVAILABLE as exc:
             raise StoreUnavailable("postgres", _reason(exc)) from exc
 
@@ -971,3 +949,23 @@ def _delete_sql(entity: Entity) -> str:
 
 
 _DELETE = {e.name: _delete_sql(e) for e in ENTITIES}
+
+
+def _delete_parent_sql(entity: Entity) -> str:
+    """`_delete_sql`, unless a row still references the row (then `waits`, and no tombstone)."""
+    referenced = " OR ".join(f"EXISTS (SELECT 1 FROM {child.table} WHERE {column.name} = $1)"
+                             for child, column in REFERENCED_BY[entity.table]) or "false"
+    return (
+        f"WITH h AS (SELECT row_version < $2 AND ({referenced}) AS waits "
+        f"FROM {entity.table} WHERE id = $1), "
+        f"d AS (DELETE FROM {entity.table} WHERE id = $1 AND row_version < $2 "
+        "AND NOT (SELECT waits FROM h) RETURNING id), "
+        "t AS (INSERT INTO cutover_tombstones (entity, row_id, version) "
+        f"SELECT '{entity.name}', $1, $2 WHERE NOT COALESCE((SELECT waits FROM h), false) "
+        "ON CONFLICT (entity, row_id) DO UPDATE SET "
+        "version = GREATEST(cutover_tombstones.version, EXCLUDED.version)) "
+        "SELECT (SELECT count(*) FROM d) AS n, COALESCE((SELECT waits FROM h), false) AS waits"
+    )
+
+
+_DELETE_PARENT = {e.name: _delete_parent_sql(e) for e in ENTITIES}

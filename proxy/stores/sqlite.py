@@ -35,6 +35,7 @@ from proxy.errors import CutoverError, Fenced, NotFoundError, StoreUnavailable, 
 from proxy.models import BY_NAME, BY_TABLE, REFERENCED_BY, Entity, SearchResult
 from proxy.stores import migrations
 from proxy.stores.base import (
+    WAITS,
     ApplyOutcome,
     ApplyResult,
     Mutation,
@@ -273,16 +274,6 @@ class SQLiteStore(StoreMethods):
 
         return await self._run(read, write=False)
 
-    async def referencing(
-        self, child: Entity, column: str, parent_ids: Sequence[uuid.UUID]
-    ) -> list[tuple[uuid.UUID, uuid.UUID]]:
-        sql = (f"SELECT id, {column} FROM {child.table} "
-               f"WHERE {column} IN (SELECT value FROM json_each(?))")
-        listed = json.dumps([str(i) for i in parent_ids])
-        return await self._run(
-            lambda c: [(uuid.UUID(r[0]), uuid.UUID(r[1])) for r in c.execute(sql, (listed,))],
-            write=False)
-
     async def list_rows(
         self, entity: Entity, owner: Any | None, *, limit: int, offset: int
     ) -> list[dict[str, Any]]:
@@ -317,19 +308,11 @@ class SQLiteStore(StoreMethods):
         return await self._run(lambda conn: [_apply_one(conn, m) for m in mutations],
                                write=True, grouped=True)
 
-    async def delete_guarded(
-        self, delete: Mutation, known: dict[tuple[str, str], list[uuid.UUID]]
-    ) -> ApplyResult:
-        checks = [(f"SELECT 1 FROM {BY_NAME[child].table} WHERE {column} = ? AND id NOT IN "
-                   "(SELECT value FROM json_each(?)) LIMIT 1",
-                   (str(delete.row_id), json.dumps([str(i) for i in ids])))
-                  for (child, column), ids in known.items()]
-
-        def tx(conn: sqlite3.Connection) -> ApplyResult:
+    async def delete_parents(self, deletes: Sequence[Mutation]) -> list[ApplyResult]:
+        def tx(conn: sqlite3.Connection) -> list[ApplyResult]:
             # one writer: nothing can attach a child between this look and the delete
-            if any(conn.execute(sql, params).fetchone() for sql, params in checks):
-                return _NEW_CHILD
-            return _apply_one(conn, delete)
+            return [WAITS if _still_referenced(conn, m) else _apply_one(conn, m)
+                    for m in deletes]
 
         return await self._run(tx, write=True, grouped=True)
 
@@ -585,7 +568,15 @@ def _integrity_error(
     return ValidationError(entity.name, f"rejected by the database: {text}")
 
 
-_NEW_CHILD = ApplyResult(ApplyOutcome.FAILED, "a row referencing the deleted one arrived meanwhile")
+def _still_referenced(conn: sqlite3.Connection, m: Mutation) -> bool:
+    """Whether a delete of an older row than `m`'s must wait for rows referencing it."""
+    entity = BY_NAME[m.entity]
+    held = conn.execute(f"SELECT row_version FROM {entity.table} WHERE id = ?",
+                        (str(m.row_id),)).fetchone()
+    return held is not None and held[0] < m.version and any(
+        conn.execute(f"SELECT 1 FROM {child.table} WHERE {column.name} = ? LIMIT 1",
+                     (str(m.row_id),)).fetchone()
+        for child, column in REFERENCED_BY[entity.table])
 
 
 def _apply_one(conn: sqlite3.Connection, m: Mutation) -> ApplyResult:

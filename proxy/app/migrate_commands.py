@@ -1,4 +1,5 @@
-"""The `backfill`, `verify` and `reconcile` verbs of `cutover` (registered on `proxy.cli.app`)."""
+"""The `backfill`, `verify` and `reconcile` verbs of `cutover` (registered on
+`proxy.app.cli.app`); the work is `proxy.migrate`'s."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from config import Settings
-from proxy.cli import EXIT_DIFFER, EXIT_USAGE, app, fail, load_settings, run
+from proxy.app.cli import EXIT_DIFFER, EXIT_USAGE, app, fail, load_settings, run
 
 
 @contextmanager
@@ -87,7 +88,7 @@ def backfill(
              "once rather than when autovacuum gets to it."),
 ) -> None:
     """Copy an existing SQLite database into PostgreSQL (resumable, safe beside dual writes)."""
-    from proxy.migrate.backfill import BadSource, run_backfill
+    from proxy.migrate.backfill import run_backfill
 
     settings = load_settings()
     path = source or settings.sqlite_path
@@ -105,11 +106,8 @@ def backfill(
                                       restart=restart, progress=on_rows, totals=on_totals,
                                       analyze=analyze)
 
-    try:
-        with _logs_to_stderr():
-            report = run(main)
-    except BadSource as exc:
-        raise fail(str(exc), EXIT_USAGE) from None
+    with _logs_to_stderr():
+        report = run(main)
     if as_json:
         doc = report.to_json()
         doc["postgres"] = settings.safe_dsn
@@ -148,7 +146,7 @@ def verify(
     Exit 0 when they agree, 1 when they differ. Rows in the backfill's rejects and rows with a
     mirror write still pending are listed apart and are not differences; dead letters are.
     """
-    from proxy.migrate.verify import VERIFY_STEPS, SQLiteNotUpgraded, run_verify
+    from proxy.migrate.verify import VERIFY_STEPS, run_verify
 
     settings = load_settings()
     path = _check_sqlite(settings)
@@ -158,11 +156,8 @@ def verify(
             return await run_verify(path, await _dsn(settings), queries=sample_queries,
                                     progress=on_step)
 
-    try:
-        with _logs_to_stderr():
-            report = run(main)
-    except SQLiteNotUpgraded as exc:
-        raise fail(str(exc), EXIT_USAGE) from None
+    with _logs_to_stderr():
+        report = run(main)
     doc = report.to_json()
     doc["postgres"] = settings.safe_dsn
     doc["sqlite"] = str(path)
@@ -190,21 +185,17 @@ def reconcile(
     differing row is copied from it as a new write (or deleted where it has none). Exit 1 if
     differences (dead letters included) remain afterwards.
     """
-    from proxy.connect import read_record
-    from proxy.migrate.reconcile import (
-        RECONCILE_STEPS,
-        PrimaryUnknown,
-        current_primary,
-        run_reconcile,
-    )
-    from proxy.migrate.verify import SQLiteNotUpgraded, is_upgraded
+    from proxy.errors import PrimaryUnknown
+    from proxy.migrate.reconcile import RECONCILE_STEPS, run_reconcile
+    from proxy.migrate.verify import is_upgraded
+    from proxy.primary_source import current_primary, primary_before_record
 
     settings = load_settings()
     path = _check_sqlite(settings)
     # the record only from a file that has its tables: a read-only look must create nothing
-    record = run(lambda: read_record(settings)) if is_upgraded(path) else None
     try:
-        primary = record.primary if record is not None else current_primary(settings)
+        primary = (run(lambda: current_primary(settings)) if is_upgraded(path)
+                   else primary_before_record(settings))
     except PrimaryUnknown as exc:
         raise fail(str(exc), EXIT_USAGE) from None
 
@@ -213,11 +204,8 @@ def reconcile(
             return await run_reconcile(path, await _dsn(settings), primary,
                                        retry_dead=retry_dead, progress=on_step)
 
-    try:
-        with _logs_to_stderr():
-            report = run(main)
-    except SQLiteNotUpgraded as exc:
-        raise fail(str(exc), EXIT_USAGE) from None
+    with _logs_to_stderr():
+        report = run(main)
     if as_json:
         doc = report.to_json()
         doc["postgres"] = settings.safe_dsn

@@ -1,4 +1,4 @@
-"""The `cutover demo` and `cutover serve` commands (registered on `proxy.cli.app` at import)."""
+"""The `cutover demo` and `cutover serve` commands (registered on `proxy.app.cli.app` at import)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import structlog
 import typer
 
 from config import Settings
-from proxy.cli import EXIT_USAGE, app, fail, load_settings, run
+from proxy.app.cli import EXIT_USAGE, app, fail, load_settings, run
+from proxy.sqlite_file import is_legacy_file
 
 
 def configure_logging(level: int, *, json_lines: bool) -> None:
@@ -52,17 +53,9 @@ def refuse_unupgraded_legacy_db(settings: Settings) -> None:
     """
     import sqlite3
 
-    from proxy.stores.sqlite_schema import is_legacy_database
-
     path = settings.sqlite_path
-    if not path.is_file() or path.stat().st_size == 0:
-        return
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            legacy = is_legacy_database(conn)
-        finally:
-            conn.close()
+        legacy = is_legacy_file(path)
     except sqlite3.Error as exc:
         raise fail(f"SQLITE_PATH={path}: cannot read it ({exc})", EXIT_USAGE) from None
     if legacy:
@@ -97,7 +90,7 @@ def demo(
                                   help="Sample questions to load (from Python docstrings)."),
 ) -> None:
     """`cutover demo` (see DEMO_HELP)."""
-    from proxy.demo import DemoOptions, format_summary, run_demo
+    from proxy.app.demo import DemoOptions, format_summary, run_demo
 
     settings = load_settings()
     refuse_unupgraded_legacy_db(settings)
@@ -170,8 +163,8 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
     import uvicorn
     from prometheus_client import CollectorRegistry
 
+    from proxy.app.service import create_app
     from proxy.repository import open_repository
-    from proxy.service import create_app
 
     async with open_repository(settings, registry=CollectorRegistry()) as repo:
         host, port = sock.getsockname()[:2]

@@ -42,10 +42,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 from starlette.exceptions import HTTPException
 
 from config import Settings
-from config.settings import redact_dsn
+from config.settings import Backend, redact_dsn
 from metrics import make_metrics_app
-from proxy.deadletters import flip_refusal
-from proxy.errors import CutoverError, NotFoundError, StoreUnavailable, ValidationError
+from proxy.errors import CutoverError, FlipRefused, NotFoundError, StoreUnavailable, ValidationError
 from proxy.models import (
     LEARNING_EVENTS,
     QUESTIONS,
@@ -61,7 +60,7 @@ from proxy.models import (
     User,
     as_dict,
 )
-from proxy.repository import FlipRefused, Repository, open_repository
+from proxy.repository import Repository, open_repository
 from proxy.stores.searchtext import MAX_LIMIT, MAX_QUERY_CHARS
 from proxy.validation import MAX_PAGE
 
@@ -72,8 +71,6 @@ INT32_MAX = 2**31 - 1
 MAX_DESCRIPTION_CHARS = QUESTIONS.column("question").max_length
 PING_TIMEOUT_S = 2.0
 READY_CACHE_S = 1.0
-
-Backend = Literal["sqlite", "postgres"]
 
 
 # -- request and response models ------------------------------------------------------------------
@@ -645,22 +642,14 @@ def create_app(
     @admin.put("/read-primary", response_model=ReadPrimaryOut,
                responses={409: {"model": ErrorOut, "description": "flip refused"}})
     async def put_read_primary(body: ReadPrimaryIn, repo: RepoDep) -> ReadPrimaryOut:
-        """Flip the primary (the rollback is a flip back). A flip is refused while dead letters
-        for the target wait, and a flip to PostgreSQL while the go/no-go verdict says no,
-        unless `force`."""
+        """Flip the primary (the rollback is a flip back). Refused, unless `force`, by the
+        flip's gate (`proxy.flip_gate`): dead letters or a backlog of mirror writes for the
+        target, and for PostgreSQL a go/no-go verdict that says no."""
         target = body.read_primary
-        if target != repo.read_primary and not body.force:
-            # the repository refuses too; asked first so the reason is not the verdict's
-            dead = await repo.dead_letters(target)
-            if dead:
-                raise FlipRefused(f"cannot flip to {target}: {flip_refusal(dead, target)}")
-        if target == "postgres" and target != repo.read_primary and not body.force:
-            from proxy.demo import current_verdict
-
-            verdict = await current_verdict(repo)
-            if verdict is not None and not verdict["go"]:
-                raise FlipRefused("the go/no-go verdict says no: " + "; ".join(
-                    verdict["reasons"]) + " (force to override)")
+        if not body.force:
+            refused = await repo.flip_refusal(target, override="force to override")
+            if refused is not None:
+                raise FlipRefused(f"cannot flip to {target}: {refused}")
         old = repo.read_primary
         await repo.set_read_primary(target, force=body.force)
         log.info("admin.read_primary", old=old, new=target, forced=body.force)

@@ -16,8 +16,8 @@ from typing import Any
 import typer
 
 from config import Settings
-from config.settings import Backend
-from proxy.cli import (
+from config.settings import BACKENDS, Backend, other_backend
+from proxy.app.cli import (
     EXIT_DIFFER,
     EXIT_REFUSED,
     EXIT_USAGE,
@@ -27,38 +27,30 @@ from proxy.cli import (
     require_initialised,
     run,
 )
-from proxy.connect import open_store, read_record
-from proxy.deadletters import flip_refusal
-from proxy.repository import FlipRefused, default_shadow_path, open_repository
+from proxy.connect import open_store
+from proxy.errors import FlipRefused
+from proxy.flip_gate import outbox_figures
+from proxy.primary_source import current_primary
+from proxy.repository import default_shadow_path, open_repository
+from proxy.stores.base import OutboxStats
 from proxy.stores.searchtext import parse_query
 from shadow.compare import Reason
 from shadow.store import ShadowStore
 from shadow.verdict import OutboxFigures, Verdict, evaluate
-
-STUCK_AFTER_S = 5.0  # a mirror write pending longer than this is a backlog, not traffic
 
 shadow_app = typer.Typer(help="Recent shadow mismatches, and re-running them.",
                          no_args_is_help=True)
 app.add_typer(shadow_app, name="shadow")
 
 
-def current_primary(settings: Settings) -> str:
-    """The primary every process follows: the control record's (READ_PRIMARY before any
-    process has created the record)."""
-    record = run(lambda: read_record(settings))
-    return settings.read_primary if record is None else record.primary
-
-
 async def _outbox(settings: Settings) -> dict[str, OutboxFigures]:
     """Mirror writes waiting to reach each backend (they live in the other store)."""
-    out = {}
-    now = datetime.now(UTC)
-    for source, target in (("sqlite", "postgres"), ("postgres", "sqlite")):
+    stats: dict[str, OutboxStats] = {}
+    for source in BACKENDS:
+        target = other_backend(source)
         async with open_store(settings, source) as store:
-            stats = await store.outbox_stats(target)
-        age = (now - stats.oldest_created_at).total_seconds() if stats.oldest_created_at else 0.0
-        out[target] = OutboxFigures(stats.pending, age, stats.dead)
-    return out
+            stats[target] = await store.outbox_stats(target)
+    return outbox_figures(stats)
 
 
 def _verdict(settings: Settings, outbox: dict[str, OutboxFigures]) -> Verdict:
@@ -84,7 +76,7 @@ def status(
     outbox = run(lambda: _outbox(settings))
     verdict = _verdict(settings, outbox)
     report: dict[str, Any] = {
-        "read_primary": current_primary(settings),
+        "read_primary": run(lambda: current_primary(settings)),
         "dual_write": settings.dual_write,
         "outbox": {b: {"pending": f.pending, "oldest_age_s": round(f.oldest_age_s, 3),
                        "dead_letters": f.dead_letters} for b, f in outbox.items()},
@@ -129,25 +121,8 @@ def read_primary(
     settings = load_settings()
     require_initialised(settings)
     if backend is None:
-        typer.echo(current_primary(settings))
+        typer.echo(run(lambda: current_primary(settings)))
         return
-    if not force:
-        outbox = run(lambda: _outbox(settings))
-        figures = outbox[backend]
-        if figures.dead_letters:
-            raise fail("refused: " + flip_refusal(figures.dead_letters, backend,
-                                                  override="use --force"), EXIT_REFUSED)
-        # Under live traffic a few writes are always in flight; what blocks a flip is a
-        # backlog: writes waiting longer than a replay pass takes.
-        if figures.pending and figures.oldest_age_s > STUCK_AFTER_S:
-            raise fail(f"refused: {figures.pending} mirror writes to {backend} are pending "
-                       f"(oldest {figures.oldest_age_s:.0f} s); run `cutover reconcile`, or "
-                       "use --force", EXIT_REFUSED)
-        if backend == "postgres":
-            verdict = _verdict(settings, outbox)
-            if not verdict.go:
-                raise fail("refused: the go/no-go verdict says no-go: "
-                           + "; ".join(verdict.reasons), EXIT_REFUSED)
 
     async def flip() -> int | FlipRefused | None:
         # this command's own READ_PRIMARY (or its default) asks for nothing
@@ -155,6 +130,10 @@ def read_primary(
                         metrics_port=None)
         async with open_repository(quiet, init_schema=False) as repo:
             try:
+                refused = None if force else await repo.flip_refusal(backend,
+                                                                     override="use --force")
+                if refused is not None:
+                    raise FlipRefused(refused)
                 await repo.set_read_primary(backend, force=force)
             except FlipRefused as exc:  # returned: `run` maps other errors to exit 2
                 return exc

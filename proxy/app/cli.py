@@ -5,7 +5,8 @@ be reached; 4 a refused action (a flip the gate or the control record refused).
 Log lines go to stderr while a command runs, so stdout holds only the command's output (one
 JSON document with `--json`).
 
-Each group of verbs lives beside the code it drives and registers itself here.
+Each group of verbs lives in its own module of `proxy.app` (`*_commands.py`) and registers
+itself on `app` here.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ app = typer.Typer(
     help="Zero-downtime SQLite -> PostgreSQL cutover: dual writes, shadow search, migration.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
-schema_app = typer.Typer(help="Create or upgrade the schema on both stores.", no_args_is_help=True)
-app.add_typer(schema_app, name="schema")
 
 
 def _stderr_logger(*args: Any) -> Any:
@@ -127,51 +126,13 @@ def run(main: Callable[[], Awaitable[T]]) -> T:
         raise
 
 
-@schema_app.command("init")
-def schema_init(
-    backup: bool = typer.Option(True, "--backup/--no-backup",
-                                help="Copy an existing SQLite file before changing it."),
-) -> None:
-    """Create the schema on both stores (safe to run again); upgrade a legacy app.db in place."""
-    from proxy.schema import init_both
-
-    settings = load_settings()
-    report: dict[str, Any] = run(lambda: init_both(settings, backup=backup))
-    for line in report["lines"]:
-        typer.echo(line)
-
-
-@schema_app.command("status")
-def schema_status(
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON document."),
-) -> None:
-    """Each store's schema revision and whether they match (exit 1 when they differ)."""
-    import json
-
-    from proxy.schema import schema_status as status
-
-    report: dict[str, Any] = run(lambda: status(load_settings()))
-    if json_out:
-        typer.echo(json.dumps(report))
-    else:
-        for store in ("sqlite", "postgres"):
-            typer.echo(f"{store}: {report[store] or 'no recorded revision'}")
-        verdict = ("the stores match" if report["match"]
-                   else "the stores DIFFER: run `cutover schema init`")
-        typer.echo(f"newest: {report['head']}; {verdict}")
-    raise typer.Exit(EXIT_OK if report["match"] else EXIT_DIFFER)
-
-
 def _register() -> None:
-    """Import the modules that add their verbs (kept optional while they are being built)."""
+    """Import the modules that add their verbs to `app`."""
     import importlib
 
-    for module in ("proxy.ops", "proxy.migrate.cli", "proxy.faces"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+    for module in ("schema_commands", "ops_commands", "migrate_commands",
+                   "demo_serve_commands"):
+        importlib.import_module(f"proxy.app.{module}")
 
 
 _register()

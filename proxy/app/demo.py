@@ -1,6 +1,6 @@
 """`cutover demo`: the whole cutover on one machine in under a minute.
 
-Creates both schemas, loads sample questions made from Python docstrings (`proxy.sample_data`),
+Creates both schemas, loads sample questions made from Python docstrings (`proxy.app.sample_data`),
 then runs a mixed write/read/search workload through the repository with every search shadowed,
 flips the primary to the other store mid-run and back (the rollback), and returns a summary: writes
 and mirror failures per store and shadow figures read back from the Prometheus registry, latencies
@@ -26,7 +26,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from config import Settings
-from config.settings import BACKENDS, Backend
+from config.settings import BACKENDS, other_backend
 from metrics import (
     DISCREPANCY_REASONS,
     ENTITIES,
@@ -36,9 +36,7 @@ from metrics import (
     MetricsServer,
     serve_metrics,
 )
-from proxy.errors import NotFoundError, StoreUnavailable, ValidationError
-from proxy.repository import FlipRefused, Repository, open_repository
-from proxy.sample_data import (
+from proxy.app.sample_data import (
     ACTIONS,
     APPS,
     DEMO_USERS,
@@ -46,6 +44,8 @@ from proxy.sample_data import (
     sample_questions,
     search_queries,
 )
+from proxy.errors import FlipRefused, NotFoundError, StoreUnavailable, ValidationError
+from proxy.repository import Repository, open_repository
 
 log = structlog.get_logger("cutover.demo")
 
@@ -97,10 +97,6 @@ def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return ordered[rank - 1]
-
-
-def _other(backend: str) -> Backend:
-    return "postgres" if backend == "sqlite" else "sqlite"
 
 
 # -- loading the sample ---------------------------------------------------------------------------
@@ -244,22 +240,9 @@ class _Workload:
 # -- the verdict and the summary ------------------------------------------------------------------
 
 async def current_verdict(repo: Repository) -> dict[str, Any] | None:
-    """The go/no-go verdict over the shadow store's window (None without a shadow store)."""
-    from shadow import OutboxFigures, refresh_ready
-
-    if repo.shadow is None or repo.shadow.store is None:
-        return None
-    await repo.shadow.drain()
-    now = time.time()
-    outbox = {
-        backend: OutboxFigures(
-            pending=s.pending, dead_letters=s.dead,
-            oldest_age_s=(now - s.oldest_created_at.timestamp()) if s.oldest_created_at else 0.0,
-        )
-        for backend, s in (await repo.outbox_stats()).items()
-    }
-    verdict = await refresh_ready(repo.metrics, repo.shadow.store, outbox)
-    return {"go": verdict.go, "reasons": list(verdict.reasons)}
+    """The go/no-go verdict for the summary (None without a shadow store)."""
+    verdict = await repo.current_verdict()
+    return None if verdict is None else {"go": verdict.go, "reasons": list(verdict.reasons)}
 
 
 def _value(registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None) -> float:
@@ -384,7 +367,7 @@ async def _run(
     tally = _Tally()
     workload = _Workload(repo, users, reserve, tally)
     echo(f"workload: {options.duration_s:.0f} s, {options.workers} workers, primary "
-         f"{start_primary}; flip to {_other(start_primary)} at {FLIP_AT:.0%}, back at "
+         f"{start_primary}; flip to {other_backend(start_primary)} at {FLIP_AT:.0%}, back at "
          f"{ROLLBACK_AT:.0%}")
     t0 = time.monotonic()
     deadline = t0 + options.duration_s
@@ -395,7 +378,8 @@ async def _run(
     ]
     flips: list[dict[str, Any]] = []
     try:
-        for share, target in ((FLIP_AT, _other(start_primary)), (ROLLBACK_AT, start_primary)):
+        for share, target in ((FLIP_AT, other_backend(start_primary)),
+                              (ROLLBACK_AT, start_primary)):
             await asyncio.sleep(max(0.0, t0 + share * options.duration_s - time.monotonic()))
             verdict = await current_verdict(repo)
             flip_start = time.perf_counter()
