@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: run test lint types clean
+.PHONY: run test test-fast lint types clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ types: $(STAMP)
 
 test: lint types
 	$(BIN)/python -m pytest
+
+# the tests not marked slow (or soak): the quick loop while editing
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m 'not slow and not soak'
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -170,7 +170,8 @@ class Repository(EntityMethods):
         self._pending_rows: frozenset[uuid.UUID] = frozenset()
         self._outbox: dict[str, OutboxStats] = {}
         self._replay_interval_s = replay_interval_s
-        self._drain_timeout_s = 15.0
+        #: how long a flip waits for the writes pending for its target before `FlipRefused`
+        self.drain_timeout_s = 15.0
         self._batch = {b: REPLAY_BATCH for b in BACKENDS}
         self._mirror_writes = 0
         self.verdict: Verdict | None = None
@@ -384,7 +385,7 @@ class Repository(EntityMethods):
     async def _drain_to(self, target: Backend) -> None:
         """Replay every pending write for `target`; raise if some remain after the timeout, or
         if dead letters for it are waiting (the store would take over without their rows)."""
-        deadline = time.monotonic() + self._drain_timeout_s
+        deadline = time.monotonic() + self.drain_timeout_s
         source = self._stores[other_backend(target)]
         while True:
             await self._replay_pass(source, target)
@@ -849,17 +850,31 @@ async def _same_schema_revision(sqlite: SQLiteStore, postgres: PostgresStore) ->
         raise SchemaMismatch(*revisions, needed)
 
 
+class GivenStores(TypedDict, total=False):
+    """Open stores for `open_repository` to use instead of opening its own."""
+
+    sqlite: SQLiteStore
+    postgres: PostgresStore
+
+
 @asynccontextmanager
 async def open_repository(
     settings: Settings, *, registry: CollectorRegistry | None = None,
     shadow_store_path: Path | None = None, init_schema: bool = True,
+    stores: GivenStores | None = None,
 ) -> AsyncIterator[Repository]:
-    """Open both stores, the shadow runner and the background loops; close them all on exit."""
+    """Open both stores, the shadow runner and the background loops; close them all on exit.
+
+    `stores` supplies open stores to use instead of opening them from `settings` (one or
+    both, keyed by backend, on the same databases as `settings` names); they stay the
+    caller's to close.
+    """
     registry = registry if registry is not None else CollectorRegistry()
     metrics = Metrics(registry)
     dsn = await resolve_dsn(settings)
-    sqlite = SQLiteStore(settings.sqlite_path)
-    postgres = PostgresStore(dsn)
+    given: GivenStores = stores or {}
+    sqlite = given.get("sqlite") or SQLiteStore(settings.sqlite_path)
+    postgres = given.get("postgres") or PostgresStore(dsn)
     server = None
     shadow_store: ShadowStore | None = None
     worker: SearchWorker | None = None
@@ -906,8 +921,10 @@ async def open_repository(
             await worker.aclose()
         if server is not None:
             server.close()
-        await sqlite.close()
-        await postgres.close()
+        if "sqlite" not in given:
+            await sqlite.close()
+        if "postgres" not in given:
+            await postgres.close()
         if shadow_store is not None:
             shadow_store.close()
 

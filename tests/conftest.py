@@ -1,5 +1,11 @@
 """Shared fixtures: a real PostgreSQL server (embedded unless POSTGRES_DSN is set), a fresh
-database per test, and a temp SQLite file per test."""
+database per test, and a temp SQLite file per test.
+
+The schema is built once per session on each backend (by the stores' own `init_schema`, whatever
+lies behind it) and copied for each test that wants it: `pg_schema_dsn` is a database created
+from a template database, `sqlite_store` opens a copy of an initialised file. Tests that check
+schema creation itself keep the empty `pg_dsn` and `sqlite_path`.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +20,7 @@ import pytest
 
 from proxy.stores.postgres import PostgresStore
 from proxy.stores.sqlite import SQLiteStore
-
-
-def _with_database(dsn: str, database: str) -> str:
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path="/" + database))
+from tests.databases import copy_sqlite, fresh_database
 
 
 @pytest.fixture(scope="session")
@@ -35,21 +37,36 @@ def pg_server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.cleanup()
 
 
+@pytest.fixture(scope="session")
+async def pg_template(pg_server_dsn: str) -> AsyncIterator[str]:
+    """The name of a database holding the schema, built once per session: each
+    `pg_schema_dsn` is a copy of it (`CREATE DATABASE ... TEMPLATE`)."""
+    async with fresh_database(pg_server_dsn) as dsn:
+        store = PostgresStore(dsn)
+        try:
+            await store.init_schema()
+        finally:
+            await store.close()  # a template must have no connections when it is copied
+        yield urlsplit(dsn).path.lstrip("/")
+
+
 @pytest.fixture
 async def pg_dsn(pg_server_dsn: str) -> AsyncIterator[str]:
-    """A fresh database for one test, dropped after it (existing data is never touched)."""
-    name = f"cutover_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_server_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield _with_database(pg_server_dsn, name)
-    admin = await asyncpg.connect(pg_server_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    """A fresh, empty database for one test, dropped after it."""
+    async with fresh_database(pg_server_dsn) as dsn:
+        yield dsn
+
+
+@pytest.fixture
+async def pg_schema_dsn(
+    pg_server_dsn: str, pg_template: str, request: pytest.FixtureRequest
+) -> AsyncIterator[str]:
+    """A fresh database already holding the schema (a copy of the session's template)."""
+    if "pg_dsn" in request.fixturenames:
+        pytest.fail("a test gets either pg_dsn (empty) or pg_schema_dsn, not both: they "
+                    "would be two databases")
+    async with fresh_database(pg_server_dsn, template=pg_template) as dsn:
+        yield dsn
 
 
 @pytest.fixture
@@ -80,21 +97,41 @@ async def owner_dsn(pg_dsn: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 def sqlite_path(tmp_path: Path) -> Path:
+    """Where the test's SQLite file goes (nothing there yet)."""
     return tmp_path / "app.db"
 
 
+@pytest.fixture(scope="session")
+async def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file holding the schema, built once per session; `copy_sqlite` copies it."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "app.db"
+    store = SQLiteStore(path)
+    try:
+        await store.init_schema()
+    finally:
+        await store.close()
+    return path
+
+
 @pytest.fixture
-async def sqlite_store(sqlite_path: Path) -> AsyncIterator[SQLiteStore]:
-    store = SQLiteStore(sqlite_path)
-    await store.init_schema()
+def sqlite_schema_path(sqlite_path: Path, sqlite_template: Path) -> Path:
+    """`sqlite_path`, now holding the schema (a copy of the session's initialised file)."""
+    copy_sqlite(sqlite_template, sqlite_path)
+    return sqlite_path
+
+
+@pytest.fixture
+async def sqlite_store(sqlite_schema_path: Path) -> AsyncIterator[SQLiteStore]:
+    """A store on `sqlite_path`, holding the schema."""
+    store = SQLiteStore(sqlite_schema_path)
     yield store
     await store.close()
 
 
 @pytest.fixture
-async def pg_store(pg_dsn: str) -> AsyncIterator[PostgresStore]:
-    store = PostgresStore(pg_dsn)
-    await store.init_schema()
+async def pg_store(pg_schema_dsn: str) -> AsyncIterator[PostgresStore]:
+    """A store on `pg_schema_dsn`, holding the schema."""
+    store = PostgresStore(pg_schema_dsn)
     yield store
     await store.close()
 

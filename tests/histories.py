@@ -401,7 +401,7 @@ class History:
     async def current(self, repo: Repository, entity: EntitySpec, row_id: uuid.UUID
                       ) -> Row | None:
         with contextlib.suppress(Exception):
-            return await repo._stores[repo.read_primary].get_row(entity, row_id)
+            return await repo.stores[repo.read_primary].get_row(entity, row_id)
         return None
 
     # -- the run --

@@ -172,6 +172,7 @@ def calls(draw: st.DrawFn, ids: dict[str, uuid.UUID]) -> tuple[str, tuple[Any, .
     return f"update_{entity}", (draw(id_shapes(ids[entity])),), changes
 
 
+@pytest.mark.slow
 def test_only_validation_and_not_found_errors_come_out(world: World) -> None:
     outcomes: dict[str, int] = {}
 

@@ -29,6 +29,8 @@ from proxy.stores.postgres import PostgresStore
 from proxy.stores.sqlite import SQLiteStore
 from tests.convergence import differences
 
+pytestmark = pytest.mark.slow  # see pyproject.toml's markers
+
 SEEDS = range(12)
 
 
@@ -70,15 +72,28 @@ async def _one_write(repo: Repository, rng: random.Random, n: int) -> None:
         await rng.choice(writes)()
 
 
+class InlineRefused:
+    """A real store that refuses inline mirror writes: after the first, the repository tries no
+    more (its breaker opens), so every mirror write waits in the primary's outbox."""
+
+    def __init__(self, store: SQLiteStore | PostgresStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def apply_inline(self, mutations: Any) -> Any:
+        raise ConnectionError("inline mirror writes refused")
+
+
 async def _history_then_shuffled_mirror(
     primary: SQLiteStore | PostgresStore, mirror: SQLiteStore | PostgresStore,
     settings: Settings, seed: int,
 ) -> list[str]:
     rng = random.Random(seed)
-    stores = {primary.backend: primary, mirror.backend: mirror}
+    stores = {primary.backend: primary, mirror.backend: InlineRefused(mirror)}
     repo = Repository(settings, stores["sqlite"], stores["postgres"],  # type: ignore[arg-type]
                       metrics=Metrics(CollectorRegistry()))
-    repo._breaker_open[mirror.backend] = True  # every mirror write waits in the outbox
     for n in range(120):
         await _one_write(repo, rng, n)
     pending = await primary.outbox_pending(mirror.backend, 10_000)
@@ -102,14 +117,12 @@ async def _history_then_shuffled_mirror(
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("primary_name", ["sqlite", "postgres"])
 async def test_any_order_of_the_primarys_writes_leaves_the_mirror_equal(
-    tmp_path: Path, pg_dsn: str, primary_name: str, seed: int,
+    sqlite_schema_path: Path, pg_schema_dsn: str, primary_name: str, seed: int,
 ) -> None:
-    sqlite = SQLiteStore(tmp_path / "app.db")
-    postgres = PostgresStore(pg_dsn)
+    sqlite = SQLiteStore(sqlite_schema_path)
+    postgres = PostgresStore(pg_schema_dsn)
     try:
-        await sqlite.init_schema()
-        await postgres.init_schema()
-        settings = Settings(sqlite_path=tmp_path / "app.db", postgres_dsn=pg_dsn,
+        settings = Settings(sqlite_path=sqlite_schema_path, postgres_dsn=pg_schema_dsn,
                             read_primary=primary_name)  # type: ignore[arg-type]
         primary, mirror = (sqlite, postgres) if primary_name == "sqlite" else (postgres, sqlite)
         diffs = await _history_then_shuffled_mirror(primary, mirror, settings, seed)

@@ -31,6 +31,8 @@ from proxy.stores.base import Mutation
 from proxy.stores.postgres import PostgresStore
 from proxy.stores.sqlite_schema import LEGACY_SCHEMA
 
+pytestmark = pytest.mark.slow  # see pyproject.toml's markers
+
 TS = "2024-03-05T12:34:56Z"
 TS_DT = datetime(2024, 3, 5, 12, 34, 56, tzinfo=UTC)
 
@@ -199,16 +201,11 @@ async def test_the_planner_has_statistics_at_the_end(legacy: LegacyDB, pg_dsn: s
 
 
 async def test_a_table_with_a_trigger_of_its_own_keeps_per_row_checks(
-        legacy: LegacyDB, pg_dsn: str, tmp_path: Path) -> None:
+        legacy: LegacyDB, pg_schema_dsn: str, tmp_path: Path) -> None:
     """A trigger someone added (an audit, say) would not fire as `replica`: that table is
     loaded with its triggers, and its foreign keys, checked row by row."""
     legacy.bulk(questions=20, logs=30, events=5)
-    store = PostgresStore(pg_dsn)
-    try:
-        await store.init_schema()
-    finally:
-        await store.close()
-    conn = await asyncpg.connect(pg_dsn)
+    conn = await asyncpg.connect(pg_schema_dsn)
     try:
         await conn.execute(
             "CREATE TABLE audit (n INT); "
@@ -218,10 +215,10 @@ async def test_a_table_with_a_trigger_of_its_own_keeps_per_row_checks(
             "FOR EACH ROW EXECUTE FUNCTION audit_row()")
     finally:
         await conn.close()
-    report = await backfill(legacy, pg_dsn, tmp_path)
+    report = await backfill(legacy, pg_schema_dsn, tmp_path)
     assert "typing_logs" not in report.fk_checked_after
     assert "questions" in report.fk_checked_after
-    [audited] = await pg_rows(pg_dsn, "SELECT count(*) AS n FROM audit")
+    [audited] = await pg_rows(pg_schema_dsn, "SELECT count(*) AS n FROM audit")
     assert audited["n"] == report.tables["typing_logs"].inserted == 30
 
 
@@ -346,13 +343,13 @@ async def test_a_rounded_real_is_reported_with_old_and_new_value(
 
 
 async def test_a_row_deleted_through_the_repository_is_not_resurrected(
-        legacy: LegacyDB, pg_dsn: str, pg_store: PostgresStore, tmp_path: Path) -> None:
+        legacy: LegacyDB, pg_schema_dsn: str, pg_store: PostgresStore, tmp_path: Path) -> None:
     u = legacy.user()
     q = legacy.question(legacy.book(u))
     gone = legacy.question(legacy.book(u))
     # dual writes were on: the repository deleted `gone` on PostgreSQL (a tombstone, no row)
     await pg_store.apply([Mutation("question", "delete", uuid.UUID(gone), 5)])
-    report = await backfill(legacy, pg_dsn, tmp_path)
+    report = await backfill(legacy, pg_schema_dsn, tmp_path)
     assert report.tables["questions"].inserted == 1
     assert report.tables["questions"].skipped == 1
     assert await pg_store.get_question(uuid.UUID(q))
@@ -415,7 +412,7 @@ async def test_a_killed_run_resumes_without_gaps_or_duplicates(
 
 
 async def test_writes_made_through_the_repository_during_the_backfill_win(
-        legacy: LegacyDB, pg_dsn: str, pg_store: PostgresStore, tmp_path: Path,
+        legacy: LegacyDB, pg_schema_dsn: str, pg_store: PostgresStore, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     legacy.bulk(users=4, questions=600, logs=300, events=100)
     ids = sorted(r[0] for r in legacy.conn.execute("SELECT id FROM questions"))
@@ -459,23 +456,23 @@ async def test_writes_made_through_the_repository_during_the_backfill_win(
             for qid in doomed:
                 await pg_store.apply([Mutation("question", "delete", uuid.UUID(qid), version)])
             await pg_store.create_user(name="New", email="new@example.com")
-            copied = await pg_rows(pg_dsn,
+            copied = await pg_rows(pg_schema_dsn,
                                    "SELECT count(*) AS n FROM questions WHERE row_version = 0")
             return int(copied[0]["n"])
         finally:
             written.set()
 
     writer = asyncio.create_task(repository())
-    report = await backfill(legacy, pg_dsn, tmp_path, batch_size=20)
+    report = await backfill(legacy, pg_schema_dsn, tmp_path, batch_size=20)
     assert 0 < await writer < 600 - len(late)  # the writes landed in the middle of the copy
     answers = {str(r["id"]): r["answer"] for r in await pg_rows(
-        pg_dsn, "SELECT id, answer FROM questions WHERE row_version > 0")}
+        pg_schema_dsn, "SELECT id, answer FROM questions WHERE row_version > 0")}
     assert answers == {qid: f"written by the repository {i}"
                        for i, qid in enumerate(early + late)}
-    assert not await pg_rows(pg_dsn, "SELECT 1 FROM questions WHERE id = ANY($1::uuid[])",
+    assert not await pg_rows(pg_schema_dsn, "SELECT 1 FROM questions WHERE id = ANY($1::uuid[])",
                              doomed)
-    assert await pg_rows(pg_dsn, "SELECT 1 FROM users WHERE email = 'new@example.com'")
-    total = await pg_rows(pg_dsn, "SELECT count(*) AS n FROM questions")
+    assert await pg_rows(pg_schema_dsn, "SELECT 1 FROM users WHERE email = 'new@example.com'")
+    total = await pg_rows(pg_schema_dsn, "SELECT count(*) AS n FROM questions")
     assert total[0]["n"] == 600 - len(doomed)
     q = report.tables["questions"]
     assert q.read == 600 and q.inserted + q.present + q.skipped == 600
@@ -483,17 +480,17 @@ async def test_writes_made_through_the_repository_during_the_backfill_win(
 
 
 async def test_a_table_with_rows_keeps_its_search_indexes(
-        legacy: LegacyDB, pg_dsn: str, pg_store: PostgresStore, tmp_path: Path) -> None:
+        legacy: LegacyDB, pg_schema_dsn: str, pg_store: PostgresStore, tmp_path: Path) -> None:
     user = await pg_store.create_user(name="Live", email="live@example.com")
     book = await pg_store.create_study_book(user_id=user.id, title="Live")
     await pg_store.create_question(study_book_id=book.id, language="en", category="c",
                                    difficulty="easy", question="live question", answer="yes")
     oids = {r["indexrelid"] for r in await pg_rows(
-        pg_dsn, "SELECT indexrelid FROM pg_index WHERE indrelid = 'questions'::regclass")}
+        pg_schema_dsn, "SELECT indexrelid FROM pg_index WHERE indrelid = 'questions'::regclass")}
     legacy.bulk(questions=30, logs=10, events=10)
-    report = await backfill(legacy, pg_dsn, tmp_path)
+    report = await backfill(legacy, pg_schema_dsn, tmp_path)
     after = {r["indexrelid"] for r in await pg_rows(
-        pg_dsn, "SELECT indexrelid FROM pg_index WHERE indrelid = 'questions'::regclass")}
+        pg_schema_dsn, "SELECT indexrelid FROM pg_index WHERE indrelid = 'questions'::regclass")}
     assert oids == after  # never dropped: live searches may be using them
     assert not any(ix.startswith("idx_questions") for ix in report.indexes_built)
     assert "questions" not in report.fast_path  # through the conflict-safe staging table

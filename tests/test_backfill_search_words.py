@@ -12,6 +12,8 @@ import pytest
 
 from proxy.stores import postgres_schema
 
+pytestmark = pytest.mark.slow  # see pyproject.toml's markers
+
 # The definition the function is measured against.
 EVERY_RUN = r"regexp_replace(doc, '[^[:alnum:]]+', ' ', 'g')"
 

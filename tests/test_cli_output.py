@@ -71,6 +71,7 @@ def test_the_test_covers_every_command_with_json() -> None:
     assert _commands_with_json() == set(JSON_COMMANDS)
 
 
+@pytest.mark.slow
 def test_every_json_output_is_one_document_on_stdout(
         env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import proxy.app.ops_commands
@@ -101,6 +102,7 @@ def test_every_json_output_is_one_document_on_stdout(
             assert "test.log_line" in result.stderr and "test.log_line" not in result.stdout
 
 
+@pytest.mark.slow
 def test_status_check_exits_1_on_no_go(env: dict[str, str]) -> None:
     asyncio.run(_seed(env))
     runner = CliRunner()
@@ -115,6 +117,7 @@ def test_status_check_exits_1_on_no_go(env: dict[str, str]) -> None:
     assert json.loads(as_json.stdout)["verdict"]["go"] is False
 
 
+@pytest.mark.slow
 def test_a_refused_flip_exits_4_and_bad_usage_2(env: dict[str, str]) -> None:
     asyncio.run(_seed(env))
     runner = CliRunner()
@@ -143,6 +146,7 @@ def test_version_and_the_choices_in_help() -> None:
     assert all(f"'{r.value}'" in flat for r in Reason), flat
 
 
+@pytest.mark.slow
 async def test_verify_and_reconcile_report_each_step_for_the_progress_bar(
         env: dict[str, str]) -> None:
     from proxy.migrate.reconcile import RECONCILE_STEPS, run_reconcile

@@ -18,6 +18,7 @@ from proxy.app.cli import app as cli_app
 READ_ONLY = [["status"], ["verify"], ["read-primary"], ["shadow", "list"], ["reconcile"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", READ_ONLY, ids=" ".join)
 @pytest.mark.parametrize("state", ["missing", "empty"])
 def test_read_only_commands_create_nothing_and_say_what_to_run(
@@ -38,6 +39,7 @@ def test_read_only_commands_create_nothing_and_say_what_to_run(
     assert sorted(tmp_path.rglob("*")) == before
 
 
+@pytest.mark.slow
 async def test_open_repository_backs_up_a_legacy_db_before_upgrading(
         tmp_path: Path, pg_dsn: str) -> None:
     from proxy.stores.sqlite_schema import LEGACY_TABLES

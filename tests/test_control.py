@@ -36,6 +36,7 @@ async def _until(check: object, timeout_s: float = 1.0) -> float:
     return loop.time() - start
 
 
+@pytest.mark.slow
 async def test_a_rolling_restart_with_a_new_read_primary_flips_the_fleet_once(
     sqlite_path: Path, pg_dsn: str
 ) -> None:
@@ -58,6 +59,7 @@ async def test_a_rolling_restart_with_a_new_read_primary_flips_the_fleet_once(
                     assert command.read_primary == "postgres"
 
 
+@pytest.mark.slow
 async def test_a_write_of_a_process_that_has_not_followed_is_fenced_and_retried(
     sqlite_path: Path, pg_dsn: str
 ) -> None:
@@ -76,36 +78,31 @@ async def test_a_write_of_a_process_that_has_not_followed_is_fenced_and_retried(
             assert await store.get_row(USERS, user.id) is not None or store.backend == "sqlite"
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 async def test_a_store_refuses_a_write_with_another_epoch(
-    backend: str, sqlite_path: Path, pg_dsn: str
+    store: SQLiteStore | PostgresStore,
 ) -> None:
-    store = SQLiteStore(sqlite_path) if backend == "sqlite" else PostgresStore(pg_dsn)
-    try:
-        await store.init_schema()
-        await store.advance_control(Control("sqlite", 7))
-        row = {"id": uuid.uuid4(), "name": "x", "email": "x@example.com",
-               "created_at": None, "updated_at": None}
-        from proxy.codec import now_utc
+    await store.advance_control(Control("sqlite", 7))
+    row = {"id": uuid.uuid4(), "name": "x", "email": "x@example.com",
+           "created_at": None, "updated_at": None}
+    from proxy.codec import now_utc
 
-        row["created_at"] = row["updated_at"] = now_utc()
-        with pytest.raises(Fenced):
-            await store.insert_row(USERS, row, clock=1, epoch=6)
-        assert await store.get_row(USERS, row["id"]) is None
-        written = await store.insert_row(USERS, row, clock=1, epoch=7)
-        with pytest.raises(Fenced):
-            await store.update_row(USERS, row["id"], {"name": "y"}, clock=1, epoch=8)
-        with pytest.raises(Fenced):
-            await store.delete_row(USERS, row["id"], clock=1, epoch=6)
-        assert written.row is not None
-        assert await store.get_row(USERS, row["id"]) == written.row
-        assert not await store.fence_control(Control("postgres", 8), expect_epoch=6)
-        assert await store.fence_control(Control("postgres", 8), expect_epoch=7)
-        assert (await store.read_control()) == Control("postgres", 8)
-    finally:
-        await store.close()
+    row["created_at"] = row["updated_at"] = now_utc()
+    with pytest.raises(Fenced):
+        await store.insert_row(USERS, row, clock=1, epoch=6)
+    assert await store.get_row(USERS, row["id"]) is None
+    written = await store.insert_row(USERS, row, clock=1, epoch=7)
+    with pytest.raises(Fenced):
+        await store.update_row(USERS, row["id"], {"name": "y"}, clock=1, epoch=8)
+    with pytest.raises(Fenced):
+        await store.delete_row(USERS, row["id"], clock=1, epoch=6)
+    assert written.row is not None
+    assert await store.get_row(USERS, row["id"]) == written.row
+    assert not await store.fence_control(Control("postgres", 8), expect_epoch=6)
+    assert await store.fence_control(Control("postgres", 8), expect_epoch=7)
+    assert (await store.read_control()) == Control("postgres", 8)
 
 
+@pytest.mark.slow
 async def test_dual_writes_off_is_recorded_for_all_and_blocks_a_rollback_unless_forced(
     sqlite_path: Path, pg_dsn: str
 ) -> None:
@@ -123,6 +120,7 @@ async def test_dual_writes_off_is_recorded_for_all_and_blocks_a_rollback_unless_
             assert running.read_primary == "sqlite"
 
 
+@pytest.mark.slow
 async def test_the_primary_file_fails_closed(
     sqlite_path: Path, pg_dsn: str, tmp_path: Path
 ) -> None:

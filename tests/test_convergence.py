@@ -22,12 +22,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from config import Settings
-from proxy import NotFoundError, Repository, open_repository
-from proxy.mirror import MirrorPipeline
+from proxy import NotFoundError, PostgresStore, Repository, open_repository
 from proxy.models import ENTITIES
 from proxy.stores.base import ApplyResult, Mutation
 from tests.convergence import assert_converged
 from tests.pgcontrol import PrivateServer
+
+pytestmark = pytest.mark.slow  # see pyproject.toml's markers
 
 ENTITY_NAMES = [e.name for e in ENTITIES]
 
@@ -158,7 +159,7 @@ class FlakyMirror:
     after really applying."""
 
     def __init__(self, store: Any, rate: float, rng: random.Random) -> None:
-        self._store, self._rate, self._rng = store, rate, rng
+        self._store, self.rate, self._rng = store, rate, rng
         self.injected = 0
 
     def __getattr__(self, name: str) -> Any:
@@ -166,23 +167,23 @@ class FlakyMirror:
 
     def _roll(self) -> float:
         roll = self._rng.random()
-        if roll < self._rate:
+        if roll < self.rate:
             self.injected += 1
-        if roll < self._rate / 2:
+        if roll < self.rate / 2:
             raise ConnectionError("injected failure before apply")
         return roll
 
     async def apply(self, mutations: list[Mutation]) -> list[ApplyResult]:
         roll = self._roll()
         results = await self._store.apply(mutations)
-        if roll < self._rate:
+        if roll < self.rate:
             raise ConnectionError("injected failure after apply (the ack is lost)")
         return list(results)
 
     async def apply_inline(self, mutations: list[Mutation]) -> list[Any]:
         roll = self._roll()
         results = await self._store.apply_inline(mutations)
-        if roll < self._rate:
+        if roll < self.rate:
             raise ConnectionError("injected failure after commit (the ack is lost)")
         return list(results)
 
@@ -192,11 +193,10 @@ async def test_concurrent_writers_on_the_same_rows_with_random_mirror_failures(
 ) -> None:
     settings = settings_for(sqlite_path, pg_dsn)
     rng = random.Random(7)
-    async with open_repository(settings, registry=CollectorRegistry()) as repo:
-        pg = repo._stores["postgres"]
-        flaky = FlakyMirror(pg, 0.3, rng)
-        repo._stores["postgres"] = flaky  # type: ignore[assignment]
-        repo._pipelines["postgres"] = MirrorPipeline(flaky)
+    pg = PostgresStore(pg_dsn)
+    flaky = FlakyMirror(pg, 0.3, rng)
+    async with open_repository(settings, registry=CollectorRegistry(),
+                               stores={"postgres": flaky}) as repo:
         owner = await repo.create_user(name="owner", email="owner@example.com")
         ids = [uuid.uuid4() for _ in range(50)]
         deadline = time.monotonic() + 20
@@ -224,9 +224,10 @@ async def test_concurrent_writers_on_the_same_rows_with_random_mirror_failures(
         await asyncio.gather(*(writer(i) for i in range(16)))
         assert not errors, errors[:3]
         assert flaky.injected >= 10, flaky.injected  # the failures really happened
-        repo._stores["postgres"] = pg
+        flaky.rate = 0.0
         await drain(repo)
         await assert_converged(repo.stores["sqlite"], pg)
+    await pg.close()
 
 
 async def test_flipping_twenty_times_under_load_has_no_errors(

@@ -56,11 +56,12 @@ def test_the_policy() -> None:
     assert is_dead(entry, missing_parent, now=later)
 
 
+@pytest.mark.slow
 async def test_reconcile_and_the_repository_read_the_same_limit(
-        sqlite_store: SQLiteStore, pg_store: PostgresStore, pg_dsn: str, sqlite_path: Path,
+        sqlite_store: SQLiteStore, pg_store: PostgresStore, pg_schema_dsn: str, sqlite_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(deadletters, "MAX_ATTEMPTS", 3)
-    await pg_exec(pg_dsn, NO_BOB)
+    await pg_exec(pg_schema_dsn, NO_BOB)
     # reconcile: a constraint only PostgreSQL enforces is retried, not given up at once
     await user_for_postgres(sqlite_store, "bob")
     outcomes = []
@@ -73,7 +74,7 @@ async def test_reconcile_and_the_repository_read_the_same_limit(
     await sqlite_store.outbox_ack([dead.seq])
 
     # the repository's replay: the same limit
-    settings = Settings(sqlite_path=sqlite_path, postgres_dsn=pg_dsn)
+    settings = Settings(sqlite_path=sqlite_path, postgres_dsn=pg_schema_dsn)
     async with open_repository(settings) as repo:
         bob = await repo.create_user(name="bob", email="bob@example.com")
         for _ in range(20):
@@ -86,6 +87,7 @@ async def test_reconcile_and_the_repository_read_the_same_limit(
         assert dead.mutation.row_id == bob.id and 3 <= dead.attempts < 10
 
 
+@pytest.mark.slow
 async def test_reconcile_waits_out_the_grace_for_a_missing_parent(
         sqlite_store: SQLiteStore, pg_store: PostgresStore, sqlite_path: Path) -> None:
     user = await sqlite_store.create_user(name="A", email="a@example.com")  # never mirrored
@@ -139,28 +141,22 @@ async def test_the_library_refuses_a_flip_to_a_store_with_dead_letters(
 
 
 def test_the_cli_refuses_a_flip_to_a_store_with_dead_letters(
-        sqlite_path: Path, pg_dsn: str, tmp_path: Path) -> None:
+        sqlite_schema_path: Path, pg_schema_dsn: str, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from proxy.app.cli import app
 
     async def setup() -> None:
-        store = SQLiteStore(sqlite_path)
+        store = SQLiteStore(sqlite_schema_path)
         try:
-            await store.init_schema()
             for _ in range(3):
                 await dead_letter_for_postgres(store)
         finally:
             await store.close()
-        pg = PostgresStore(pg_dsn)
-        try:
-            await pg.init_schema()
-        finally:
-            await pg.close()
 
     asyncio.run(setup())
     flag = tmp_path / "primary"
-    env = {"SQLITE_PATH": str(sqlite_path), "POSTGRES_DSN": pg_dsn,
+    env = {"SQLITE_PATH": str(sqlite_schema_path), "POSTGRES_DSN": pg_schema_dsn,
            "READ_PRIMARY_FILE": str(flag)}
     refused = CliRunner().invoke(app, ["read-primary", "postgres"], env=env)
     assert refused.exit_code == 4  # refused, not bad usage (2)
@@ -172,6 +168,7 @@ def test_the_cli_refuses_a_flip_to_a_store_with_dead_letters(
     assert flag.read_text().strip() == "postgres"
 
 
+@pytest.mark.slow
 async def test_the_http_endpoint_refuses_a_flip_to_a_store_with_dead_letters(
         sqlite_store: SQLiteStore, sqlite_path: Path, pg_dsn: str) -> None:
     from tests.test_service import ADMIN, bearer, client_for
@@ -206,6 +203,7 @@ async def test_verify_counts_dead_letters_as_differences(
     assert "no_bob" in dead["last_error"]
 
 
+@pytest.mark.slow
 def test_the_verify_command_exits_1_and_lists_dead_letters(
         both: Any, sqlite_path: Path, pg_dsn: str) -> None:
     from typer.testing import CliRunner
@@ -248,6 +246,7 @@ async def test_a_store_requeues_its_dead_letters(store: SQLiteStore | PostgresSt
     assert await store.outbox_requeue_dead(target) == 0
 
 
+@pytest.mark.slow
 async def test_reconcile_retry_dead_requeues_and_the_stores_converge(
         both: Any, sqlite_path: Path, pg_dsn: str) -> None:
     from typer.testing import CliRunner

@@ -41,6 +41,7 @@ def keep_structlog_config() -> Iterator[None]:
     structlog.configure(**saved)
 
 
+@pytest.mark.slow
 async def test_demo_flips_and_rolls_back_and_reports_registry_figures(
     settings: Settings,
 ) -> None:
@@ -78,6 +79,7 @@ async def test_demo_flips_and_rolls_back_and_reports_registry_figures(
         assert await differences(a, b) == []
 
 
+@pytest.mark.slow
 async def test_keep_serving_keeps_metrics_up_until_cancelled(settings: Settings) -> None:
     ready: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     options = DemoOptions(duration_s=2.0, workers=2, questions=30, keep_serving=True)
@@ -97,6 +99,7 @@ async def test_keep_serving_keeps_metrics_up_until_cancelled(settings: Settings)
             await client.get(url)
 
 
+@pytest.mark.slow
 def test_cli_demo_runs_twice_in_the_same_directory(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, keep_structlog_config: None,
 ) -> None:

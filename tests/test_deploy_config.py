@@ -180,6 +180,7 @@ def _instances(case: dict[str, Any]) -> set[str]:
             for m in re.findall(r'instance="([^"]+)"', s["series"])}
 
 
+@pytest.mark.slow
 def test_promtool_test_rules_passes_on_the_fleet_cases() -> None:
     """config/alerts_test.yml: two processes disagreeing for 10 s fire, three agreeing do not."""
     spec = yaml.safe_load(ALERTS_TEST_YML.read_text())
@@ -283,6 +284,7 @@ ALERT_CASES = [
 ]
 
 
+@pytest.mark.slow
 def test_alert_rules_fire_when_and_only_when_intended(tmp_path: Path) -> None:
     promtool = tool("promtool")
     spec = {
@@ -646,6 +648,7 @@ async def _query(client: httpx.AsyncClient, expr: str) -> list[dict[str, Any]]:
     return result
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 async def test_a_real_prometheus_answers_every_dashboard_query(tmp_path: Path) -> None:
     tool("prometheus")

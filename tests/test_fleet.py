@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client import CollectorRegistry
 
 from config import Settings
@@ -25,6 +26,8 @@ from proxy import open_repository
 from proxy.models import STUDY_BOOKS
 from tests.convergence import differences
 from tests.serving import start_serve
+
+pytestmark = pytest.mark.slow  # see pyproject.toml's markers
 
 ROOT = Path(__file__).resolve().parent.parent
 FLIPS = 20

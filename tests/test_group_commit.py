@@ -20,9 +20,8 @@ from proxy.stores.threads import Outcome
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "app.db", busy_timeout_ms=200)
-    await s.init_schema()
+async def store(sqlite_schema_path: Path) -> AsyncIterator[SQLiteStore]:
+    s = SQLiteStore(sqlite_schema_path, busy_timeout_ms=200)
     yield s
     await s.close()
 

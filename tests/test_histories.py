@@ -18,6 +18,8 @@ import pytest
 from config.settings import Backend
 from tests.histories import HistoryConfig, run_history
 
+pytestmark = pytest.mark.slow  # see pyproject.toml's markers
+
 SEEDS = [1, 2, 3]
 
 

@@ -45,8 +45,8 @@ def test_the_baseline_on_sqlite_is_the_schema_from_before_revisions(tmp_path: Pa
 
 
 async def test_the_baseline_on_postgres_is_the_schema_from_before_revisions(
-        pg_store: PostgresStore, pg_dsn: str) -> None:
-    assert await postgres_snapshot(pg_dsn) == expected("postgres")
+        pg_store: PostgresStore, pg_schema_dsn: str) -> None:
+    assert await postgres_snapshot(pg_schema_dsn) == expected("postgres")
     assert await pg_store.schema_revision() == BASELINE
 
 
@@ -93,9 +93,9 @@ def test_the_metadata_matches_a_migrated_sqlite_database(tmp_path: Path) -> None
 
 
 async def test_the_metadata_matches_a_migrated_postgres_database(
-        pg_store: PostgresStore, pg_dsn: str) -> None:
+        pg_store: PostgresStore, pg_schema_dsn: str) -> None:
     engine = create_async_engine("postgresql+asyncpg://", poolclass=sa.NullPool,
-                                 async_creator=lambda: asyncpg.connect(pg_dsn))
+                                 async_creator=lambda: asyncpg.connect(pg_schema_dsn))
     try:
         async with engine.connect() as conn:
             assert await conn.run_sync(_differences) == []
@@ -251,10 +251,10 @@ def test_the_cli_says_the_mismatch_in_one_line_and_exits_2(
 
 
 async def test_a_store_at_a_revision_this_code_does_not_know_is_left_alone(
-        pg_store: PostgresStore, pg_dsn: str) -> None:
+        pg_store: PostgresStore, pg_schema_dsn: str) -> None:
     """A newer release applied a revision this process's code does not know: its start-up
     changes nothing (revisions only add what older code ignores; docs/schema-changes.md)."""
-    conn = await asyncpg.connect(pg_dsn)
+    conn = await asyncpg.connect(pg_schema_dsn)
     try:
         await conn.execute("UPDATE alembic_version SET version_num = 'ffff_from_the_future'")
         await pg_store.init_schema()

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
+import pytest
 from prometheus_client import CollectorRegistry
 
 from config import Settings
@@ -18,6 +19,8 @@ from proxy.models import USERS
 from proxy.stores.base import ApplyOutcome, Mutation
 from proxy.stores.postgres import PostgresStore
 from tests.convergence import assert_converged
+
+pytestmark = pytest.mark.slow  # see pyproject.toml's markers
 
 
 def _user(n: int) -> Mutation:
@@ -35,16 +38,15 @@ async def _ids(dsn: str) -> set[uuid.UUID]:
         await conn.close()
 
 
-async def test_writes_submitted_together_share_a_batch_and_all_land(pg_dsn: str) -> None:
-    store = PostgresStore(pg_dsn)
-    await store.init_schema()
+async def test_writes_submitted_together_share_a_batch_and_all_land(pg_schema_dsn: str) -> None:
+    store = PostgresStore(pg_schema_dsn)
     pipeline = MirrorPipeline(store)
-    conn = await asyncpg.connect(pg_dsn)
+    conn = await asyncpg.connect(pg_schema_dsn)
     try:
         mutations = [_user(i) for i in range(5)]
         outcomes = await asyncio.gather(*(pipeline.submit(m) for m in mutations))
         assert [o.outcome for o in outcomes] == [ApplyOutcome.APPLIED] * 5
-        assert await _ids(pg_dsn) == {m.row_id for m in mutations}
+        assert await _ids(pg_schema_dsn) == {m.row_id for m in mutations}
         idle_in_tx = await conn.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
             "AND state = 'idle in transaction'")
@@ -85,10 +87,9 @@ async def test_a_rejected_primary_write_leaves_no_phantom_on_the_mirror(
         assert sum(failures) == 0  # the rejected write did not fail the others' mirror
 
 
-async def test_flush_wal_makes_asynchronous_commits_durable(pg_dsn: str) -> None:
-    store = PostgresStore(pg_dsn)
-    await store.init_schema()
-    conn = await asyncpg.connect(pg_dsn)
+async def test_flush_wal_makes_asynchronous_commits_durable(pg_schema_dsn: str) -> None:
+    store = PostgresStore(pg_schema_dsn)
+    conn = await asyncpg.connect(pg_schema_dsn)
     try:
         await conn.execute("BEGIN; SET LOCAL synchronous_commit TO off")
         await conn.execute("CREATE TABLE t (x int)")

@@ -14,11 +14,12 @@ import pytest
 from proxy.errors import StoreUnavailable
 from proxy.stores.postgres import PostgresStore
 
+pytestmark = pytest.mark.slow  # see pyproject.toml's markers
+
 
 @pytest.fixture
-async def one(pg_dsn: str) -> AsyncIterator[PostgresStore]:
-    store = PostgresStore(pg_dsn, min_size=1, max_size=1)
-    await store.init_schema()
+async def one(pg_schema_dsn: str) -> AsyncIterator[PostgresStore]:
+    store = PostgresStore(pg_schema_dsn, min_size=1, max_size=1)
     yield store
     await store.close()
 
@@ -34,13 +35,15 @@ async def sessions(admin: asyncpg.Connection, database: str) -> list[asyncpg.Rec
         "AND pid <> pg_backend_pid()", database))
 
 
-async def test_calls_take_turns_on_one_held_connection(one: PostgresStore, pg_dsn: str) -> None:
+async def test_calls_take_turns_on_one_held_connection(
+    one: PostgresStore, pg_schema_dsn: str
+) -> None:
     first = await backend_pid(one)
     results = await asyncio.gather(*(
         one._fetch("SELECT pg_backend_pid() AS pid, pg_sleep(0.02)") for _ in range(5)))
     assert {r[0]["pid"] for r in results} == {first}
     assert await one.search("anything", uuid.uuid4(), 10) == []
-    admin = await asyncpg.connect(pg_dsn)
+    admin = await asyncpg.connect(pg_schema_dsn)
     try:
         database = await admin.fetchval("SELECT current_database()")
         assert [s["pid"] for s in await sessions(admin, database)] == [first]
@@ -49,7 +52,7 @@ async def test_calls_take_turns_on_one_held_connection(one: PostgresStore, pg_ds
 
 
 async def test_a_statement_cancelled_at_its_deadline_frees_the_connection(
-    one: PostgresStore, pg_dsn: str
+    one: PostgresStore, pg_schema_dsn: str
 ) -> None:
     pid = await backend_pid(one)
     with pytest.raises(TimeoutError):
@@ -57,7 +60,7 @@ async def test_a_statement_cancelled_at_its_deadline_frees_the_connection(
             await one._fetch("SELECT pg_sleep(30)")
     async with asyncio.timeout(5):  # not after the 30 s: the server cancelled it
         assert await backend_pid(one) == pid
-    admin = await asyncpg.connect(pg_dsn)
+    admin = await asyncpg.connect(pg_schema_dsn)
     try:
         database = await admin.fetchval("SELECT current_database()")
         assert not [s for s in await sessions(admin, database) if "pg_sleep" in s["query"]
@@ -76,9 +79,9 @@ async def test_a_transaction_left_open_is_rolled_back_on_release(one: PostgresSt
         assert await conn.fetchval("SELECT to_regclass('left_open')") is None
 
 
-async def test_a_lost_connection_is_replaced(one: PostgresStore, pg_dsn: str) -> None:
+async def test_a_lost_connection_is_replaced(one: PostgresStore, pg_schema_dsn: str) -> None:
     pid = await backend_pid(one)
-    admin = await asyncpg.connect(pg_dsn)
+    admin = await asyncpg.connect(pg_schema_dsn)
     try:
         # returns once the backend is gone (its socket closed), at most 10 s
         assert await admin.fetchval("SELECT pg_terminate_backend($1, 10000)", pid)
@@ -101,3 +104,19 @@ async def test_an_unreachable_server_is_unavailable_not_a_crash() -> None:
             await store.ping()
     finally:
         await store.close()
+
+
+async def test_first_calls_together_open_one_pool(pg_dsn: str) -> None:
+    """Calls that came together as a store's first each made a pool, and all but one were
+    left open: more connections than `max_size`, kept (and reconnecting) after `close`."""
+    store = PostgresStore(pg_dsn, min_size=2, max_size=3)
+    admin = await asyncpg.connect(pg_dsn)
+    try:
+        await asyncio.gather(*(store.ping() for _ in range(8)))
+        held = await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()")
+        await store.close()
+    finally:
+        await admin.close()
+    assert held <= 3

@@ -13,6 +13,8 @@ from config import Settings
 from proxy import open_repository
 from proxy.app.cli import app
 
+pytestmark = pytest.mark.slow  # see pyproject.toml's markers
+
 
 @pytest.fixture
 def env(sqlite_path: Path, pg_dsn: str, tmp_path: Path) -> dict[str, str]:

@@ -35,6 +35,8 @@ from proxy.stores.sqlite import SQLiteStore
 from tests.convergence import differences
 from tests.histories import repositories
 
+pytestmark = pytest.mark.slow  # see pyproject.toml's markers
+
 
 class _NotYetDefined(StoreUnavailable):
     """Stands in for proxy.errors.OutcomeUnknown until it exists: nothing raises it."""

@@ -61,6 +61,7 @@ def test_the_small_corpus_and_query_set_are_deterministic(
     assert all(classes[c] > 0 for c in (*PLAIN_CLASSES, "phrase", "misspelling", "cjk")), classes
 
 
+@pytest.mark.slow
 async def test_parity_targets_on_the_small_corpus(
     sqlite_store: SQLiteStore, pg_store: PostgresStore, corpus: Corpus, queries: list[Query]
 ) -> None:
@@ -85,6 +86,7 @@ async def test_parity_targets_on_the_small_corpus(
                if q.cls == "misspelling")
 
 
+@pytest.mark.slow
 async def test_exact_wording_returns_the_question_first_on_both_stores(
     sqlite_store: SQLiteStore, pg_store: PostgresStore, corpus: Corpus
 ) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 from typer.testing import CliRunner
 
 from proxy.app.cli import app
@@ -44,8 +45,8 @@ async def test_pending_mirror_writes_are_replayed_both_ways(
 
 
 async def test_a_write_that_keeps_failing_becomes_a_dead_letter(
-        sqlite_store: SQLiteStore, pg_store: PostgresStore, pg_dsn: str) -> None:
-    await pg_exec(pg_dsn, "ALTER TABLE users ADD CONSTRAINT no_bob CHECK (name <> 'bob')")
+        sqlite_store: SQLiteStore, pg_store: PostgresStore, pg_schema_dsn: str) -> None:
+    await pg_exec(pg_schema_dsn, "ALTER TABLE users ADD CONSTRAINT no_bob CHECK (name <> 'bob')")
     stamp = {"created_at": _now(), "updated_at": _now()}
     await sqlite_store.insert_row(
         USERS, {"id": uuid.uuid4(), "name": "bob", "email": "bob@example.com", **stamp},
@@ -87,6 +88,7 @@ async def corrupt_both_sides(sqlite_path: Path, pg_dsn: str) -> None:
                            "(SELECT id FROM learning_events ORDER BY id LIMIT 1)")
 
 
+@pytest.mark.slow
 async def test_repairs_from_sqlite_make_verify_agree(both: Any, sqlite_path: Path,
                                                      pg_dsn: str) -> None:
     await corrupt_both_sides(sqlite_path, pg_dsn)
@@ -110,6 +112,7 @@ async def test_repairs_from_sqlite_make_verify_agree(both: Any, sqlite_path: Pat
         await conn.close()
 
 
+@pytest.mark.slow
 def test_repairs_from_postgres_when_the_primary_file_says_so(
         both: Any, sqlite_path: Path, pg_dsn: str, tmp_path: Path) -> None:
     asyncio.run(corrupt_both_sides(sqlite_path, pg_dsn))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -10,39 +11,64 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from config import Settings
-from proxy import NotFoundError, StoreUnavailable, ValidationError, open_repository
-from proxy.mirror import MirrorPipeline
+from proxy import (
+    NotFoundError,
+    PostgresStore,
+    SQLiteStore,
+    StoreUnavailable,
+    ValidationError,
+    open_repository,
+)
 from proxy.models import USERS
 from tests.convergence import assert_converged, count_rows
 
 
-class UnreachableMirror:
-    """A real store whose mirror writes all fail, as when the server cannot be reached."""
+class SwitchableMirror:
+    """A real PostgreSQL store whose mirror writes all fail while `down` is set, as when the
+    server cannot be reached."""
 
     backend = "postgres"
 
-    def __init__(self, store: object) -> None:
+    def __init__(self, store: PostgresStore) -> None:
         self._store = store
+        self.down = False
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._store, name)
 
-    async def apply(self, mutations: object) -> object:
-        raise ConnectionError("down")
+    async def apply(self, mutations: Any) -> Any:
+        if self.down:
+            raise ConnectionError("down")
+        return await self._store.apply(mutations)
 
-    async def apply_inline(self, mutations: object) -> object:
-        raise ConnectionError("down")
+    async def apply_inline(self, mutations: Any) -> Any:
+        if self.down:
+            raise ConnectionError("down")
+        return await self._store.apply_inline(mutations)
 
 
-def use_postgres(repo: Any, store: Any) -> None:
-    """Make `store` the repository's PostgreSQL store, for its inline mirror writes too."""
-    repo._stores["postgres"] = store
-    repo._pipelines["postgres"] = MirrorPipeline(store)
+@pytest.fixture
+async def switchable(pg_dsn: str) -> AsyncIterator[SwitchableMirror]:
+    """The test's PostgreSQL store, for `open_repository(stores=...)`, with a switch."""
+    store = PostgresStore(pg_dsn)
+    yield SwitchableMirror(store)
+    await store.close()
 
 
 @pytest.fixture
 def settings(sqlite_path: Path, pg_dsn: str) -> Settings:
     return Settings(sqlite_path=sqlite_path, postgres_dsn=pg_dsn, shadow_sample_rate=1.0)
+
+
+async def test_a_store_given_to_open_repository_is_used_and_left_open(settings: Settings) -> None:
+    store = SQLiteStore(settings.sqlite_path)
+    try:
+        async with open_repository(settings, stores={"sqlite": store}) as repo:
+            assert repo.stores["sqlite"] is store
+            user = await repo.create_user(name="Aiko", email="aiko@example.com")
+        assert await store.get_row(USERS, user.id) is not None  # still the caller's, still open
+    finally:
+        await store.close()
 
 
 async def test_writes_reach_both_stores_and_reads_follow_the_flag(settings: Settings) -> None:
@@ -67,6 +93,7 @@ async def test_writes_reach_both_stores_and_reads_follow_the_flag(settings: Sett
         await repo.delete_study_book(book.id)
         with pytest.raises(NotFoundError):
             await repo.get_question(q.id)
+        await repo.replay_once()  # a delete that cascades is mirrored by the replay loop
         await assert_converged(repo.stores["sqlite"], repo.stores["postgres"])
         ok = registry.get_sample_value(
             "cutover_writes_total",
@@ -146,20 +173,24 @@ async def test_a_replay_leaves_alone_a_write_whose_inline_mirror_is_under_way(
     needed); once mirrored inline it is only acknowledged."""
     from structlog.testing import capture_logs
 
-    async with open_repository(settings, registry=CollectorRegistry()) as repo:
-        held = HeldAfterCommit(repo.stores["sqlite"])
-        repo._stores["sqlite"] = held  # type: ignore[assignment]
-        write = asyncio.create_task(repo.create_user(name="Aiko", email="aiko@example.com"))
-        await asyncio.wait_for(held.committed.wait(), 5)
-        assert (await repo.outbox_stats())["postgres"].pending == 1  # committed, not mirrored
-        with capture_logs() as logs:
-            assert await repo.replay_once() == 0
-        assert "outbox.replayed" not in {e["event"] for e in logs}
-        held.release.set()
-        user = await write
-        await repo.replay_once()  # acknowledges the inline mirror write
-        assert (await repo.outbox_stats())["postgres"].pending == 0
-        assert await repo.stores["postgres"].get_row(USERS, user.id) is not None
+    store = SQLiteStore(settings.sqlite_path)
+    held = HeldAfterCommit(store)
+    try:
+        async with open_repository(settings, registry=CollectorRegistry(),
+                                   stores={"sqlite": held}) as repo:
+            write = asyncio.create_task(repo.create_user(name="Aiko", email="aiko@example.com"))
+            await asyncio.wait_for(held.committed.wait(), 5)
+            assert (await repo.outbox_stats())["postgres"].pending == 1  # committed, not mirrored
+            with capture_logs() as logs:
+                assert await repo.replay_once() == 0
+            assert "outbox.replayed" not in {e["event"] for e in logs}
+            held.release.set()
+            user = await write
+            await repo.replay_once()  # acknowledges the inline mirror write
+            assert (await repo.outbox_stats())["postgres"].pending == 0
+            assert await repo.stores["postgres"].get_row(USERS, user.id) is not None
+    finally:
+        await store.close()
 
 
 async def test_a_mirror_only_constraint_becomes_a_dead_letter_without_blocking(
@@ -189,6 +220,7 @@ async def test_a_mirror_only_constraint_becomes_a_dead_letter_without_blocking(
                                          {"backend": "postgres"}) == 1
 
 
+@pytest.mark.slow
 async def test_read_primary_file_is_the_authority_and_is_watched(
     sqlite_path: Path, pg_dsn: str, tmp_path: Path
 ) -> None:
@@ -217,27 +249,28 @@ async def test_read_primary_file_is_the_authority_and_is_watched(
         assert flag.read_text().strip() == "postgres"
 
 
+@pytest.mark.slow
 async def test_flip_is_refused_while_writes_for_the_target_cannot_be_replayed(
-    settings: Settings,
+    settings: Settings, switchable: SwitchableMirror,
 ) -> None:
     from proxy import FlipRefused
 
-    async with open_repository(settings) as repo:
+    async with open_repository(settings, stores={"postgres": switchable}) as repo:
         user = await repo.create_user(name="Aiko", email="aiko@example.com")
-        pg = repo._stores["postgres"]
-        use_postgres(repo, UnreachableMirror(pg))
+        switchable.down = True
         await repo.update_user(user.id, name="Aiko 2")  # mirror fails: pending for postgres
-        repo._drain_timeout_s = 0.5
+        repo.drain_timeout_s = 0.5
         with pytest.raises(FlipRefused):
             await repo.set_read_primary("postgres")
         assert repo.read_primary == "sqlite"
-        use_postgres(repo, pg)
+        switchable.down = False
         await repo.set_read_primary("postgres")  # the drain now succeeds
         assert (await repo.get_user(user.id)).name == "Aiko 2"
 
 
+@pytest.mark.slow
 async def test_a_refused_flip_does_not_reach_the_primary_file(
-    sqlite_path: Path, pg_dsn: str, tmp_path: Path
+    sqlite_path: Path, pg_dsn: str, tmp_path: Path, switchable: SwitchableMirror,
 ) -> None:
     import asyncio
 
@@ -246,20 +279,20 @@ async def test_a_refused_flip_does_not_reach_the_primary_file(
     flag = tmp_path / "primary"
     flag.write_text("sqlite\n")
     settings = Settings(sqlite_path=sqlite_path, postgres_dsn=pg_dsn, read_primary_file=flag)
-    async with open_repository(settings) as repo:
+    async with open_repository(settings, stores={"postgres": switchable}) as repo:
         user = await repo.create_user(name="Aiko", email="aiko@example.com")
-        pg = repo._stores["postgres"]
-        use_postgres(repo, UnreachableMirror(pg))
+        switchable.down = True
         await repo.update_user(user.id, name="Aiko 2")
-        repo._drain_timeout_s = 0.3
+        repo.drain_timeout_s = 0.3
         with pytest.raises(FlipRefused):
             await repo.set_read_primary("postgres")
         await asyncio.sleep(1.2)  # the file watcher polls every 0.5 s
         assert flag.read_text().strip() == "sqlite"
         assert repo.read_primary == "sqlite"
-        use_postgres(repo, pg)
+        switchable.down = False
 
 
+@pytest.mark.slow
 async def test_the_shadow_runner_hears_when_each_primary_search_ends_even_a_failed_one(
     settings: Settings,
 ) -> None:

@@ -227,6 +227,7 @@ async def cutover(*args: str) -> Any:
         structlog.configure(**saved)
 
 
+@pytest.mark.slow
 async def test_the_runbook_end_to_end(
     tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch, keep_structlog_config: None,
 ) -> None:
@@ -353,6 +354,7 @@ async def _dual_writes_backfill_verify_shadow_flip(
     assert primary_file.read_text().strip() == "postgres"
 
 
+@pytest.mark.slow
 async def test_mirror_writes_to_rows_not_yet_backfilled_wait_for_the_backfill(
     tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch, keep_structlog_config: None,
 ) -> None:

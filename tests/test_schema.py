@@ -21,6 +21,8 @@ from proxy import LEGACY_NAMESPACE, NotFoundError, PostgresStore, SQLiteStore
 from proxy.legacy import legacy_uuid
 from proxy.stores.sqlite_schema import LEGACY_SCHEMA as SQLITE_LEGACY_SCHEMA
 
+pytestmark = pytest.mark.slow  # see pyproject.toml's markers
+
 ROOT = Path(__file__).resolve().parents[1]
 LEGACY_SCHEMA_CANDIDATES = [ROOT / "docs" / "legacy_schema.sql",
                             ROOT.parent / "shared" / "legacy_schema.sql",
@@ -411,8 +413,10 @@ SEED_DELETE_RULES = {
 }
 
 
-async def test_postgres_columns_have_the_seeds_types(pg_store: PostgresStore, pg_dsn: str) -> None:
-    conn = await asyncpg.connect(pg_dsn)
+async def test_postgres_columns_have_the_seeds_types(
+    pg_store: PostgresStore, pg_schema_dsn: str
+) -> None:
+    conn = await asyncpg.connect(pg_schema_dsn)
     try:
         rows = await conn.fetch(
             "SELECT table_name, column_name, data_type, character_maximum_length, "
@@ -461,9 +465,9 @@ async def test_postgres_columns_have_the_seeds_types(pg_store: PostgresStore, pg
 
 
 async def test_postgres_plain_insert_and_copy_of_the_seeds_columns(
-    pg_store: PostgresStore, pg_dsn: str
+    pg_store: PostgresStore, pg_schema_dsn: str
 ) -> None:
-    conn = await asyncpg.connect(pg_dsn)
+    conn = await asyncpg.connect(pg_schema_dsn)
     try:
         uid = await conn.fetchval(
             "INSERT INTO users (name, email) VALUES ('Plain', 'plain@example.com') RETURNING id")
@@ -519,7 +523,7 @@ def test_the_project_copy_of_the_legacy_schema_matches_the_shared_one() -> None:
 
 
 async def test_the_vocabulary_follows_every_write_of_a_question(pg_store: PostgresStore,
-                                                                pg_dsn: str) -> None:
+                                                                pg_schema_dsn: str) -> None:
     """The fuzzy branch corrects query words against the words of the questions: triggers add
     the words of every question inserted (COPY and plain INSERT included) or updated, and
     init_schema fills the vocabulary of a database whose schema predates it."""
@@ -528,7 +532,7 @@ async def test_the_vocabulary_follows_every_write_of_a_question(pg_store: Postgr
     q = await pg_store.create_question(study_book_id=book.id, language="en", category="c",
                                        difficulty="d", question="What is Zyxwvut.Frobnicate?",
                                        answer="It frobnicates quuxes.")
-    conn = await asyncpg.connect(pg_dsn)
+    conn = await asyncpg.connect(pg_schema_dsn)
     words = "SELECT word FROM cutover_search_words WHERE word = ANY($1::text[]) ORDER BY word"
     try:
         assert [r[0] for r in await conn.fetch(
@@ -557,11 +561,11 @@ async def test_the_vocabulary_follows_every_write_of_a_question(pg_store: Postgr
 
 
 async def test_a_documents_words_split_on_every_non_alphanumeric_run(pg_store: PostgresStore,
-                                                                      pg_dsn: str) -> None:
+                                                                      pg_schema_dsn: str) -> None:
     """What the vocabulary holds of a document: lower-case runs of letters and digits (any
     script), split on punctuation and on every kind of blank, none longer than 64 characters;
     a NULL document has none. And the planner inlines it where it is called in FROM."""
-    conn = await asyncpg.connect(pg_dsn)
+    conn = await asyncpg.connect(pg_schema_dsn)
     doc = ("JSON.dumps(obj)\tUTF8\u00a0\u00dcn\u00efcode\n\n\u65e5\u672c\u8a9e\u306e\u57fa\u790e"
            "--x_y  " + "a" * 64 + " " + "b" * 65 + " 3.14")
     try:
@@ -578,8 +582,8 @@ async def test_a_documents_words_split_on_every_non_alphanumeric_run(pg_store: P
 
 
 async def test_init_tells_the_planner_what_word_similarity_costs(pg_store: PostgresStore,
-                                                                 pg_dsn: str) -> None:
-    conn = await asyncpg.connect(pg_dsn)
+                                                                 pg_schema_dsn: str) -> None:
+    conn = await asyncpg.connect(pg_schema_dsn)
     try:
         assert await conn.fetchval(WORD_SIMILARITY_COST) == 500
     finally:

@@ -24,14 +24,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy import PostgresStore, SearchResult, SQLiteStore, ValidationError
+from tests.databases import copy_sqlite, fresh_database
 
 AnyStore = SQLiteStore | PostgresStore
 BACKENDS = ["sqlite", "postgres"]
@@ -84,7 +83,6 @@ class Corpus:
 
 
 async def load_corpus(store: AnyStore) -> None:
-    await store.init_schema()
     for uid, name in ((UA, "A"), (UB, "B"), (UC, "C")):
         await store.create_user(id=uid, name=name, email=f"{name.lower()}@example.com")
     await store.create_study_book(id=BA, user_id=UA, title="A's book")
@@ -97,25 +95,21 @@ async def load_corpus(store: AnyStore) -> None:
 
 @pytest.fixture(scope="module")
 async def corpus(
-    pg_server_dsn: str, tmp_path_factory: pytest.TempPathFactory
+    pg_server_dsn: str, pg_template: str, sqlite_template: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Corpus]:
-    name = f"cutover_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_server_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    dsn = urlunsplit(urlsplit(pg_server_dsn)._replace(path="/" + name))
     path = tmp_path_factory.mktemp("search") / "app.db"
-    stores: dict[str, AnyStore] = {"sqlite": SQLiteStore(path), "postgres": PostgresStore(dsn)}
-    try:
-        for s in stores.values():
-            await load_corpus(s)
-        yield Corpus(stores, path, dsn)
-    finally:
-        for s in stores.values():
-            await s.close()
-        admin = await asyncpg.connect(pg_server_dsn)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    copy_sqlite(sqlite_template, path)
+    async with fresh_database(pg_server_dsn, template=pg_template) as dsn:
+        stores: dict[str, AnyStore] = {"sqlite": SQLiteStore(path),
+                                       "postgres": PostgresStore(dsn)}
+        try:
+            for s in stores.values():
+                await load_corpus(s)
+            yield Corpus(stores, path, dsn)
+        finally:
+            for s in stores.values():
+                await s.close()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -399,6 +393,7 @@ queries = st.one_of(
 )
 
 
+@pytest.mark.slow
 def test_any_string_is_a_list_or_a_validation_error(corpus: Corpus) -> None:
     """At least 2,000 generated strings on both stores: never a database error."""
     loop = asyncio.new_event_loop()

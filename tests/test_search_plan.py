@@ -29,6 +29,8 @@ from proxy.stores.postgres import (
 from proxy.stores.postgres_schema import SEARCH_INDEXES
 from proxy.stores.searchtext import FTS_CANDIDATES, parse_query
 
+pytestmark = pytest.mark.slow  # see pyproject.toml's markers
+
 ROWS = 100_000
 USER = uuid.UUID("00000000-0000-4000-8000-0000000000a1")
 BOOK = uuid.UUID("00000000-0000-4000-8000-0000000000b1")
@@ -53,17 +55,16 @@ SELECTIVE = "c4ca4238a0b923820dcc509a6f75849b"  # md5('1'): in exactly one quest
 
 
 @pytest.fixture(scope="module")
-def big_dsn(pg_server_dsn: str) -> Iterator[str]:
+def big_dsn(pg_server_dsn: str, pg_template: str) -> Iterator[str]:
     """A database with 100k questions of one user, loaded in SQL (not through the store)."""
     name = f"cutover_plan_{uuid.uuid4().hex[:12]}"
     dsn = urlunsplit(urlsplit(pg_server_dsn)._replace(path="/" + name))
 
     async def setup() -> float:
         admin = await asyncpg.connect(pg_server_dsn)
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
         await admin.close()
         store = PostgresStore(dsn)
-        await store.init_schema()
         await store.create_user(id=USER, name="Big", email="big@example.com")
         await store.create_study_book(id=BOOK, user_id=USER, title="All of them")
         await store.close()
@@ -268,12 +269,12 @@ def test_queries_of_many_words_skip_the_typo_lookups() -> None:
 
 
 async def test_substring_search_reads_only_the_users_questions(pg_store: PostgresStore,
-                                                              pg_dsn: str) -> None:
+                                                              pg_schema_dsn: str) -> None:
     """The CJK path's strpos runs on one user's questions, reached through their study books,
     never on every user's: the cost follows the user's rows, not the table's."""
     me = await pg_store.create_user(name="me", email="me@example.com")
     other = await pg_store.create_user(name="other", email="other@example.com")
-    conn = await asyncpg.connect(pg_dsn)
+    conn = await asyncpg.connect(pg_schema_dsn)
     try:
         # a tenth of the questions are mine, and the term is rare: from its guess that strpos
         # matches a third of the rows, the planner expected the page filled within the first
@@ -300,7 +301,7 @@ async def test_substring_search_reads_only_the_users_questions(pg_store: Postgre
 
 
 async def test_fuzzy_branch_finds_only_the_users_questions(pg_store: PostgresStore,
-                                                           pg_dsn: str) -> None:
+                                                           pg_schema_dsn: str) -> None:
     """The vocabulary is shared by every user, the questions it leads to are not: a typo finds
     the user's questions only, and no plan (generic, as `_init_connection` asks for, or custom)
     computes word similarity while reading questions: only the candidates' score does."""
@@ -308,7 +309,7 @@ async def test_fuzzy_branch_finds_only_the_users_questions(pg_store: PostgresSto
     other = await pg_store.create_user(name="other", email="other@example.com")
     rows = await pg_store._fetch("SHOW plan_cache_mode")
     assert rows[0][0] == "force_generic_plan"
-    conn = await asyncpg.connect(pg_dsn)
+    conn = await asyncpg.connect(pg_schema_dsn)
     try:
         for user, n in ((me.id, 3), (other.id, 60)):
             await _add_books(conn, user, n, 20, STRUCT_PACK)
@@ -333,7 +334,7 @@ async def test_fuzzy_branch_finds_only_the_users_questions(pg_store: PostgresSto
 
 
 async def test_a_users_search_scans_the_full_text_index_once(pg_store: PostgresStore,
-                                                             pg_dsn: str) -> None:
+                                                             pg_schema_dsn: str) -> None:
     """Among many users, one user's search reads the full-text index once per branch and the
     table only where the user's study books meet the index's matches. Joined to the study books
     instead, the plans read every user's matching rows (here 6,300 for my 300), or scanned the
@@ -342,7 +343,7 @@ async def test_a_users_search_scans_the_full_text_index_once(pg_store: PostgresS
     me = await pg_store.create_user(name="me", email="me@example.com")
     others = [await pg_store.create_user(name=f"o{i}", email=f"o{i}@example.com")
               for i in range(20)]
-    conn = await asyncpg.connect(pg_dsn)
+    conn = await asyncpg.connect(pg_schema_dsn)
     try:
         for user in [me.id, *(o.id for o in others)]:
             await _add_books(conn, user, 30, 10, STRUCT_PACK)

@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import asyncpg
+import pytest
 
 from proxy import PostgresStore
 
@@ -18,8 +19,9 @@ async def _probe(store: PostgresStore, user_id: uuid.UUID) -> list[tuple[Any, ..
     return [(str(h.question_id), h.match_kind, h.score, h.highlight) for h in hits]
 
 
+@pytest.mark.slow
 async def test_another_users_words_never_change_a_typos_corrections(
-        pg_store: PostgresStore, pg_dsn: str) -> None:
+        pg_store: PostgresStore, pg_schema_dsn: str) -> None:
     attacker = await pg_store.create_user(name="eve", email="eve@example.com")
     book = await pg_store.create_study_book(user_id=attacker.id, title="probe")
     probe = await pg_store.create_question(
@@ -39,7 +41,7 @@ async def test_another_users_words_never_change_a_typos_corrections(
 
     await pg_store.delete_user(victim.id)
     assert await _probe(pg_store, attacker.id) == alone
-    conn = await asyncpg.connect(pg_dsn)
+    conn = await asyncpg.connect(pg_schema_dsn)
     try:
         # the victim's words left with the victim
         assert await conn.fetchval(
@@ -49,8 +51,9 @@ async def test_another_users_words_never_change_a_typos_corrections(
         await conn.close()
 
 
+@pytest.mark.slow
 async def test_the_vocabulary_counts_each_books_questions(
-        pg_store: PostgresStore, pg_dsn: str) -> None:
+        pg_store: PostgresStore, pg_schema_dsn: str) -> None:
     """Words come and go with the questions that hold them: insert, update (text or book),
     delete, and the delete a study book's removal cascades to."""
     user = await pg_store.create_user(name="u", email="u@example.com")
@@ -60,7 +63,7 @@ async def test_the_vocabulary_counts_each_books_questions(
                                         difficulty="d", question="alpha beta", answer="beta")
     q2 = await pg_store.create_question(study_book_id=b1.id, language="en", category="c",
                                         difficulty="d", question="beta gamma", answer="g")
-    conn = await asyncpg.connect(pg_dsn)
+    conn = await asyncpg.connect(pg_schema_dsn)
 
     async def vocabulary() -> set[tuple[str, str, int]]:
         rows = await conn.fetch("SELECT study_book_id, word, questions FROM cutover_search_words")
@@ -86,7 +89,7 @@ async def test_the_vocabulary_counts_each_books_questions(
 
 
 async def test_a_vocabulary_of_every_user_is_rebuilt_per_study_book(
-        pg_store: PostgresStore, pg_dsn: str) -> None:
+        pg_store: PostgresStore, pg_schema_dsn: str) -> None:
     """A database whose vocabulary predates issue 24 (one table of every user's words), and so
     predates recorded revisions too, gets the per-book one from init_schema (stamped
     0000_legacy, then brought to the baseline)."""
@@ -94,7 +97,7 @@ async def test_a_vocabulary_of_every_user_is_rebuilt_per_study_book(
     book = await pg_store.create_study_book(user_id=user.id, title="b")
     await pg_store.create_question(study_book_id=book.id, language="en", category="c",
                                    difficulty="d", question="quixotic", answer="a")
-    conn = await asyncpg.connect(pg_dsn)
+    conn = await asyncpg.connect(pg_schema_dsn)
     try:
         await conn.execute("DROP TABLE cutover_search_words; "
                            "CREATE TABLE cutover_search_words (word TEXT NOT NULL); "

@@ -49,6 +49,7 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+@pytest.mark.slow
 async def test_crud_round_trip_over_http_reaches_both_stores(settings: Settings) -> None:
     async with client_for(settings) as (client, repo):
         r = await client.post("/users", json={"name": "Aiko", "email": "aiko@example.com"})
@@ -119,6 +120,7 @@ async def test_crud_round_trip_over_http_reaches_both_stores(settings: Settings)
         await assert_converged(repo.stores["sqlite"], repo.stores["postgres"])
 
 
+@pytest.mark.slow
 async def test_data_endpoints_need_the_api_token_when_it_is_set(settings: Settings) -> None:
     async with client_for(settings.with_(api_token=API)) as (client, _):
         r = await client.get("/users")
@@ -140,6 +142,7 @@ async def test_data_endpoints_need_the_api_token_when_it_is_set(settings: Settin
         assert (await client.get("/openapi.json")).status_code == 200
 
 
+@pytest.mark.slow
 async def test_admin_endpoints_are_off_without_admin_token(settings: Settings) -> None:
     async with client_for(settings) as (client, repo):
         r = await client.get("/admin/read-primary", headers=bearer(ADMIN))
@@ -149,6 +152,7 @@ async def test_admin_endpoints_are_off_without_admin_token(settings: Settings) -
         assert repo.read_primary == "sqlite"
 
 
+@pytest.mark.slow
 async def test_admin_flip_needs_the_admin_token_and_the_verdict(settings: Settings) -> None:
     async with client_for(settings.with_(admin_token=ADMIN, api_token=API)) as (client, repo):
         assert (await client.get("/admin/read-primary")).status_code == 401
@@ -214,6 +218,7 @@ async def test_unreachable_primary_is_a_503_with_a_json_error(sqlite_path: Path)
             assert secret not in resp.text
 
 
+@pytest.mark.slow
 async def test_health_details_need_the_admin_token(settings: Settings) -> None:
     """/healthz and /readyz say ok or not, nothing more; each store's state is for the admin."""
     async with client_for(settings.with_(admin_token=ADMIN, api_token=API)) as (client, _):
@@ -231,6 +236,7 @@ async def test_health_details_need_the_admin_token(settings: Settings) -> None:
             "sqlite": "up", "postgres": "up"}
 
 
+@pytest.mark.slow
 async def test_bad_input_is_a_4xx_json_error_and_changes_nothing(settings: Settings) -> None:
     async with client_for(settings) as (client, repo):
         user = (await client.post("/users", json={"name": "Aiko",
@@ -302,6 +308,7 @@ async def test_bad_input_is_a_4xx_json_error_and_changes_nothing(settings: Setti
         assert before == after
 
 
+@pytest.mark.slow
 async def test_validation_errors_name_the_field(settings: Settings) -> None:
     async with client_for(settings) as (client, _):
         r = await client.post("/users", json={"name": "A", "email": "two@@example.com"})
@@ -330,6 +337,7 @@ def test_serve_refuses_a_non_loopback_address_without_api_token(
     assert len(lines) == 1 and "API_TOKEN" in lines[0] and "0.0.0.0" in lines[0]
 
 
+@pytest.mark.slow
 async def test_cutover_serve_answers_over_http(settings: Settings, tmp_path: Path) -> None:
     """The real command: uvicorn on a free loopback port, stopped by SIGINT with status 0."""
     env = {**os.environ, "SQLITE_PATH": str(settings.sqlite_path),

@@ -25,6 +25,8 @@ from schemathesis import GenerationMode
 from config import Settings
 from proxy.app.service import create_app
 
+pytestmark = pytest.mark.slow  # see pyproject.toml's markers
+
 ADMIN = "admin-token-for-fuzz"
 #: generated requests per operation and mode (34 operations x 2 modes)
 EXAMPLES = {GenerationMode.POSITIVE: 20, GenerationMode.NEGATIVE: 12}

@@ -84,6 +84,7 @@ def _send_huge(host: str, port: int, path: str, token: str | None, *, chunked: b
     return int(status[1]) if len(status) > 1 else 0
 
 
+@pytest.mark.slow
 def test_huge_bodies_are_refused_before_they_are_read(server: tuple[str, int, int]) -> None:
     host, port, pid = server
     base = f"http://{host}:{port}"

@@ -235,6 +235,7 @@ def _cutover() -> str:
     return str(found) if found.exists() else (shutil.which("cutover") or "cutover")
 
 
+@pytest.mark.slow
 def test_cutover_console_script_bad_dsn_exits_2_without_password(tmp_path: Path) -> None:
     env = _cli_env(tmp_path, POSTGRES_DSN=f"mysql://app:{SECRET}@db.internal/app")
     proc = subprocess.run([_cutover(), "schema", "init"], env=env, capture_output=True,
@@ -246,6 +247,7 @@ def test_cutover_console_script_bad_dsn_exits_2_without_password(tmp_path: Path)
     assert SECRET not in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow
 def test_unreachable_server_error_hides_the_password(tmp_path: Path) -> None:
     # a well-formed DSN to a port nothing listens on: exit 3, and still no password
     env = _cli_env(tmp_path, POSTGRES_DSN=f"postgresql://app:{SECRET}@127.0.0.1:9/app")
@@ -258,6 +260,7 @@ def test_unreachable_server_error_hides_the_password(tmp_path: Path) -> None:
 
 # -- the embedded default --
 
+@pytest.mark.slow
 async def test_embedded_default_logs_one_line_and_starts_a_utf8_server(tmp_path: Path) -> None:
     from proxy.embedded import embedded_dsn, start_embedded
 

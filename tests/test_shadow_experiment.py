@@ -133,6 +133,7 @@ async def test_primary_ids_are_frozen_when_submitted(runner: ShadowRunner, m: Me
     assert outcome(m, "match") == 1 and outcome(m, "mismatch") == 0
 
 
+@pytest.mark.slow
 async def test_the_shadow_task_starts_after_the_callers_search_returned(
     runner: ShadowRunner, m: Metrics
 ) -> None:
@@ -431,6 +432,7 @@ class CountingStore(ShadowStore):
         return super().add(batch)
 
 
+@pytest.mark.slow
 async def test_comparisons_finishing_together_are_stored_in_one_batch(
     m: Metrics, tmp_path: Path
 ) -> None:
@@ -574,6 +576,7 @@ async def test_a_remote_comparison_is_counted_here_and_recorded_there(
     assert [e for e in logs if e["event"].startswith("shadow.")] == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("failure", ["raises", "refuses", "silent", "late"])
 async def test_a_remote_comparison_that_records_nothing_is_recorded_here_once(
     m: Metrics, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str

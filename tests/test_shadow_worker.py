@@ -42,6 +42,8 @@ from shadow.worker import (
     portable_log_config,
 )
 
+pytestmark = pytest.mark.slow  # see pyproject.toml's markers
+
 QUERIES = ["json", "json dumps", "jsno", "学習", "習と", "file python", "zebra", "serialize 学習"]
 
 

@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -37,6 +36,7 @@ from proxy.models import (
     USERS,
     Entity,
 )
+from tests.databases import copy_sqlite, fresh_database
 
 TABLES = [e.table for e in ENTITIES]
 MISSING = uuid.UUID("8c2b1f5e-2f7b-4c39-9d7c-3f7c1d2a9b10")
@@ -370,31 +370,26 @@ class Both:
 
 @pytest.fixture(scope="module")
 async def both(
-    pg_server_dsn: str, tmp_path_factory: pytest.TempPathFactory
+    pg_server_dsn: str, pg_template: str, sqlite_template: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Both]:
-    name = f"cutover_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_server_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    await admin.close()
-    dsn = urlunsplit(urlsplit(pg_server_dsn)._replace(path="/" + name))
     path = tmp_path_factory.mktemp("both") / "app.db"
-    sqlite, pg = SQLiteStore(path), PostgresStore(dsn)
-    try:
-        for s in (sqlite, pg):
-            await s.init_schema()
-            await s.create_user(id=U_ID, name="Aiko", email="aiko@example.com")
-            await s.create_study_book(id=B_ID, user_id=U_ID, title="Python")
-            await s.create_question(id=Q_ID, study_book_id=B_ID, language="en", category="c",
-                                    difficulty="d", question="q?", answer="a.")
-            await s.record_typing_log(user_id=U_ID, question_id=Q_ID, wpm=1, accuracy=1,
-                                      took_ms=1)
-        yield Both(sqlite, pg, path, dsn)
-    finally:
-        await sqlite.close()
-        await pg.close()
-        admin = await asyncpg.connect(pg_server_dsn)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    copy_sqlite(sqlite_template, path)
+    async with fresh_database(pg_server_dsn, template=pg_template) as dsn:
+        sqlite, pg = SQLiteStore(path), PostgresStore(dsn)
+        try:
+            for s in (sqlite, pg):
+                await s.create_user(id=U_ID, name="Aiko", email="aiko@example.com")
+                await s.create_study_book(id=B_ID, user_id=U_ID, title="Python")
+                await s.create_question(id=Q_ID, study_book_id=B_ID, language="en",
+                                        category="c", difficulty="d", question="q?",
+                                        answer="a.")
+                await s.record_typing_log(user_id=U_ID, question_id=Q_ID, wpm=1, accuracy=1,
+                                          took_ms=1)
+            yield Both(sqlite, pg, path, dsn)
+        finally:
+            await sqlite.close()
+            await pg.close()
 
 
 Call = Callable[[AnyStore], Awaitable[Any]]

@@ -27,6 +27,8 @@ from proxy.stores.postgres import PostgresStore
 from proxy.stores.sqlite import SQLiteStore
 from tests.test_backfill import LegacyDB
 
+pytestmark = pytest.mark.slow  # see pyproject.toml's markers
+
 
 async def populate(store: SQLiteStore, *, users: int = 3, questions: int = 20) -> list[Any]:
     """Rows written through the SQLite store, as the application writes them."""

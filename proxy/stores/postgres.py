@@ -187,21 +187,27 @@ class PostgresStore(StoreMethods):
         self._min_size = min_size
         self._max_size = max_size
         self._pool: asyncpg.Pool | _OneConnection | None = None
+        self._pool_made = asyncio.Lock()
         self._mirror: _MirrorSession | None = None
 
     async def _get_pool(self) -> asyncpg.Pool | _OneConnection:
-        if self._pool is None and self._max_size == 1:
-            self._pool = _OneConnection(self.dsn)
-        elif self._pool is None:
-            try:
-                self._pool = await asyncpg.create_pool(
-                    self.dsn, min_size=self._min_size, max_size=self._max_size,
-                    init=_init_connection, timeout=10, command_timeout=30,
-                    connection_class=_Connection,
-                )
-            except UNAVAILABLE as exc:
-                raise StoreUnavailable("postgres", _reason(exc)) from exc
-        return self._pool
+        # one pool even when the first calls come together: a second one, made beside it and
+        # overwritten, stayed open, and kept reconnecting after the store was closed
+        if self._pool is not None:
+            return self._pool
+        async with self._pool_made:
+            if self._pool is None and self._max_size == 1:
+                self._pool = _OneConnection(self.dsn)
+            elif self._pool is None:
+                try:
+                    self._pool = await asyncpg.create_pool(
+                        self.dsn, min_size=self._min_size, max_size=self._max_size,
+                        init=_init_connection, timeout=10, command_timeout=30,
+                        connection_class=_Connection,
+                    )
+                except UNAVAILABLE as exc:
+                    raise StoreUnavailable("postgres", _reason(exc)) from exc
+            return self._pool
 
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         pool = await self._get_pool()
