@@ -275,12 +275,12 @@ async def load_seed(dsn: str, records: list[tuple[Any, ...]]) -> float:
 
 def load_sqlite(path: Path, records: list[tuple[Any, ...]]) -> float:
     from proxy.codec import iso
-    from proxy.stores.sqlite_schema import init_schema
+    from proxy.stores.migrations import upgrade_sqlite
 
     started = time.perf_counter()
+    upgrade_sqlite(path)
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
-    init_schema(conn)
     conn.execute("BEGIN")
     ts = iso(datetime(2024, 1, 1, tzinfo=UTC))
     conn.execute("INSERT INTO users (id, name, email, created_at, updated_at) "

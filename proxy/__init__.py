@@ -7,6 +7,7 @@ from proxy.errors import (
     FlipRefused,
     NotFoundError,
     OutcomeUnknown,
+    SchemaMismatch,
     StoreUnavailable,
     ValidationError,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "Question",
     "Repository",
     "SQLiteStore",
+    "SchemaMismatch",
     "SearchResult",
     "Store",
     "StoreUnavailable",

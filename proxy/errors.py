@@ -4,6 +4,7 @@
     ├── ValidationError (also ValueError)   bad input, raised before any store is touched
     ├── NotFoundError (also LookupError)    the row does not exist
     ├── Fenced                              a write carried an epoch its store has left behind
+    ├── SchemaMismatch                      the stores are at different schema revisions
     ├── FlipRefused                         the primary cannot move now (the flip's gate)
     ├── PrimaryUnknown                      READ_PRIMARY_FILE does not name a store
     ├── SchemaMissing                       a store lacks the tables (schema init never ran)
@@ -95,3 +96,18 @@ class BadSource(CutoverError):
 
 class BackfillRunning(CutoverError):
     """Raised when another backfill holds the lock on the target database."""
+
+
+class SchemaMismatch(CutoverError):
+    """Raised when the repository opens on two stores at different schema revisions (a mirror
+    write could name a column one of them lacks), or on two behind the revision its code needs."""
+
+    def __init__(self, sqlite: str | None, postgres: str | None, needed: str) -> None:
+        self.sqlite = sqlite
+        self.postgres = postgres
+        self.needed = needed
+        state = (f"at schema revision {sqlite or 'unrecorded'}" if sqlite == postgres else
+                 f"at different schema revisions (sqlite {sqlite or 'unrecorded'}, "
+                 f"postgres {postgres or 'unrecorded'})")
+        super().__init__(f"the stores are {state}, this cutover needs {needed}: run "
+                         "`cutover schema init` to bring both to it")

@@ -301,8 +301,8 @@ def upgrade_legacy_ids(conn: sqlite3.Connection) -> int:
     `str(legacy_uuid(old))`, recording (table, old, new) in `legacy_ids`; return how many ids
     of rows were rewritten.
 
-    Runs in the caller's transaction when there is one (`sqlite_schema.init_schema` turns foreign
-    keys off around it), else in its own with foreign keys off: a legacy database may hold
+    Runs in the caller's transaction when there is one (revision 0001_baseline's, on a connection
+    with foreign keys off), else in its own with foreign keys off: a legacy database may hold
     orphans, which an enforced check at COMMIT would refuse. `question_search_rowids` follows the
     questions it indexes, and the old application's `questions_fts` too.
     """

@@ -1,7 +1,8 @@
 """Rows as frozen dataclasses, and the table specs both stores and the repository share.
 
-Every entity's columns are the seed document's columns, in the seed's order. The specs are the
-single place that knows which column is an id, a timestamp, a decimal or an owner.
+Every entity's columns are the seed document's columns, in the seed's order, derived from the
+tables in `proxy.tables` (the one description of them): an `Entity` adds the row class, the
+owner its `list_*` filters by and what the repository needs to know about each column.
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ from datetime import datetime
 from decimal import Decimal
 from enum import Enum
 from typing import Any, Literal
+
+import sqlalchemy as sa
+
+from proxy import tables
+from proxy.tables import INT_MAX, VERSION_COLUMN
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,75 +159,45 @@ class Entity:
         return self.row_type(**{n: values[n] for n in self.column_names})
 
 
-def _ts(name: str) -> Column:
-    return Column(name, Kind.TIMESTAMP)
+_KINDS: tuple[tuple[type[sa.types.TypeEngine[Any]], Kind], ...] = (
+    (sa.Uuid, Kind.UUID), (sa.Numeric, Kind.DECIMAL), (sa.DateTime, Kind.TIMESTAMP),
+    (sa.Integer, Kind.INT), (sa.String, Kind.TEXT),  # Text is a String
+)
 
 
-USERS = Entity(
-    "user", "users", User,
-    (
-        Column("id", Kind.UUID),
-        Column("name", Kind.TEXT, max_length=255),
-        Column("email", Kind.TEXT, max_length=255),
-        _ts("created_at"), _ts("updated_at"),
-    ),
-    owner=None, order_by="created_at",
-)
-STUDY_BOOKS = Entity(
-    "study_book", "study_books", StudyBook,
-    (
-        Column("id", Kind.UUID),
-        Column("user_id", Kind.UUID, references="users", on_delete="CASCADE"),
-        Column("title", Kind.TEXT, max_length=500),
-        Column("description", Kind.TEXT, nullable=True),
-        _ts("created_at"), _ts("updated_at"),
-    ),
-    owner="user_id", order_by="created_at",
-)
-QUESTIONS = Entity(
-    "question", "questions", Question,
-    (
-        Column("id", Kind.UUID),
-        Column("study_book_id", Kind.UUID, references="study_books", on_delete="CASCADE"),
-        Column("language", Kind.TEXT, max_length=50),
-        Column("category", Kind.TEXT, max_length=100),
-        Column("difficulty", Kind.TEXT, max_length=50),
-        # TEXT in the seed; bounded here because PostgreSQL's tsvector cannot index more than
-        # 1 MB of text, and a question that only one store can hold would never converge
-        Column("question", Kind.TEXT, max_length=100_000),
-        Column("answer", Kind.TEXT, max_length=100_000),
-        _ts("created_at"), _ts("updated_at"),
-    ),
-    owner="study_book_id", order_by="created_at",
-)
-TYPING_LOGS = Entity(
-    "typing_log", "typing_logs", TypingLog,
-    (
-        Column("id", Kind.UUID),
-        Column("user_id", Kind.UUID, references="users", on_delete="CASCADE"),
-        Column("question_id", Kind.UUID, nullable=True, references="questions",
-               on_delete="SET NULL"),
-        Column("wpm", Kind.INT, minimum=0, maximum=2**31 - 1),
-        Column("accuracy", Kind.DECIMAL, precision=5, scale=2, minimum=0, maximum=100),
-        Column("took_ms", Kind.INT, minimum=0, maximum=2**31 - 1),
-        _ts("created_at"),
-    ),
-    owner="user_id", order_by="created_at",
-)
-LEARNING_EVENTS = Entity(
-    "learning_event", "learning_events", LearningEvent,
-    (
-        Column("id", Kind.UUID),
-        Column("user_id", Kind.TEXT, max_length=255),
-        Column("app_id", Kind.TEXT, max_length=100),
-        Column("action", Kind.TEXT, max_length=100),
-        Column("object_id", Kind.TEXT, nullable=True, max_length=255),
-        Column("score", Kind.DECIMAL, nullable=True, precision=10, scale=2),
-        Column("duration_ms", Kind.INT, nullable=True, minimum=0, maximum=2**31 - 1),
-        _ts("occurred_at"),
-    ),
-    owner="user_id", order_by="occurred_at",
-)
+def _column(col: sa.Column[Any]) -> Column:
+    """The repository's view of one column of `proxy.tables`."""
+    kind = next(k for t, k in _KINDS if isinstance(col.type, t))
+    fk = next(iter(col.foreign_keys), None)
+    numeric = col.type if isinstance(col.type, sa.Numeric) else None
+    return Column(
+        # plain str: SQLAlchemy's names are a str subclass (quoted_name) orjson refuses as keys
+        str(col.name), kind, nullable=bool(col.nullable),
+        max_length=col.info.get("max_length", getattr(col.type, "length", None)),
+        references=str(fk.column.table.name) if fk else None,
+        on_delete=fk.ondelete if fk else None,  # type: ignore[arg-type]
+        scale=numeric.scale if numeric else None,
+        precision=numeric.precision if numeric else None,
+        minimum=col.info.get("minimum"),
+        maximum=col.info.get("maximum", INT_MAX if kind is Kind.INT else None),
+    )
+
+
+def _columns(table: sa.Table) -> tuple[Column, ...]:
+    return tuple(_column(c) for c in table.columns if c.name != VERSION_COLUMN)
+
+
+USERS = Entity("user", "users", User, _columns(tables.users),
+               owner=None, order_by="created_at")
+STUDY_BOOKS = Entity("study_book", "study_books", StudyBook, _columns(tables.study_books),
+                     owner="user_id", order_by="created_at")
+QUESTIONS = Entity("question", "questions", Question, _columns(tables.questions),
+                   owner="study_book_id", order_by="created_at")
+TYPING_LOGS = Entity("typing_log", "typing_logs", TypingLog, _columns(tables.typing_logs),
+                     owner="user_id", order_by="created_at")
+LEARNING_EVENTS = Entity("learning_event", "learning_events", LearningEvent,
+                         _columns(tables.learning_events),
+                         owner="user_id", order_by="occurred_at")
 
 ENTITIES: tuple[Entity, ...] = (USERS, STUDY_BOOKS, QUESTIONS, TYPING_LOGS, LEARNING_EVENTS)
 BY_NAME: dict[str, Entity] = {e.name: e for e in ENTITIES}

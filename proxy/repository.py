@@ -40,7 +40,14 @@ from proxy.connect import SearchStores, resolve_dsn
 from proxy.control import Control, newest
 from proxy.deadletters import is_dead
 from proxy.entity_methods import EntityMethods, stamp_create, stamp_update
-from proxy.errors import Fenced, FlipRefused, NotFoundError, OutcomeUnknown, StoreUnavailable
+from proxy.errors import (
+    Fenced,
+    FlipRefused,
+    NotFoundError,
+    OutcomeUnknown,
+    SchemaMismatch,
+    StoreUnavailable,
+)
 from proxy.flip_gate import dead_letter_refusal, outbox_figures, refusal
 from proxy.mirror import (
     TIMED_OUT,
@@ -52,6 +59,7 @@ from proxy.mirror import (
 from proxy.models import Entity, SearchResult
 from proxy.primary_source import read_primary_file, write_primary_file
 from proxy.sqlite_file import backup_sqlite, is_legacy_file
+from proxy.stores import migrations
 from proxy.stores.base import ApplyOutcome, Mutation, Op, OutboxStats, Written
 from proxy.stores.postgres import PostgresStore
 from proxy.stores.searchtext import DEFAULT_LIMIT, check_limit
@@ -826,6 +834,20 @@ def default_shadow_path(settings: Settings) -> Path:
     return settings.sqlite_path.with_name("shadow.db")
 
 
+async def _same_schema_revision(sqlite: SQLiteStore, postgres: PostgresStore) -> None:
+    """Refuse to open (`SchemaMismatch`) on stores at different schema revisions, or both at
+    one older than this code's newest: its writes could name a column a store lacks. A store at
+    a newer revision is fine (revisions only add what older code ignores). A store that does not
+    answer is not compared: the repository opens without it, as before."""
+    try:
+        revisions = await sqlite.schema_revision(), await postgres.schema_revision()
+    except StoreUnavailable:
+        return
+    needed = migrations.head()
+    if revisions[0] != revisions[1] or revisions[0] in migrations.older_than(needed):
+        raise SchemaMismatch(*revisions, needed)
+
+
 class GivenStores(TypedDict, total=False):
     """Open stores for `open_repository` to use instead of opening its own."""
 
@@ -862,6 +884,7 @@ async def open_repository(
                 backup_sqlite(settings.sqlite_path)
             await sqlite.init_schema()
             await postgres.init_schema()
+        await _same_schema_revision(sqlite, postgres)
         shadow_store = ShadowStore(shadow_store_path or default_shadow_path(settings))
         repo = Repository(settings, sqlite, postgres, metrics=metrics)
         in_child = settings.shadow_worker == "process"

@@ -10,6 +10,7 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
+from proxy.stores.migrations import sqlite_revision
 from proxy.stores.sqlite_schema import is_legacy_database
 
 
@@ -39,3 +40,15 @@ def backup_sqlite(path: Path) -> Path:
     finally:
         src.close()
     return target
+
+
+def recorded_revision(path: Path) -> str | None:
+    """The schema revision the file records (None for a missing file or one from before
+    revisions were recorded), read without creating or changing anything."""
+    if not path.is_file():
+        return None
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return sqlite_revision(conn)
+    finally:
+        conn.close()

@@ -27,6 +27,7 @@ JSON_COMMANDS = {
     "backfill": ["backfill", "--json", "--quiet"],
     "shadow list": ["shadow", "list", "--json"],
     "shadow replay": ["shadow", "replay", "--json"],
+    "schema status": ["schema", "status", "--json"],
     "demo": ["demo", "--json", "--duration", "1", "--questions", "20"],
 }
 

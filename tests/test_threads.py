@@ -136,7 +136,7 @@ async def test_a_store_closed_under_a_call_says_so(tmp_path: Path) -> None:
     await store.init_schema()
     await asyncio.to_thread(store._writer.shutdown)  # as close() does, before _closed is seen
     with pytest.raises(StoreUnavailable, match="closed"):
-        await store.init_schema()
+        await store.create_user(name="Late", email="late@example.com")
     await store.close()
 
 

@@ -55,7 +55,7 @@ from proxy.legacy import (
     quick_timestamp,
 )
 from proxy.models import BY_TABLE, ENTITIES, Entity, Kind
-from proxy.stores import postgres_schema
+from proxy.stores import migrations, postgres_schema
 
 DEFAULT_BATCH_SIZE = 2000  # rows per transaction; a 2000-row batch of questions is ~3 MB
 REJECTS_TABLE = "cutover_backfill_rejects"
@@ -680,9 +680,8 @@ PARTS = {"users": 1, "study_books": 1, "questions": 2, "typing_logs": 2, "learni
 async def _prepare(conn: asyncpg.Connection, source: str, restart: bool) -> bool:
     """Create the bookkeeping tables; start a fresh pass or resume one. True when resuming."""
     async with conn.transaction():
-        # the same lock as PostgresStore.init_schema: one schema change at a time
-        await conn.execute("SELECT pg_advisory_xact_lock(7715001)")
-        await conn.execute(postgres_schema.DDL)
+        # the same lock as the migrations take: one schema change at a time
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", migrations.SCHEMA_LOCK)
         await conn.execute(DDL)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
@@ -758,6 +757,7 @@ async def run_backfill(
     try:
         if not await guard.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY + 1):
             raise BackfillRunning("another backfill is running against this database")
+        await migrations.upgrade_postgres(dsn)  # the schema, at the newest revision
         async with pool.acquire() as conn:
             resumed = await _prepare(conn, source, restart)
             await _copy_source_legacy_ids(conn, source_path)

@@ -124,7 +124,11 @@ class Store(Protocol):
     backend: Literal["sqlite", "postgres"]
 
     async def init_schema(self) -> None:
-        """Create (or upgrade in place) the schema; safe to run again."""
+        """Bring the schema to the newest revision (creating or upgrading it in place); safe
+        to run again."""
+
+    async def schema_revision(self) -> str | None:
+        """The schema revision the database records (None before revisions were recorded)."""
 
     async def ping(self) -> None:
         """Raise `StoreUnavailable` when the database cannot be reached."""

@@ -20,7 +20,7 @@ from proxy.codec import from_postgres
 from proxy.control import COLUMNS, Control
 from proxy.errors import Fenced, NotFoundError, StoreUnavailable, ValidationError
 from proxy.models import BY_NAME, BY_TABLE, ENTITIES, REFERENCED_BY, Entity, Kind, SearchResult
-from proxy.stores import postgres_schema
+from proxy.stores import migrations, postgres_schema
 from proxy.stores.base import (
     WAITS,
     ApplyOutcome,
@@ -218,12 +218,16 @@ class PostgresStore(StoreMethods):
             raise StoreUnavailable("postgres", _reason(exc)) from exc
 
     async def init_schema(self) -> None:
+        await self._get_pool()  # StoreUnavailable when the server cannot be reached
+        await migrations.upgrade_postgres(self.dsn)
+
+    async def schema_revision(self) -> str | None:
         pool = await self._get_pool()
-        async with pool.acquire() as conn, conn.transaction():
-            # one schema change at a time, even when two processes start together
-            await conn.execute("SELECT pg_advisory_xact_lock(7715001)")
-            await conn.execute(postgres_schema.DDL)
-            await conn.execute(postgres_schema.SEARCH_INDEXES)
+        try:
+            async with pool.acquire(timeout=10) as conn:
+                return await migrations.postgres_revision(conn)
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable("postgres", _reason(exc)) from exc
 
     async def ping(self) -> None:
         await self._fetch("SELECT 1")

@@ -33,7 +33,7 @@ from proxy.codec import (
 from proxy.control import COLUMNS, Control
 from proxy.errors import CutoverError, Fenced, NotFoundError, StoreUnavailable, ValidationError
 from proxy.models import BY_NAME, BY_TABLE, REFERENCED_BY, Entity, SearchResult
-from proxy.stores import sqlite_schema
+from proxy.stores import migrations
 from proxy.stores.base import (
     WAITS,
     ApplyOutcome,
@@ -150,7 +150,10 @@ class SQLiteStore(StoreMethods):
         return [_alone(conn, body) for body in bodies]
 
     async def init_schema(self) -> None:
-        await self._run(sqlite_schema.init_schema, write=True)
+        await asyncio.to_thread(migrations.upgrade_sqlite, self.path)
+
+    async def schema_revision(self) -> str | None:
+        return await self._run(migrations.sqlite_revision, write=False)
 
     async def ping(self) -> None:
         await self._run(lambda c: c.execute("SELECT 1").fetchone(), write=False)

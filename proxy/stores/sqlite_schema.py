@@ -146,55 +146,35 @@ CREATE TABLE IF NOT EXISTS legacy_ids (
 TABLES = ("users", "study_books", "questions", "typing_logs", "learning_events")
 
 
-def init_schema(conn: sqlite3.Connection) -> bool:
-    """Create or upgrade the schema in one transaction; return True if anything changed."""
-    before = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-    # the legacy id upgrade rewrites parents and children in turn, and a legacy file may hold
-    # orphans: foreign keys stay off for this transaction (the pragma is a no-op inside one)
-    foreign_keys = conn.execute("PRAGMA foreign_keys").fetchone()[0]
-    conn.execute("PRAGMA foreign_keys=OFF")
+def add_cutover_schema(conn: sqlite3.Connection) -> None:
+    """Add the cutover's tables, columns and triggers to the application's tables, in the
+    caller's transaction (revision 0001_baseline); idempotent. The legacy id upgrade rewrites
+    parents and children in turn, and a legacy file may hold orphans: the caller's connection
+    has foreign keys off."""
     legacy = is_legacy_database(conn)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for statement in _statements(LEGACY_TABLES):
-            conn.execute(statement)
-        changed = False
-        for table in TABLES:
-            cols = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
-            if "row_version" not in cols:
-                conn.execute(
-                    f"ALTER TABLE {table} ADD COLUMN row_version INTEGER NOT NULL DEFAULT 0"
-                )
-                changed = True
-        fresh_index = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE name = 'questions_search'"
-        ).fetchone() is None
-        for statement in _statements(ADDED):
-            conn.execute(statement)
-        if fresh_index:
-            # index the questions that were there before the triggers existed
-            conn.execute(
-                "INSERT INTO question_search_rowids(question_id) "
-                "SELECT id FROM questions ORDER BY rowid"
-            )
-            conn.execute(
-                "INSERT INTO questions_search(rowid, question, answer) "
-                "SELECT m.rowid, q.question, q.answer FROM question_search_rowids m "
-                "JOIN questions q ON q.id = m.question_id"
-            )
-        if legacy and upgrade_legacy_ids(conn):
-            changed = True
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    finally:
-        conn.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
-    after = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-    return changed or after != before
+    for table in TABLES:
+        cols = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        if "row_version" not in cols:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN row_version INTEGER NOT NULL DEFAULT 0")
+    fresh_index = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE name = 'questions_search'"
+    ).fetchone() is None
+    for statement in statements(ADDED):
+        conn.execute(statement)
+    if fresh_index:
+        # index the questions that were there before the triggers existed
+        conn.execute("INSERT INTO question_search_rowids(question_id) "
+                     "SELECT id FROM questions ORDER BY rowid")
+        conn.execute(
+            "INSERT INTO questions_search(rowid, question, answer) "
+            "SELECT m.rowid, q.question, q.answer FROM question_search_rowids m "
+            "JOIN questions q ON q.id = m.question_id"
+        )
+    if legacy:
+        upgrade_legacy_ids(conn)
 
 
-def _statements(script: str) -> list[str]:
+def statements(script: str) -> list[str]:
     """Split a script into statements, keeping trigger bodies whole."""
     out, buf = [], ""
     for line in script.splitlines(keepends=True):
