@@ -6,7 +6,9 @@ backup copy; `cutover demo` and `cutover serve` refuse one that `schema init` ha
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,11 +22,8 @@ def is_legacy_file(path: Path) -> bool:
     The file is opened read-only; `sqlite3.Error` when it cannot be read."""
     if not path.is_file() or path.stat().st_size == 0:
         return False
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    try:
+    with _read_only(path) as conn:
         return is_legacy_database(conn)
-    finally:
-        conn.close()
 
 
 def backup_sqlite(path: Path) -> Path:
@@ -47,8 +46,14 @@ def recorded_revision(path: Path) -> str | None:
     revisions were recorded), read without creating or changing anything."""
     if not path.is_file():
         return None
+    with _read_only(path) as conn:
+        return sqlite_revision(conn)
+
+
+@contextlib.contextmanager
+def _read_only(path: Path) -> Iterator[sqlite3.Connection]:
     conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        return sqlite_revision(conn)
+        yield conn
     finally:
         conn.close()

@@ -202,11 +202,7 @@ async def test_the_repository_refuses_stores_at_different_revisions(
     settings = Settings(sqlite_path=tmp_path / "app.db", postgres_dsn=pg_dsn)
     async with open_repository(settings):
         pass
-    conn = await asyncpg.connect(pg_dsn)
-    try:
-        await conn.execute("UPDATE alembic_version SET version_num = $1", LEGACY)
-    finally:
-        await conn.close()
+    await _record_postgres_revision(pg_dsn, LEGACY)
     with pytest.raises(SchemaMismatch) as caught:
         async with open_repository(settings, init_schema=False):
             pytest.fail("opened")
@@ -223,11 +219,7 @@ async def test_the_repository_refuses_stores_behind_the_revision_its_code_needs(
     settings = Settings(sqlite_path=tmp_path / "app.db", postgres_dsn=pg_dsn)
     async with open_repository(settings):
         pass
-    conn = await asyncpg.connect(pg_dsn)
-    try:
-        await conn.execute("UPDATE alembic_version SET version_num = $1", LEGACY)
-    finally:
-        await conn.close()
+    await _record_postgres_revision(pg_dsn, LEGACY)
     lite = sqlite3.connect(settings.sqlite_path)
     with lite:
         lite.execute("UPDATE alembic_version SET version_num = ?", (LEGACY,))
@@ -307,3 +299,12 @@ def test_the_entities_columns_come_from_the_tables() -> None:
         "questions", "SET NULL", True)
     assert (TYPING_LOGS.column("accuracy").scale, TYPING_LOGS.column("accuracy").maximum) == (
         2, 100)
+
+
+async def _record_postgres_revision(dsn: str, revision: str) -> None:
+    """Make the PostgreSQL database claim `revision` (as a store left behind would)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("UPDATE alembic_version SET version_num = $1", revision)
+    finally:
+        await conn.close()
