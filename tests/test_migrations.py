@@ -28,7 +28,7 @@ from config import Settings
 from proxy import SchemaMismatch, open_repository
 from proxy.app.cli import app as cli_app
 from proxy.stores import migrations
-from proxy.stores.migrations import BASELINE, LEGACY, head, sqlite_engine, upgrade_sqlite
+from proxy.stores.migrations import BASELINE, LEGACY, sqlite_engine, upgrade_sqlite
 from proxy.stores.postgres import PostgresStore
 from proxy.tables import DIALECT_ONLY, metadata
 from tests.schema_snapshot import expected, postgres_snapshot, sqlite_snapshot
@@ -39,15 +39,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_baseline_on_sqlite_is_the_schema_from_before_revisions(tmp_path: Path) -> None:
     path = tmp_path / "app.db"
-    upgrade_sqlite(path)
+    upgrade_sqlite(path, BASELINE)
     assert sqlite_snapshot(path) == expected("sqlite")
-    assert _sqlite_revision(path) == head() == BASELINE
+    assert _sqlite_revision(path) == BASELINE
 
 
 async def test_the_baseline_on_postgres_is_the_schema_from_before_revisions(
-        pg_store: PostgresStore, pg_schema_dsn: str) -> None:
-    assert await postgres_snapshot(pg_schema_dsn) == expected("postgres")
-    assert await pg_store.schema_revision() == BASELINE
+        pg_dsn: str) -> None:
+    await migrations.upgrade_postgres(pg_dsn, BASELINE)
+    assert await postgres_snapshot(pg_dsn) == expected("postgres")
+    store = PostgresStore(pg_dsn)
+    try:
+        assert await store.schema_revision() == BASELINE
+    finally:
+        await store.close()
 
 
 def _differences(conn: sa.Connection) -> list[Any]:
