@@ -217,13 +217,18 @@ async def dump_rows(source_dsn: str, work: Path) -> dict[str, Path]:
     return files
 
 
+def _add(constraint: asyncpg.Record) -> str:
+    r = constraint
+    return f"ALTER TABLE {r['t']} ADD CONSTRAINT {r['conname']} {r['def']}"
+
+
 async def lower_bound(server_dsn: str, files: dict[str, Path]) -> float:
     """Seconds to the same end state by plain COPY into bare tables, then building it all."""
     async with database(server_dsn, "bench_lower") as dsn:
         conn = await asyncpg.connect(dsn)
         try:
             await conn.execute(postgres_schema.DDL + postgres_schema.SEARCH_INDEXES)
-            names = list(TABLES)
+            names = [*TABLES, "cutover_search_words"]
             cons = await conn.fetch(
                 "SELECT conrelid::regclass::text AS t, conname, contype::text AS contype, "
                 "pg_get_constraintdef(oid) AS def FROM pg_constraint "
@@ -240,7 +245,6 @@ async def lower_bound(server_dsn: str, files: dict[str, Path]) -> float:
                     "SELECT indexname FROM pg_indexes WHERE schemaname = 'public' "
                     "AND tablename = ANY($1)", names):
                 await conn.execute(f"DROP INDEX {r['indexname']}")
-            await conn.execute("DROP INDEX cutover_search_words_trigram")
             await conn.execute("ALTER TABLE questions DISABLE TRIGGER USER")
         finally:
             await conn.close()
@@ -260,12 +264,16 @@ async def lower_bound(server_dsn: str, files: dict[str, Path]) -> float:
         try:
             started = time.perf_counter()
             await asyncio.gather(*(copy(t) for t in TABLES))
-            keys = [f"ALTER TABLE {r['t']} ADD CONSTRAINT {r['conname']} {r['def']}"
-                    for r in cons if r["contype"] in ("p", "u")]
-            await asyncio.gather(*(run(s) for s in [*keys, *indexes, postgres_schema.WORDS_FILL]))
-            fks = [f"ALTER TABLE {r['t']} ADD CONSTRAINT {r['conname']} {r['def']}"
-                   for r in cons if r["contype"] == "f"]
-            await asyncio.gather(*(run(s) for s in [*fks, postgres_schema.WORDS_INDEX]))
+            vocabulary = "cutover_search_words"
+            adds = {kind: [_add(r) for r in cons if r["contype"] in kind and r["t"] != vocabulary]
+                    for kind in ("pu", "f")}
+            words = [i for i in indexes if vocabulary in i]
+            words += [_add(r) for r in cons if r["t"] == vocabulary]
+            fill = "SET work_mem = '256MB'; " + postgres_schema.WORDS_FILL + " ORDER BY 1, 2"
+            # the keys and indexes beside the vocabulary's count, then what needs them
+            await asyncio.gather(*(run(s) for s in [
+                *adds["pu"], *(i for i in indexes if i not in words), fill]))
+            await asyncio.gather(*(run(s) for s in [*adds["f"], *words]))
             await run("; ".join(f"ALTER TABLE questions ENABLE ALWAYS TRIGGER cutover_words_{op}"
                                 for op in ("inserted", "updated", "deleted")))
             await asyncio.gather(*(run(f"ANALYZE {t}") for t in (*TABLES, "cutover_search_words")))
@@ -419,19 +427,24 @@ def _med(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def _spread(values: list[float | None]) -> float | None:
+    known = [v for v in values if v]
+    return max(known) / min(known) if len(known) > 1 else None
+
+
 def report(results: list[SizeResult], args: argparse.Namespace) -> dict[str, Any]:
     print(f"\nserver {args.server}, corpus {args.corpus}, {args.runs} run(s) per size "
           "(medians), maintenance workers "
           f"{args.maintenance_workers if args.maintenance_workers is not None else 'default'}")
     head = (f"{'size':>5} {'rows':>9} {'backfill s':>10} {'max/min':>7} {'us/row':>7} "
             f"{'peak MB':>8} {'verify s':>8} {'MB':>6} {'pgloader s':>10} {'MB':>6} "
-            f"{'lower s':>8} {'p50 ms':>7} {'p95 ms':>7} {'load avg':>9}")
+            f"{'lower s':>8} {'p50 ms':>7} {'p95 ms':>7} {'srv CPU s':>9} {'max/min':>7} "
+            f"{'load avg':>9}")
     print(head)
     out: dict[str, Any] = {"sizes": {}}
     for r in results:
         b = _med([x.seconds for x in r.backfill])
-        spread = (max(x.seconds for x in r.backfill) / min(x.seconds for x in r.backfill)
-                  if r.backfill else None)
+        spread = _spread([x.seconds for x in r.backfill])
         fig = {
             "rows": r.rows, "backfill_s": b, "backfill_all_s": [x.seconds for x in r.backfill],
             "backfill_max_over_min": spread,
@@ -448,7 +461,11 @@ def report(results: list[SizeResult], args: argparse.Namespace) -> dict[str, Any
             "search_p95_ms": r.search[0][1] if r.search else None,
             "server_cpu_s": _med([x.server_cpu_s for x in r.backfill
                                   if x.server_cpu_s is not None]),
+            "server_cpu_max_over_min": _spread([x.server_cpu_s for x in r.backfill]),
             "load_avg": r.load, "timings": r.timings,
+            "runs": {"backfill": [asdict(x) for x in r.backfill],
+                     "verify": [asdict(x) for x in r.verify],
+                     "pgloader": [asdict(x) for x in r.pgloader], "lower": r.lower},
         }
         out["sizes"][r.size] = fig
 
@@ -461,7 +478,8 @@ def report(results: list[SizeResult], args: argparse.Namespace) -> dict[str, Any
               f"{f('peak_mb', '.0f', 8)} {f('verify_s', '.2f', 8)} {f('verify_mb', '.0f', 6)} "
               f"{f('pgloader_s', '.2f', 10)} {f('pgloader_mb', '.0f', 6)} "
               f"{f('lower_s', '.2f', 8)} {f('search_p50_ms', '.1f', 7)} "
-              f"{f('search_p95_ms', '.1f', 7)} "
+              f"{f('search_p95_ms', '.1f', 7)} {f('server_cpu_s', '.1f', 9)} "
+              f"{f('server_cpu_max_over_min', '.2f', 7)} "
               f"{max(max(x) for x in r.load) if r.load else 0:9.1f}")
     print()
     sizes = out["sizes"]

@@ -69,9 +69,10 @@ async def test_the_recount_is_what_the_triggers_build(
         assert "orphanword" not in {w for _, w, _ in recounted}
         assert "x" * 70 not in {w for _, w, _ in recounted}  # longer than 64: not a word
         assert await built_by_the_triggers(conn, 53) == recounted
-        # its trigram index is in place again
+        # its key and trigram index are in place again
         assert await conn.fetchval(
-            "SELECT count(*) FROM pg_indexes WHERE indexname = 'cutover_search_words_trigram'")
+            "SELECT count(*) FROM pg_indexes WHERE indexname IN "
+            "('cutover_search_words_trigram', 'cutover_search_words_pkey')") == 2
     finally:
         await conn.close()
 
