@@ -90,13 +90,13 @@ async def test_writes_through_the_repository_during_the_pass_are_counted(
     written: list[Any] = []
     original = backfill.rebuild_vocabulary
 
-    async def write_first(pool: asyncpg.Pool, **kw: Any) -> float:
+    async def write_first(pool: asyncpg.Pool) -> float:
         user = await store.create_user(name="live", email="live@example.com")
         book = await store.create_study_book(user_id=user.id, title="live")
         written.append(await store.create_question(
             study_book_id=book.id, language="en", category="c", difficulty="d",
             question="zorbatron json", answer="written meanwhile"))
-        return await original(pool, **kw)
+        return await original(pool)
 
     monkeypatch.setattr(backfill, "rebuild_vocabulary", write_first)
     try:

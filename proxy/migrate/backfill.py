@@ -683,7 +683,7 @@ async def build_index(pool: asyncpg.Pool, index: Index) -> float:
 # -- the vocabulary ---------------------------------------------------------------------------
 
 
-async def rebuild_vocabulary(pool: asyncpg.Pool, *, analyze: bool = True) -> float:
+async def rebuild_vocabulary(pool: asyncpg.Pool) -> float:
     """Count every study book's words from its questions in one set-based pass, replacing the
     vocabulary, and mark the pass's recount done; return the seconds it took.
 
@@ -695,15 +695,16 @@ async def rebuild_vocabulary(pool: asyncpg.Pool, *, analyze: bool = True) -> flo
     questions wait meanwhile (SHARE lock): a repository write counted by its trigger during the
     pass is counted again here, and none can slip in between the count and the commit. The
     table is filled without its key and trigram index, which are then built once; searches that
-    read the vocabulary wait for the commit."""
+    read the vocabulary wait for the commit. No ANALYZE of questions in here: it would wait for
+    their index builds and, held to the commit, hold up the other tables' reference checks
+    (their SHARE lock on questions conflicts with it); the count's plan (a scan of questions, the
+    words of each, one aggregate) has no join order for statistics to get wrong."""
     started = time.perf_counter()
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SET LOCAL lock_timeout = '10s'")
         await conn.execute("LOCK TABLE questions IN SHARE MODE")
         await conn.execute("SET LOCAL lock_timeout = 0")
         await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
-        if analyze:
-            await conn.execute("ANALYZE questions")  # the count is planned on real statistics
         # Filled bare, then keyed and indexed: a key built over sorted rows beats one kept
         # row by row (the report's `vocabulary` timing in bench/scale.py's output shows it).
         await conn.execute("SET LOCAL work_mem = '256MB'")  # the counts' hash table in memory
@@ -866,8 +867,7 @@ async def run_backfill(
                           for ix in deferrable_indexes() if ix.table == table]
                 index_tasks.extend(builds)
                 if table == "questions" and defer_words:
-                    words_tasks.append(asyncio.ensure_future(
-                        rebuild_vocabulary(pool, analyze=analyze)))
+                    words_tasks.append(asyncio.ensure_future(rebuild_vocabulary(pool)))
                     builds = [*builds, *words_tasks]
                 if analyze:
                     analyze_tasks.append(asyncio.ensure_future(analyze_after(table, builds)))
