@@ -18,7 +18,8 @@ beside pgloader and the lower bound, in the same run.
   words around a word; each for the user owning the question it came from), once to warm up,
   then timed: p50 and p95;
 - lower bound: the same rows (dumped from our database, not timed) loaded by plain binary COPY
-  into the same schema stripped of its indexes, constraints and triggers, five tables at once,
+  into the same schema stripped of its indexes, constraints and triggers, five tables at once
+  (the three big ones in two streams each, as the backfill loads them),
   then the same primary keys, indexes, foreign keys, vocabulary (one INSERT ... SELECT) and
   statistics built: the same end state by the shortest route on this server;
 - pgloader: as bench/backfill.py (`data only, drop indexes`, the seed's schema).
@@ -202,16 +203,23 @@ async def set_workers(dsn: str, workers: int) -> None:
 # -- the lower bound --------------------------------------------------------------------------
 
 
-async def dump_rows(source_dsn: str, work: Path) -> dict[str, Path]:
-    """Our loaded rows as binary COPY files (the seed's columns), not timed."""
+HALF = "80000000-0000-0000-0000-000000000000"
+SPLIT = {"questions", "typing_logs", "learning_events"}  # two streams each, as the backfill
+
+
+async def dump_rows(source_dsn: str, work: Path) -> dict[tuple[str, int], Path]:
+    """Our loaded rows as binary COPY files (the seed's columns; the big tables in two id
+    ranges, as the backfill loads them), not timed."""
     conn = await asyncpg.connect(source_dsn)
     files = {}
     try:
         for table in TABLES:
-            files[table] = work / f"{table}.copy"
             cols = ", ".join(BY_TABLE[table].column_names)
-            await conn.copy_from_query(f"SELECT {cols} FROM {table}", output=files[table],
-                                       format="binary")
+            ranges = ([f"id < '{HALF}'", f"id >= '{HALF}'"] if table in SPLIT else ["true"])
+            for i, where in enumerate(ranges):
+                files[(table, i)] = work / f"{table}-{i}.copy"
+                await conn.copy_from_query(f"SELECT {cols} FROM {table} WHERE {where}",
+                                           output=files[(table, i)], format="binary")
     finally:
         await conn.close()
     return files
@@ -222,7 +230,7 @@ def _add(constraint: asyncpg.Record) -> str:
     return f"ALTER TABLE {r['t']} ADD CONSTRAINT {r['conname']} {r['def']}"
 
 
-async def lower_bound(server_dsn: str, files: dict[str, Path]) -> float:
+async def lower_bound(server_dsn: str, files: dict[tuple[str, int], Path]) -> float:
     """Seconds to the same end state by plain COPY into bare tables, then building it all."""
     async with database(server_dsn, "bench_lower") as dsn:
         conn = await asyncpg.connect(dsn)
@@ -248,7 +256,7 @@ async def lower_bound(server_dsn: str, files: dict[str, Path]) -> float:
             await conn.execute("ALTER TABLE questions DISABLE TRIGGER USER")
         finally:
             await conn.close()
-        pool = await asyncpg.create_pool(dsn, min_size=4, max_size=4, server_settings={
+        pool = await asyncpg.create_pool(dsn, min_size=8, max_size=8, server_settings={
             "maintenance_work_mem": "256MB", "synchronous_commit": "off"})
         assert pool is not None
 
@@ -256,14 +264,14 @@ async def lower_bound(server_dsn: str, files: dict[str, Path]) -> float:
             async with pool.acquire() as c:
                 await c.execute(sql)
 
-        async def copy(table: str) -> None:
+        async def copy(table: str, part: int) -> None:
             async with pool.acquire() as c:
-                await c.copy_to_table(table, source=files[table], format="binary",
+                await c.copy_to_table(table, source=files[(table, part)], format="binary",
                                       columns=list(BY_TABLE[table].column_names))
 
         try:
             started = time.perf_counter()
-            await asyncio.gather(*(copy(t) for t in TABLES))
+            await asyncio.gather(*(copy(t, i) for t, i in files))
             vocabulary = "cutover_search_words"
             adds = {kind: [_add(r) for r in cons if r["contype"] in kind and r["t"] != vocabulary]
                     for kind in ("pu", "f")}
