@@ -96,6 +96,16 @@ async def test_writes_through_the_repository_during_the_pass_are_counted(
         written.append(await store.create_question(
             study_book_id=book.id, language="en", category="c", difficulty="d",
             question="zorbatron json", answer="written meanwhile"))
+        # its trigger fired (only the pass's own sessions defer them), before any recount
+        seen = await asyncpg.connect(pg_dsn)
+        try:
+            assert await seen.fetchval(
+                "SELECT questions FROM cutover_search_words WHERE word = 'zorbatron'") == 1
+            # and the pass's own rows are not counted yet: their triggers were deferred
+            assert await seen.fetchval(
+                "SELECT count(*) FROM cutover_search_words WHERE word = 'serialize'") == 0
+        finally:
+            await seen.close()
         return await original(pool)
 
     monkeypatch.setattr(backfill, "rebuild_vocabulary", write_first)
