@@ -22,7 +22,9 @@ beside pgloader and the lower bound, in the same run.
   (the three big ones in two streams each, as the backfill loads them),
   then the same primary keys, indexes, foreign keys, vocabulary (one INSERT ... SELECT) and
   statistics built: the same end state by the shortest route on this server;
-- pgloader: as bench/backfill.py (`data only, drop indexes`, the seed's schema).
+- pgloader: as bench/backfill.py (`data only, drop indexes`, the seed's schema), with a 4 GB
+  heap (`--dynamic-space-size 4096`): with its default 1 GB it dies at 3M rows ("Heap exhausted,
+  game over"). A run that exits non-zero or loads fewer rows is shown as failed, not compared.
 
 `--server pg15` starts a throwaway cluster of Debian's PostgreSQL 15 (`pg_config --bindir`) under
 a temp dir on 127.0.0.1 and removes it after; `embedded` the embedded PostgreSQL 18 likewise.
@@ -355,6 +357,7 @@ class SizeResult:
     backfill: list[Run] = field(default_factory=list)
     verify: list[Run] = field(default_factory=list)
     pgloader: list[Run] = field(default_factory=list)
+    pgloader_failed: list[Run] = field(default_factory=list)
     lower: list[float] = field(default_factory=list)
     search: list[tuple[float, float]] = field(default_factory=list)
     load: list[tuple[float, float]] = field(default_factory=list)  # load average before, after
@@ -381,12 +384,18 @@ async def run_size(size: str, args: argparse.Namespace, server: Server, work: Pa
                     command = work / "load.load"
                     command.write_text(PGLOADER_COMMAND.format(source=legacy.resolve(),
                                                                target=pgloader_target(dsn)))
-                    run = measure("pgloader", [pgloader, str(command)], dict(os.environ),
+                    run = measure("pgloader", [pgloader, "--dynamic-space-size", "4096",
+                                               str(command)], dict(os.environ),
                                   work / f"pgloader-{size}-{i}.log", server_pid=server.pid)
                     rows = (await count_rows(dsn))[0]
-                    result.pgloader.append(Run(**{**asdict(run), "rows": rows}))
-                    _say(size, i, "pgloader", result.pgloader[-1].seconds)
-            elif which == "ours":
+                    run = Run(**{**asdict(run), "rows": rows})
+                    if run.exit_code == 0 and rows == result.rows:
+                        result.pgloader.append(run)
+                    else:
+                        result.pgloader_failed.append(run)
+                    _say(size, i, "pgloader", run.seconds, run.max_rss_mb,
+                         f"exit {run.exit_code}, {rows} of {result.rows} rows")
+            elif which == "ours" and "backfill" in args.steps:  # verify, search, lower need it
                 await ours(size, i, args, server, work, cutover, legacy, app_db, mix, result)
         result.load.append((before, os.getloadavg()[0]))
     return result
@@ -473,7 +482,9 @@ def report(results: list[SizeResult], args: argparse.Namespace) -> dict[str, Any
             "load_avg": r.load, "timings": r.timings,
             "runs": {"backfill": [asdict(x) for x in r.backfill],
                      "verify": [asdict(x) for x in r.verify],
-                     "pgloader": [asdict(x) for x in r.pgloader], "lower": r.lower},
+                     "pgloader": [asdict(x) for x in r.pgloader],
+                     "pgloader_failed": [asdict(x) for x in r.pgloader_failed],
+                     "lower": r.lower},
         }
         out["sizes"][r.size] = fig
 
