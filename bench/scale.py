@@ -20,8 +20,8 @@ beside pgloader and the lower bound, in the same run.
 - lower bound: the same rows (dumped from our database, not timed) loaded by plain binary COPY
   into the same schema stripped of its indexes, constraints and triggers, five tables at once
   (the three big ones in two streams each, as the backfill loads them),
-  then the same primary keys, indexes, foreign keys, vocabulary (one INSERT ... SELECT) and
-  statistics built: the same end state by the shortest route on this server;
+  then the same primary keys, indexes, foreign keys, vocabulary (the backfill's own recount,
+  beside the index builds) and statistics built: the same end state by the shortest route;
 - pgloader: as bench/backfill.py (`data only, drop indexes`, the seed's schema), with a 4 GB
   heap (`--dynamic-space-size 4096`): with its default 1 GB it dies at 3M rows ("Heap exhausted,
   game over"). A run that exits non-zero or loads fewer rows is shown as failed, not compared.
@@ -71,6 +71,7 @@ from bench.backfill import (  # noqa: E402
 )
 from bench.corpus import misspell  # noqa: E402
 from bench.seed_schema import seed_ddl  # noqa: E402
+from proxy.migrate.backfill import rebuild_vocabulary  # noqa: E402
 from proxy.models import BY_TABLE  # noqa: E402
 from proxy.stores import postgres_schema  # noqa: E402
 
@@ -238,7 +239,7 @@ async def lower_bound(server_dsn: str, files: dict[tuple[str, int], Path]) -> fl
         conn = await asyncpg.connect(dsn)
         try:
             await conn.execute(postgres_schema.DDL + postgres_schema.SEARCH_INDEXES)
-            names = [*TABLES, "cutover_search_words"]
+            names = list(TABLES)
             cons = await conn.fetch(
                 "SELECT conrelid::regclass::text AS t, conname, contype::text AS contype, "
                 "pg_get_constraintdef(oid) AS def FROM pg_constraint "
@@ -274,16 +275,15 @@ async def lower_bound(server_dsn: str, files: dict[tuple[str, int], Path]) -> fl
         try:
             started = time.perf_counter()
             await asyncio.gather(*(copy(t, i) for t, i in files))
-            vocabulary = "cutover_search_words"
-            adds = {kind: [_add(r) for r in cons if r["contype"] in kind and r["t"] != vocabulary]
-                    for kind in ("pu", "f")}
-            words = [i for i in indexes if vocabulary in i]
-            words += [_add(r) for r in cons if r["t"] == vocabulary]
-            fill = "SET work_mem = '256MB'; " + postgres_schema.WORDS_FILL + " ORDER BY 1, 2"
-            # the keys and indexes beside the vocabulary's count, then what needs them
-            await asyncio.gather(*(run(s) for s in [
-                *adds["pu"], *(i for i in indexes if i not in words), fill]))
-            await asyncio.gather(*(run(s) for s in [*adds["f"], *words]))
+            adds = {kind: [_add(r) for r in cons if r["contype"] in kind] for kind in ("pu", "f")}
+            first = [a for a in adds["pu"] if a.startswith("ALTER TABLE questions ")]
+            # questions' key first (it locks out the recount's readers), then the other keys and
+            # indexes beside the vocabulary's count (the backfill's own, in its parts), then the
+            # foreign keys that need the keys
+            await asyncio.gather(*(run(s) for s in first))
+            await asyncio.gather(rebuild_vocabulary(pool), *(
+                run(s) for s in [*adds["pu"], *indexes] if s not in first))
+            await asyncio.gather(*(run(s) for s in adds["f"]))
             await run("; ".join(f"ALTER TABLE questions ENABLE ALWAYS TRIGGER cutover_words_{op}"
                                 for op in ("inserted", "updated", "deleted")))
             await asyncio.gather(*(run(f"ANALYZE {t}") for t in (*TABLES, "cutover_search_words")))

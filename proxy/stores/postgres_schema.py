@@ -33,14 +33,16 @@ CREATE TABLE IF NOT EXISTS cutover_wal_flushes (
 # batch whose plan depends on the statistics of a table growing under it.
 DEFER_WORDS = "cutover.defer_words"
 
-# The vocabulary counted from scratch, in one set-based pass over the questions.
-WORDS_FILL = """
-INSERT INTO cutover_search_words
-    SELECT q.study_book_id, d.w, count(*) FROM questions q,
-        LATERAL (SELECT DISTINCT w
-                 FROM cutover_document_words(q.question || ' ' || q.answer) AS w) d
-    GROUP BY 1, 2
+# The vocabulary counted from scratch, in one set-based pass over the questions (of the books
+# `{books}` selects: the backfill counts disjoint ranges of books side by side).
+WORDS_COUNT = """
+SELECT q.study_book_id, d.w, count(*) FROM questions q,
+    LATERAL (SELECT DISTINCT w
+             FROM cutover_document_words(q.question || ' ' || q.answer) AS w) d
+WHERE {books}
+GROUP BY 1, 2
 """
+WORDS_FILL = "INSERT INTO cutover_search_words " + WORDS_COUNT.format(books="true")
 WORDS_INDEX = """
 CREATE INDEX IF NOT EXISTS cutover_search_words_trigram ON cutover_search_words
     USING GIN (word gin_trgm_ops)
