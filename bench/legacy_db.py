@@ -2,10 +2,14 @@
 
     python bench/legacy_db.py OUT.db [--questions 100000] [--typing-logs 100000]
         [--events 100000] [--users 100] [--books 100] [--seed 1] [--dirty 0.0]
+        [--corpus sentences|parity]
 
 The text is sentences from the Python standard library's docstrings (modules without import side
-effects only). By default every value is in the form the legacy application wrote (canonical UUIDs,
-ISO 8601 timestamps, REALs with two decimals), so a timing comparison with pgloader is fair;
+effects only), or with `--corpus parity` the search-parity corpus's question and answer pairs
+(bench/corpus.py: one per documented module, class and function, the first paragraph of its
+docstring as the answer). By default every value is in the form the legacy application wrote
+(canonical UUIDs, ISO 8601 timestamps, REALs with two decimals), so a timing comparison with
+pgloader is fair;
 `--dirty RATE` mixes in the legacy variety a real app.db holds (other timestamp forms, epoch
 seconds and milliseconds, ids that are not UUIDs, and a few rows no loader should accept).
 """
@@ -117,12 +121,22 @@ class Values:
         return round(self.rng.uniform(60, 100), 2)
 
 
+CORPORA = ("sentences", "parity")
+
+
+def _parity_pairs() -> list[tuple[str, str]]:
+    from bench.corpus import build_corpus
+
+    return [(q.question, q.answer) for q in build_corpus().questions]
+
+
 def generate(path: Path, *, questions: int, typing_logs: int, events: int, users: int,
-             books: int, seed: int, dirty: float) -> dict[str, int]:
+             books: int, seed: int, dirty: float, corpus: str = "sentences") -> dict[str, int]:
     """Write the database at `path` (replacing it) and return the row count per table."""
     rng = random.Random(seed)
     v = Values(rng, dirty)
     text = sentences()
+    pairs = _parity_pairs() if corpus == "parity" else None
     path.unlink(missing_ok=True)
     conn = sqlite3.connect(path, isolation_level=None)
     conn.executescript(LEGACY_SCHEMA)
@@ -148,8 +162,11 @@ def generate(path: Path, *, questions: int, typing_logs: int, events: int, users
         for i in range(questions):
             qid = v.id("q", i)
             question_ids.append(qid)
-            question = rng.choice(text)
-            answer = " ".join(rng.choice(text) for _ in range(rng.randint(1, 3)))
+            if pairs is None:
+                question = rng.choice(text)
+                answer = " ".join(rng.choice(text) for _ in range(rng.randint(1, 3)))
+            else:
+                question, answer = rng.choice(pairs)
             yield (qid, rng.choice(book_ids), rng.choice(LANGUAGES),
                    rng.choice(DOC_MODULES), rng.choice(DIFFICULTIES), question, answer,
                    v.timestamp(), v.timestamp())
@@ -193,10 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--books", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--dirty", type=float, default=0.0)
+    parser.add_argument("--corpus", choices=CORPORA, default="sentences")
     args = parser.parse_args(argv)
     counts = generate(args.out, questions=args.questions, typing_logs=args.typing_logs,
                       events=args.events, users=args.users, books=args.books, seed=args.seed,
-                      dirty=args.dirty)
+                      dirty=args.dirty, corpus=args.corpus)
     print(f"{args.out}: " + ", ".join(f"{t} {n}" for t, n in counts.items()), file=sys.stderr)
     return 0
 

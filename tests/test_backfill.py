@@ -27,6 +27,7 @@ from proxy.app.cli import app
 from proxy.legacy import legacy_uuid
 from proxy.migrate.backfill import PARTS, RowChecker, deferrable_indexes, iter_lines, run_backfill
 from proxy.models import QUESTIONS
+from proxy.stores import postgres_schema
 from proxy.stores.base import Mutation
 from proxy.stores.postgres import PostgresStore
 from proxy.stores.sqlite_schema import LEGACY_SCHEMA
@@ -409,6 +410,13 @@ async def test_a_killed_run_resumes_without_gaps_or_duplicates(
         assert report.tables[table].inserted == len(source)
     names = {r["indexname"] for r in await pg_rows(pg_dsn, "SELECT indexname FROM pg_indexes")}
     assert {ix.name for ix in deferrable_indexes()} <= names
+    # the killed run left the vocabulary to its recount, which the resumed run owed and did
+    assert "vocabulary" in report.timings
+    recount = postgres_schema.WORDS_FILL.replace("INSERT INTO cutover_search_words", "")
+    [diff] = await pg_rows(pg_dsn, f"SELECT count(*) AS n, (SELECT count(*) FROM ({recount}) r)"
+                           f" AS words FROM (({recount}) EXCEPT ALL "
+                           "(SELECT * FROM cutover_search_words)) d")
+    assert diff["words"] > 0 and diff["n"] == 0
 
 
 async def test_writes_made_through_the_repository_during_the_backfill_win(

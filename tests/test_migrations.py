@@ -35,6 +35,7 @@ from tests.schema_snapshot import expected, postgres_snapshot, sqlite_snapshot
 from tests.test_schema import LEGACY_TABLES, _make_legacy_db
 
 ROOT = Path(__file__).resolve().parents[1]
+HEAD = migrations.head()
 
 
 def test_the_baseline_on_sqlite_is_the_schema_from_before_revisions(tmp_path: Path) -> None:
@@ -139,7 +140,7 @@ def test_a_legacy_app_db_is_stamped_and_upgraded_in_place(tmp_path: Path) -> Non
         assert migrations.is_unrecorded_schema(conn)
     upgrade_sqlite(path)
     assert _rows(path) == before and before["questions"] == 6
-    assert _sqlite_revision(path) == BASELINE
+    assert _sqlite_revision(path) == HEAD
     upgraded = _create_statements(path)
     for table in LEGACY_TABLES:
         assert upgraded[table].startswith(legacy_sql[table].rstrip(")").rstrip())
@@ -184,22 +185,22 @@ def test_schema_status_tells_each_stores_revision_and_whether_they_match(
     runner = CliRunner()
     result = runner.invoke(cli_app, ["schema", "status", "--json"])
     assert result.exit_code == 0, result.output  # nothing anywhere: both unrecorded, alike
-    assert json.loads(result.stdout) == {"sqlite": None, "postgres": None, "head": BASELINE,
+    assert json.loads(result.stdout) == {"sqlite": None, "postgres": None, "head": HEAD,
                                          "match": True, "at_head": False}
     assert not path.exists()  # status creates nothing
     assert runner.invoke(cli_app, ["schema", "init"]).exit_code == 0
     result = runner.invoke(cli_app, ["schema", "status", "--json"])
     assert result.exit_code == 0
-    assert json.loads(result.stdout) == {"sqlite": BASELINE, "postgres": BASELINE,
-                                         "head": BASELINE, "match": True, "at_head": True}
+    assert json.loads(result.stdout) == {"sqlite": HEAD, "postgres": HEAD,
+                                         "head": HEAD, "match": True, "at_head": True}
     _set_revision(pg_dsn, LEGACY)
     result = runner.invoke(cli_app, ["schema", "status", "--json"])
     assert result.exit_code == 1
     assert json.loads(result.stdout)["match"] is False
     result = runner.invoke(cli_app, ["schema", "status"])
     assert result.stdout.splitlines() == [
-        f"sqlite: {BASELINE}", f"postgres: {LEGACY}",
-        f"newest: {BASELINE}; the stores DIFFER: run `cutover schema init`"]
+        f"sqlite: {HEAD}", f"postgres: {LEGACY}",
+        f"newest: {HEAD}; the stores DIFFER: run `cutover schema init`"]
 
 
 async def test_the_repository_refuses_stores_at_different_revisions(
@@ -213,9 +214,9 @@ async def test_the_repository_refuses_stores_at_different_revisions(
             pytest.fail("opened")
     message = str(caught.value)
     assert "\n" not in message and "cutover schema init" in message
-    assert f"sqlite {BASELINE}" in message and f"postgres {LEGACY}" in message
+    assert f"sqlite {HEAD}" in message and f"postgres {LEGACY}" in message
     async with open_repository(settings) as repo:  # init brings both to the newest
-        assert await repo.stores["postgres"].schema_revision() == BASELINE
+        assert await repo.stores["postgres"].schema_revision() == HEAD
 
 
 async def test_the_repository_refuses_stores_behind_the_revision_its_code_needs(
@@ -230,7 +231,7 @@ async def test_the_repository_refuses_stores_behind_the_revision_its_code_needs(
         lite.execute("UPDATE alembic_version SET version_num = ?", (LEGACY,))
     lite.close()
     with pytest.raises(SchemaMismatch, match=f"at schema revision {LEGACY}, this cutover needs "
-                                             f"{BASELINE}: run `cutover schema init`"):
+                                             f"{HEAD}: run `cutover schema init`"):
         async with open_repository(settings, init_schema=False):
             pytest.fail("opened")
 

@@ -18,6 +18,12 @@ point resumes with no gap and no duplicate:
 After a table: rows the repository deleted while they were being copied are swept (their
 tombstone is newer), references are checked, and its indexes are built if they were deferred.
 
+The typo vocabulary (counted by triggers on questions) is, for a load into an empty questions
+table, counted once at the end in one set-based statement (`rebuild_vocabulary`): the pass's
+sessions defer the triggers, whose per-batch upsert was planned on the statistics of a table
+growing under it (the same file took 11 s or 70 s). The pass's progress holds a row for it, so a
+run stopped before its recount leaves it owed to the run that resumes.
+
 Orphans: a required parent missing from the source (or rejected) rejects the row ("orphan:
 users X missing"); a nullable one (typing_logs.question_id) lands as NULL, reported. A parent the
 repository deleted after dual writes began takes its children with it, as ON DELETE would have.
@@ -32,6 +38,7 @@ using them).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import sqlite3
@@ -60,6 +67,8 @@ from proxy.stores import migrations, postgres_schema
 DEFAULT_BATCH_SIZE = 2000  # rows per transaction; a 2000-row batch of questions is ~3 MB
 REJECTS_TABLE = "cutover_backfill_rejects"
 PROGRESS_TABLE = "cutover_backfill_progress"
+# The progress row of the vocabulary's recount (part 0): not done while the pass still owes it.
+WORDS = "cutover_search_words"
 # Parents before children; learning_events has no parent and runs on its own lane.
 LANES: tuple[tuple[str, ...], ...] = (
     ("users", "study_books", "questions", "typing_logs"),
@@ -672,6 +681,85 @@ async def build_index(pool: asyncpg.Pool, index: Index) -> float:
     return time.perf_counter() - started
 
 
+# -- the vocabulary ---------------------------------------------------------------------------
+
+
+WORDS_PARTS = 2  # the recount's parts, counted side by side (disjoint ranges of study books)
+
+
+def _book_ranges(parts: int) -> list[str]:
+    """The recount's WHERE conditions: `parts` ranges of study_book_id split at hex digits."""
+    cuts = [None, *(f"{16 * i // parts:x}0000000-0000-0000-0000-000000000000"
+                    for i in range(1, parts)), None]
+    return [" AND ".join([*([f"q.study_book_id >= '{lo}'"] if lo else []),
+                          *([f"q.study_book_id < '{hi}'"] if hi else [])]) or "true"
+            for lo, hi in itertools.pairwise(cuts)]
+
+
+async def rebuild_vocabulary(pool: asyncpg.Pool, parts: int = WORDS_PARTS) -> float:
+    """Count every study book's words from its questions, set-based, replacing the vocabulary;
+    return the seconds it took.
+
+    The pass's own sessions loaded the questions with the vocabulary's triggers deferred
+    (`postgres_schema.DEFER_WORDS`): per batch, the triggers' upsert into a growing table was
+    planned on the statistics of the moment, and a bad plan made a whole backfill several times
+    slower. The count is the triggers' invariant (a book's word: how many of its questions hold
+    it), so the result is the table the triggers would have built from the same rows. Writes to
+    questions wait meanwhile (SHARE lock): a repository write counted by its trigger during the
+    pass is counted again here, and none can slip in between the count and the commit.
+
+    The books are counted in `parts` disjoint ranges side by side, each from its own connection
+    into an unlogged table (each starts after the lock is held, so all see the same questions);
+    then one transaction empties the vocabulary, fills it bare from them, and builds its key and
+    trigram index once. Searches that read the vocabulary wait for that commit. No ANALYZE of
+    questions in here: it would wait for their index builds and, held to the commit, hold up the
+    other tables' reference checks (their SHARE lock on questions conflicts with it); the
+    count's plan (a scan of questions, the words of each, one aggregate) has no join order for
+    statistics to get wrong."""
+    started = time.perf_counter()
+    staged = [f"cutover_words_part_{i}" for i in range(parts)]
+
+    async def count(table: str, books: str) -> None:
+        async with pool.acquire() as c:
+            # a lock request queued on questions (an ALTER TABLE) would wait for the recount's
+            # transaction, and this count behind it: fail the pass (it resumes) instead of hanging
+            await c.execute(f"SET lock_timeout = '10s'; SET work_mem = '256MB'; "
+                            f"DROP TABLE IF EXISTS {table}; "
+                            f"CREATE UNLOGGED TABLE {table} AS "
+                            + postgres_schema.WORDS_COUNT.format(books=books))
+
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL lock_timeout = '10s'")
+        await conn.execute("LOCK TABLE questions IN SHARE MODE")
+        await conn.execute("SET LOCAL lock_timeout = 0")
+        await asyncio.gather(*(count(t, b) for t, b in zip(staged, _book_ranges(parts),
+                                                           strict=True)))
+        await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
+        await conn.execute(f"DROP INDEX IF EXISTS {WORDS}_trigram")
+        await conn.execute(f"TRUNCATE {WORDS}")
+        # filled bare, then keyed and indexed: a key built over sorted rows beats one kept row
+        # by row (the report's `vocabulary` timing shows it)
+        await conn.execute(f"ALTER TABLE {WORDS} DROP CONSTRAINT IF EXISTS {WORDS}_pkey")
+        await conn.execute(f"INSERT INTO {WORDS} "
+                           + " UNION ALL ".join(f"SELECT * FROM {t}" for t in staged)
+                           + " ORDER BY 1, 2")
+        await conn.execute(f"DROP TABLE {', '.join(staged)}")
+        await conn.execute(f"ALTER TABLE {WORDS} ADD CONSTRAINT {WORDS}_pkey "
+                           "PRIMARY KEY (study_book_id, word)")
+        await conn.execute(postgres_schema.WORDS_INDEX)
+    return time.perf_counter() - started
+
+
+async def _rebuild_owed_vocabulary(pool: asyncpg.Pool) -> float:
+    """The recount this pass owes, then its progress row marked done (a crash in between costs
+    one more recount, never a stale vocabulary)."""
+    seconds = await rebuild_vocabulary(pool)
+    async with pool.acquire() as conn:
+        await conn.execute(f"UPDATE {PROGRESS_TABLE} SET done = true, updated_at = now() "
+                           "WHERE table_name = $1", WORDS)
+    return seconds
+
+
 # -- the run ----------------------------------------------------------------------------------
 
 PARTS = {"users": 1, "study_books": 1, "questions": 2, "typing_logs": 2, "learning_events": 2}
@@ -687,6 +775,7 @@ async def _prepare(conn: asyncpg.Connection, source: str, restart: bool) -> bool
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
         rows = await conn.fetch(f"SELECT table_name, part, source, done FROM {PROGRESS_TABLE}")
         planned = {(p.table, p.index) for t in ORDER for p in plan_parts(t, PARTS[t])}
+        planned.add((WORDS, 0))
         resumable = (not restart and {(r["table_name"], r["part"]) for r in rows} == planned
                      and all(r["source"] == source for r in rows)
                      and not all(r["done"] for r in rows))
@@ -720,22 +809,26 @@ async def _copy_source_legacy_ids(conn: asyncpg.Connection, path: Path) -> None:
 
 
 async def open_pool(dsn: str, *, max_size: int = 6,
-                    init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
-                    ) -> asyncpg.Pool:
-    """A pool for bulk work; `StoreUnavailable` (exit 3) when the server cannot be reached."""
+                    init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+                    settings: dict[str, str] | None = None) -> asyncpg.Pool:
+    """A pool for bulk work; `StoreUnavailable` (exit 3) when the server cannot be reached.
+    `settings` are the sessions' own defaults (a SET would be undone by the reset on release)."""
     try:
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, timeout=10,
-                                         init=init)
+                                         init=init, server_settings=settings)
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise StoreUnavailable("postgres", f"{type(exc).__name__}: {exc}"[:200]) from None
     assert pool is not None
     return pool
 
 
-async def _init_conn(conn: asyncpg.Connection) -> None:
+def _load_settings(defer_words: bool) -> dict[str, str]:
     # A server crash may lose the last commits, checkpoint included, so a resumed pass stays
     # exact; nothing has to wait for every batch's fsync.
-    await conn.execute("SET synchronous_commit = off")
+    settings = {"synchronous_commit": "off"}
+    if defer_words:
+        settings[postgres_schema.DEFER_WORDS] = "on"  # counted once, by rebuild_vocabulary
+    return settings
 
 
 async def run_backfill(
@@ -752,111 +845,128 @@ async def run_backfill(
     open_source(source_path).close()  # fail early, with one line, on a bad file
     source = str(await asyncio.to_thread(source_path.resolve))
     timings: dict[str, float] = {}
-    pool = await open_pool(dsn, max_size=9, init=_init_conn)
-    guard = await pool.acquire()  # holds the run's lock until the end
+    guard_pool = await open_pool(dsn, max_size=1)
+    guard = await guard_pool.acquire()  # holds the run's lock until the end
     try:
         if not await guard.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY + 1):
             raise BackfillRunning("another backfill is running against this database")
         await migrations.upgrade_postgres(dsn)  # the schema, at the newest revision
-        async with pool.acquire() as conn:
-            resumed = await _prepare(conn, source, restart)
-            await _copy_source_legacy_ids(conn, source_path)
-            state = {(r["table_name"], r["part"]): r for r in await conn.fetch(
-                f"SELECT table_name, part, last_id, done FROM {PROGRESS_TABLE}")}
-            rejected: dict[str, set[str]] = {t: set() for t in ORDER}
-            for r in await conn.fetch(
-                    f"SELECT DISTINCT table_name, row_id FROM {REJECTS_TABLE} "
-                    "WHERE kind = 'rejected' AND row_id IS NOT NULL"):
-                rejected[r["table_name"]].add(r["row_id"])
-            fast: dict[str, FastPath] = {}
-            for e in ENTITIES:
-                empty = await conn.fetchval(f"SELECT NOT EXISTS (SELECT 1 FROM {e.table})")
-                tombs = await conn.fetchval(
-                    "SELECT EXISTS (SELECT 1 FROM cutover_tombstones WHERE entity = $1)", e.name)
-                fast[e.table] = FastPath(bool(empty and not tombs))
-                if fast[e.table].on and any(c.references for c in e.columns):
-                    fast[e.table].unchecked = await _may_skip_fk_checks(conn, e.table)
-            # Building an index once over loaded rows beats maintaining it row by row, but only
-            # an empty table may lose its indexes: one with rows may be serving live searches.
-            deferred = [ix for ix in deferrable_indexes() if fast[ix.table].on]
-            for ix in deferred:
-                await conn.execute(f"DROP INDEX IF EXISTS {ix.name}")
-        if totals is not None:
-            counts = await asyncio.to_thread(_source_counts, source_path, state)
-            totals({**counts, "indexes": len(deferrable_indexes())})
-        index_tasks: list[asyncio.Task[float]] = []
-        analyze_tasks: list[asyncio.Task[float]] = []
-
-        async def build_one(ix: Index) -> float:
-            seconds = await build_index(pool, ix)
-            (progress or _no_progress)("indexes", 1)
-            return seconds
-
-        async def analyze_after(table: str, builds: list[asyncio.Task[float]]) -> float:
-            await asyncio.gather(*builds)  # statistics on its expression indexes too
-            t0 = time.perf_counter()
-            analyzed = ", ".join((table, *postgres_schema.DERIVED_TABLES.get(table, ())))
-            async with pool.acquire() as conn:
-                await conn.execute(f"ANALYZE {analyzed}")
-            return time.perf_counter() - t0
-
-        def build(table: str) -> None:
-            builds = [asyncio.ensure_future(build_one(ix))
-                      for ix in deferrable_indexes() if ix.table == table]
-            index_tasks.extend(builds)
-            if analyze:
-                analyze_tasks.append(asyncio.ensure_future(analyze_after(table, builds)))
-
-        async def load(table: str) -> None:
-            t0 = time.perf_counter()
-            checker = RowChecker(BY_TABLE[table], rejected)
-            loaders = [
-                PartLoader(p, pool, source_path, checker, batch_size=batch_size,
-                           fast=fast[table], progress=progress or _no_progress)
-                for p in plan_parts(table, PARTS[table]) if not state[(table, p.index)]["done"]
-            ]
-            await asyncio.gather(*(ld.run(state[(table, ld.part.index)]["last_id"])
-                                   for ld in loaders))
-            # also after a staged load: an earlier run cut short may have copied rows unchecked
-            await check_references(pool, BY_TABLE[table])
-            await sweep_tombstoned(pool, BY_TABLE[table])
-            timings[table] = round(time.perf_counter() - t0, 3)
-            build(table)  # beside the tables still loading
-
-        async def lane(tables: tuple[str, ...]) -> None:
-            for table in tables:
-                await load(table)
-
+        resumed = await _prepare(guard, source, restart)
+        await _copy_source_legacy_ids(guard, source_path)
+        state = {(r["table_name"], r["part"]): r for r in await guard.fetch(
+            f"SELECT table_name, part, last_id, done FROM {PROGRESS_TABLE}")}
+        rejected: dict[str, set[str]] = {t: set() for t in ORDER}
+        for r in await guard.fetch(
+                f"SELECT DISTINCT table_name, row_id FROM {REJECTS_TABLE} "
+                "WHERE kind = 'rejected' AND row_id IS NOT NULL"):
+            rejected[r["table_name"]].add(r["row_id"])
+        fast: dict[str, FastPath] = {}
+        for e in ENTITIES:
+            empty = await guard.fetchval(f"SELECT NOT EXISTS (SELECT 1 FROM {e.table})")
+            tombs = await guard.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM cutover_tombstones WHERE entity = $1)", e.name)
+            fast[e.table] = FastPath(bool(empty and not tombs))
+            if fast[e.table].on and any(c.references for c in e.columns):
+                fast[e.table].unchecked = await _may_skip_fk_checks(guard, e.table)
+        # Building an index once over loaded rows beats maintaining it row by row, but only
+        # an empty table may lose its indexes: one with rows may be serving live searches.
+        deferred = [ix for ix in deferrable_indexes() if fast[ix.table].on]
+        for ix in deferred:
+            await guard.execute(f"DROP INDEX IF EXISTS {ix.name}")
+        # Questions going into an empty table leave the vocabulary to one recount at the
+        # end (rebuild_vocabulary); a pass that stopped before its recount still owes it.
+        if not resumed:
+            await guard.execute(f"UPDATE {PROGRESS_TABLE} SET done = $2 WHERE table_name = $1",
+                               WORDS, not fast["questions"].on)
+        defer_words = not await guard.fetchval(
+            f"SELECT done FROM {PROGRESS_TABLE} WHERE table_name = $1", WORDS)
+        pool = await open_pool(dsn, max_size=9, settings=_load_settings(defer_words))
         try:
-            await asyncio.gather(*(lane(t) for t in LANES))
-            index_seconds = await asyncio.gather(*index_tasks)
-            analyze_seconds = await asyncio.gather(*analyze_tasks)
+            if totals is not None:
+                counts = await asyncio.to_thread(_source_counts, source_path, state)
+                totals({**counts, "indexes": len(deferrable_indexes())})
+            index_tasks: list[asyncio.Task[float]] = []
+            analyze_tasks: list[asyncio.Task[float]] = []
+            words_tasks: list[asyncio.Task[float]] = []
+
+            async def build_one(ix: Index) -> float:
+                seconds = await build_index(pool, ix)
+                (progress or _no_progress)("indexes", 1)
+                return seconds
+
+            async def analyze_after(table: str, builds: list[asyncio.Task[float]]) -> float:
+                await asyncio.gather(*builds)  # statistics on its expression indexes too
+                t0 = time.perf_counter()
+                analyzed = ", ".join((table, *postgres_schema.DERIVED_TABLES.get(table, ())))
+                async with pool.acquire() as conn:
+                    await conn.execute(f"ANALYZE {analyzed}")
+                return time.perf_counter() - t0
+
+            def build(table: str) -> None:
+                builds = [asyncio.ensure_future(build_one(ix))
+                          for ix in deferrable_indexes() if ix.table == table]
+                index_tasks.extend(builds)
+                if table == "questions" and defer_words:
+                    words_tasks.append(asyncio.ensure_future(_rebuild_owed_vocabulary(pool)))
+                    builds = [*builds, *words_tasks]
+                if analyze:
+                    analyze_tasks.append(asyncio.ensure_future(analyze_after(table, builds)))
+
+            async def load(table: str) -> None:
+                t0 = time.perf_counter()
+                checker = RowChecker(BY_TABLE[table], rejected)
+                loaders = [
+                    PartLoader(p, pool, source_path, checker, batch_size=batch_size,
+                               fast=fast[table], progress=progress or _no_progress)
+                    for p in plan_parts(table, PARTS[table]) if not state[(table, p.index)]["done"]
+                ]
+                await asyncio.gather(*(ld.run(state[(table, ld.part.index)]["last_id"])
+                                       for ld in loaders))
+                # also after a staged load: an earlier run cut short may have copied rows unchecked
+                await check_references(pool, BY_TABLE[table])
+                await sweep_tombstoned(pool, BY_TABLE[table])
+                timings[table] = round(time.perf_counter() - t0, 3)
+                build(table)  # beside the tables still loading
+
+            async def lane(tables: tuple[str, ...]) -> None:
+                for table in tables:
+                    await load(table)
+
+            try:
+                await asyncio.gather(*(lane(t) for t in LANES))
+                index_seconds = await asyncio.gather(*index_tasks)
+                words_seconds = await asyncio.gather(*words_tasks)
+                analyze_seconds = await asyncio.gather(*analyze_tasks)
+            finally:
+                for task in (*index_tasks, *words_tasks, *analyze_tasks):
+                    task.cancel()
+            timings["indexes"] = round(max(index_seconds, default=0.0), 3)
+            if words_seconds:
+                timings["vocabulary"] = round(words_seconds[0], 3)
+            if analyze:
+                timings["analyze"] = round(max(analyze_seconds, default=0.0), 3)
+            async with pool.acquire() as conn:
+                report_rows = await conn.fetch(
+                    f"SELECT table_name, sum(read) AS read, sum(inserted) AS inserted, "
+                    "sum(present) AS present, sum(skipped) AS skipped, sum(rejected) AS rejected, "
+                    f"sum(changed) AS changed FROM {PROGRESS_TABLE} GROUP BY table_name")
+                problems = await write_rejects(conn, rejects_path)
+            tables = {r["table_name"]: TableReport(int(r["read"]), int(r["inserted"]),
+                                                   int(r["present"]), int(r["skipped"]),
+                                                   int(r["rejected"]), int(r["changed"]))
+                      for r in report_rows}
+            return BackfillReport(
+                source=source, seconds=round(time.perf_counter() - started, 3), resumed=resumed,
+                tables={t: tables[t] for t in ORDER}, rejects_file=str(rejects_path),
+                problems=problems, indexes_built=tuple(ix.name for ix in deferred),
+                fast_path=tuple(t for t, f in fast.items() if f.used),
+                fk_checked_after=tuple(t for t, f in fast.items() if f.used and f.unchecked),
+                timings=timings)
         finally:
-            for task in (*index_tasks, *analyze_tasks):
-                task.cancel()
-        timings["indexes"] = round(max(index_seconds, default=0.0), 3)
-        if analyze:
-            timings["analyze"] = round(max(analyze_seconds, default=0.0), 3)
-        async with pool.acquire() as conn:
-            report_rows = await conn.fetch(
-                f"SELECT table_name, sum(read) AS read, sum(inserted) AS inserted, "
-                "sum(present) AS present, sum(skipped) AS skipped, sum(rejected) AS rejected, "
-                f"sum(changed) AS changed FROM {PROGRESS_TABLE} GROUP BY table_name")
-            problems = await write_rejects(conn, rejects_path)
-        tables = {r["table_name"]: TableReport(int(r["read"]), int(r["inserted"]),
-                                               int(r["present"]), int(r["skipped"]),
-                                               int(r["rejected"]), int(r["changed"]))
-                  for r in report_rows}
-        return BackfillReport(
-            source=source, seconds=round(time.perf_counter() - started, 3), resumed=resumed,
-            tables={t: tables[t] for t in ORDER}, rejects_file=str(rejects_path),
-            problems=problems, indexes_built=tuple(ix.name for ix in deferred),
-            fast_path=tuple(t for t, f in fast.items() if f.used),
-            fk_checked_after=tuple(t for t, f in fast.items() if f.used and f.unchecked),
-            timings=timings)
+            await pool.close()
     finally:
-        await pool.release(guard)  # the session lock goes with the pool's connections
-        await pool.close()
+        await guard_pool.release(guard)  # the run's lock goes with it
+        await guard_pool.close()
 
 
 async def _may_skip_fk_checks(conn: asyncpg.Connection, table: str) -> bool:

@@ -28,6 +28,27 @@ CREATE TABLE IF NOT EXISTS cutover_wal_flushes (
 );
 """
 
+# A session with this setting 'on' leaves the vocabulary alone: the backfill loads questions so,
+# then recounts every book's words in one statement (WORDS_FILL) instead of a statement per
+# batch whose plan depends on the statistics of a table growing under it.
+DEFER_WORDS = "cutover.defer_words"
+
+# The vocabulary counted from scratch, in one set-based pass over the questions (of the books
+# `{books}` selects: the backfill counts disjoint ranges of books side by side).
+WORDS_COUNT = """
+SELECT q.study_book_id, d.w, count(*) FROM questions q,
+    LATERAL (SELECT DISTINCT w
+             FROM cutover_document_words(q.question || ' ' || q.answer) AS w) d
+WHERE {books}
+GROUP BY 1, 2
+"""
+WORDS_FILL = "INSERT INTO cutover_search_words " + WORDS_COUNT.format(books="true")
+WORDS_INDEX = """
+CREATE INDEX IF NOT EXISTS cutover_search_words_trigram ON cutover_search_words
+    USING GIN (word gin_trgm_ops)
+"""
+
+
 def _note_words(op: str, counted: tuple[tuple[str, int], ...]) -> str:
     """The trigger function that counts the words of the transition tables `counted` (name,
     +1 or -1) into the vocabulary, for the trigger `op`."""
@@ -41,6 +62,9 @@ DECLARE
     emptied_books uuid[];
     emptied_words text[];
 BEGIN
+    IF current_setting('{DEFER_WORDS}', true) = 'on' THEN
+        RETURN NULL;  -- a backfill's session: it counts every word once, at the end
+    END IF;
     WITH counted AS (
         INSERT INTO cutover_search_words AS s (study_book_id, word, questions)
         SELECT b, w, sum(n) FROM ({parts}) c GROUP BY b, w HAVING sum(n) <> 0 ORDER BY b, w
@@ -244,7 +268,7 @@ CREATE TABLE IF NOT EXISTS legacy_ids (
 -- its rows gathered in a tuplestore. And split by cutover_words and a plain space rather than
 -- by a regexp: the words are the same, but the distinct words of 100k questions (24 MB of
 -- text) took one backend 4.5 s that way (regexp_split_to_table, STRICT), 1.8-1.9 s this way;
--- the backfill fills the vocabulary through the trigger with the same query per batch.
+-- a backfill into an empty table defers the triggers and counts every word once (WORDS_FILL).
 CREATE OR REPLACE FUNCTION cutover_document_words(doc text) RETURNS SETOF text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     BEGIN ATOMIC
@@ -267,13 +291,7 @@ BEGIN
             questions INT NOT NULL,
             PRIMARY KEY (study_book_id, word)
         );
-        INSERT INTO cutover_search_words
-            SELECT q.study_book_id, d.w, count(*) FROM questions q,
-                LATERAL (SELECT DISTINCT w
-                         FROM cutover_document_words(q.question || ' ' || q.answer) AS w) d
-            GROUP BY 1, 2;
-        CREATE INDEX cutover_search_words_trigram ON cutover_search_words
-            USING GIN (word gin_trgm_ops);
+        """ + WORDS_FILL + ";" + WORDS_INDEX + r""";
         -- the fuzzy branch used to scan it; now only writes would pay for it
         DROP INDEX IF EXISTS idx_questions_trigram;
     END IF;
