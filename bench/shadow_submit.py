@@ -40,6 +40,7 @@ from bench.corpus import build_corpus, build_queries
 from bench.parity import load
 from metrics import Metrics
 from proxy import SQLiteStore
+from proxy.connect import SearchStores
 from proxy.models import SearchResult
 from shadow.experiment import ShadowRunner
 from shadow.worker import SHADOWS_IN_FLIGHT, Recording, SearchWorker
@@ -91,8 +92,8 @@ async def run_worker(rounds: int) -> None:
         runner = ShadowRunner(Metrics(CollectorRegistry()), sample_rate=1.0, timeout_s=5.0,
                               max_concurrency=SHADOWS_IN_FLIGHT, flush_delay_s=0)
         # no PostgreSQL: the shadows are SQLite's (the primary is said to be PostgreSQL)
-        async with SearchWorker(path, "postgresql://bench@127.0.0.1:1/none", timeout_s=5.0,
-                                recording=Recording.like(runner.recorder)) as worker:
+        async with SearchWorker(SearchStores(path, "postgresql://bench@127.0.0.1:1/none"),
+                                timeout_s=5.0, recording=Recording.like(runner.recorder)) as worker:
             runner.remote = worker
             per_rate: dict[float, list[float]] = {1.0: [], 0.0: []}
             at = 0
