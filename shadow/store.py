@@ -162,7 +162,7 @@ class ShadowStore:
         self._conn = sqlite3.connect(
             self.path, timeout=5.0, check_same_thread=False, isolation_level=None
         )
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._use_wal()
         # a lost tail of comparisons after a power cut is acceptable; fsync per batch is not
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA)
@@ -173,6 +173,18 @@ class ShadowStore:
         row = self._conn.execute("SELECT value FROM meta WHERE key = 'salt'").fetchone()
         self.salt: bytes = bytes.fromhex(row[0])
         self._closed = False
+
+    def _use_wal(self) -> None:
+        """Processes opening a new file together all switch it to WAL, and SQLite answers
+        "locked" at once, without its busy wait, to all but one: retry (as the stores do)."""
+        deadline = time.monotonic() + 5.0
+        while self._conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _add_agreement_column(self) -> None:
         """A file written before `agreement` existed gets the column; its old rows read their

@@ -6,6 +6,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,6 +131,29 @@ def test_the_file_is_private_and_in_wal_mode(store: ShadowStore) -> None:
     with sqlite3.connect(store.path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
+
+
+def test_workers_opening_a_new_file_together_all_open_it(tmp_path: Path) -> None:
+    """Each opener switches a new file to WAL; SQLite refuses simultaneous switches at once."""
+    for n in range(20):
+        path = tmp_path / f"shadow{n}.db"
+        together = threading.Barrier(6)
+        errors: list[BaseException] = []
+
+        def open_it(path: Path = path, together: threading.Barrier = together,
+                    errors: list[BaseException] = errors) -> None:
+            together.wait(5)
+            try:
+                ShadowStore(path).close()
+            except sqlite3.Error as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_it) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
 
 
 def test_the_salt_persists_across_opens(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ groups)."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -138,6 +139,34 @@ async def test_a_store_closed_under_a_call_says_so(tmp_path: Path) -> None:
     with pytest.raises(StoreUnavailable, match="closed"):
         await store.create_user(name="Late", email="late@example.com")
     await store.close()
+
+
+async def test_connections_opening_at_once_on_a_rollback_journal_file_all_get_in(
+    tmp_path: Path,
+) -> None:
+    """A file not yet in WAL mode (a legacy app.db; any file before this fix) switched by every
+    connection that opened it, and two switching at once got "database is locked" at once (CI
+    failed on it). 30 files, 8 readers and the writer opening together on each."""
+    for n in range(30):
+        path = tmp_path / f"app{n}.db"
+        with sqlite3.connect(path) as conn:
+            conn.execute("CREATE TABLE t (x)")
+        store = SQLiteStore(path, readers=8)
+        together = threading.Barrier(8)  # each read on its own thread, so 8 connections
+
+        def read(conn: sqlite3.Connection, together: threading.Barrier = together) -> None:
+            together.wait(5)
+            conn.execute("SELECT * FROM t").fetchall()
+
+        try:
+            await asyncio.gather(
+                *(store._run(read, write=False) for _ in range(8)),
+                store._run(lambda c: c.execute("INSERT INTO t VALUES (1)"), write=True),
+            )
+        finally:
+            await store.close()
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 class _Recorder:

@@ -55,6 +55,7 @@ from proxy.stores.searchtext import (
     parse_query,
     rank_fts,
 )
+from proxy.stores.sqlite_schema import use_wal
 from proxy.stores.threads import LaneClosed, Outcome, ThreadLane
 
 T = TypeVar("T")
@@ -86,7 +87,7 @@ class SQLiteStore(StoreMethods):
                 timeout=self._busy_timeout_ms / 1000,
             )
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
+            use_wal(conn, self._busy_timeout_ms / 1000)
             # NORMAL in WAL mode survives a process crash (SIGKILL); only an OS crash or power
             # loss can drop the last commits. That is the trade the issue measured (0.10 ms).
             conn.execute("PRAGMA synchronous=NORMAL")

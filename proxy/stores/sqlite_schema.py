@@ -14,7 +14,9 @@ Added, never replacing a legacy column or row:
 
 from __future__ import annotations
 
+import random
 import sqlite3
+import time
 
 from proxy.legacy import upgrade_legacy_ids
 
@@ -190,3 +192,27 @@ def is_legacy_database(conn: sqlite3.Connection) -> bool:
     """True when the file holds the application's tables but not yet the cutover's additions."""
     names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     return "users" in names and "cutover_outbox" not in names
+
+
+def use_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
+    """Put the file in WAL mode (it stays so: the switch happens once per file).
+
+    Switching needs the file to itself. Two connections switching at once each hold the shared
+    lock the other must see gone, so SQLite answers "locked" at once, without its busy wait:
+    retry with jitter until `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal":
+                return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() > deadline:
+                raise
+        else:
+            if time.monotonic() > deadline:
+                raise sqlite3.OperationalError("database is locked: could not switch to WAL")
+        time.sleep(random.uniform(0.001, 0.02))

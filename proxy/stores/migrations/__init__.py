@@ -35,6 +35,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.util import await_only
 
+from proxy.stores.sqlite_schema import statements, use_wal
+
 HERE = Path(__file__).resolve().parent
 LEGACY = "0000_legacy"
 BASELINE = "0001_baseline"
@@ -97,6 +99,7 @@ def sqlite_engine(path: Path) -> sa.Engine:
     def connect() -> sqlite3.Connection:
         conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA foreign_keys=OFF")
+        use_wal(conn, 30)  # the file the stores open is in WAL mode from its creation
         return conn
 
     engine = sa.create_engine("sqlite://", creator=connect, poolclass=sa.NullPool)
@@ -139,8 +142,6 @@ def run_sql(conn: sa.Connection, script: str) -> None:
     if conn.dialect.name == "postgresql":
         await_only(raw.execute(script))  # asyncpg's simple protocol takes a whole script
         return
-    from proxy.stores.sqlite_schema import statements
-
     for statement in statements(script):
         raw.execute(statement)
 
