@@ -72,7 +72,7 @@ async def test_the_recount_is_what_the_triggers_build(
         # its key and trigram index are in place again
         assert await conn.fetchval(
             "SELECT count(*) FROM pg_indexes WHERE indexname IN "
-            "('cutover_search_words_trigram', 'cutover_search_words_pkey')") == 2
+            "('cutover_search_words_book_trigram', 'cutover_search_words_pkey')") == 2
     finally:
         await conn.close()
 

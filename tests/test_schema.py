@@ -455,11 +455,12 @@ async def test_postgres_columns_have_the_seeds_types(
         assert "idx_questions_trigram" not in indexes  # the vocabulary's index replaced it
         vocabulary = dict(await conn.fetch(
             "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'cutover_search_words'"))
-        assert "gin_trgm_ops" in vocabulary["cutover_search_words_trigram"]
+        assert "(study_book_id, word gin_trgm_ops)" in vocabulary[
+            "cutover_search_words_book_trigram"]  # a lookup reads one user's books only
         assert "idx_questions_study_book_id" in indexes
         assert await conn.fetchval(
             "SELECT count(*) FROM pg_extension "
-            "WHERE extname IN ('pg_trgm', 'unaccent', 'fuzzystrmatch')") == 3
+            "WHERE extname IN ('pg_trgm', 'unaccent', 'fuzzystrmatch', 'btree_gin')") == 4
     finally:
         await conn.close()
 

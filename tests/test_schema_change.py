@@ -21,7 +21,7 @@ from proxy.stores.migrations import upgrade_postgres, upgrade_sqlite
 from tests.convergence import differences
 from tests.test_convergence import drain
 
-REVISIONS = Path(__file__).parent / "revisions"  # 0003_question_tags, which this code ships not
+REVISIONS = Path(__file__).parent / "revisions"  # 0004_question_tags, which this code ships not
 VECTOR_IS_STALE = """
 SELECT count(*) FROM questions WHERE search_vector IS DISTINCT FROM
     setweight(to_tsvector('cutover_search'::regconfig, cutover_words(question)), 'A') ||
@@ -71,8 +71,8 @@ async def test_a_revision_applied_while_writers_run_keeps_the_mirror_equal(
         assert all(s.dead == 0 for s in stats.values())
         sqlite_store, pg_store = repo.stores["sqlite"], repo.stores["postgres"]
         assert await differences(sqlite_store, pg_store) == []
-        assert await sqlite_store.schema_revision() == "0003_question_tags"
-        assert await pg_store.schema_revision() == "0003_question_tags"
+        assert await sqlite_store.schema_revision() == "0004_question_tags"
+        assert await pg_store.schema_revision() == "0004_question_tags"
 
         # a rolling deploy: the new code wrote tags on both stores; a process of the old code
         # then updates the question: it names only its columns, so the tags stay on both

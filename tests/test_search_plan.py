@@ -22,6 +22,9 @@ from proxy.stores.postgres import (
     FTS_ONLY_SQL,
     FUZZY_THRESHOLD,
     MAX_FUZZY_WORDS,
+    SCAN_FTS_ONLY_SQL,
+    SCAN_SEARCH_SQL,
+    SCAN_USER_QUESTIONS,
     SEARCH_SQL,
     search_statement,
     substring_statement,
@@ -152,7 +155,7 @@ async def _add_books(conn: asyncpg.Connection, user: uuid.UUID, books: int, per_
 
 def _assert_uses_both_indexes(nodes: list[dict[str, Any]]) -> None:
     bitmap = {n.get("Index Name") for n in nodes if n["Node Type"] == "Bitmap Index Scan"}
-    assert {"idx_questions_search_vector", "cutover_search_words_trigram"} <= bitmap, bitmap
+    assert {"idx_questions_search_vector", "cutover_search_words_book_trigram"} <= bitmap, bitmap
     seq = [n for n in nodes if n["Node Type"] == "Seq Scan"
            and n.get("Relation Name") == "questions"]
     assert seq == [], seq
@@ -367,3 +370,91 @@ async def test_a_users_search_scans_the_full_text_index_once(pg_store: PostgresS
         hits = await pg_store.search_questions(query, user_id=me.id)
         assert len(hits) == 20 and {h.match_kind for h in hits} == {kind}
         assert {h.question_id for h in hits} <= mine
+
+
+async def _users_with_books(pg_store: PostgresStore, conn: asyncpg.Connection
+                            ) -> tuple[uuid.UUID, list[uuid.UUID]]:
+    """Me with 3 books of 20 questions, 20 others with 10 books of 20 each; the words are
+    common to every user."""
+    me = await pg_store.create_user(name="me", email="me@example.com")
+    others = [await pg_store.create_user(name=f"o{i}", email=f"o{i}@example.com")
+              for i in range(20)]
+    await _add_books(conn, me.id, 3, 20, STRUCT_PACK)
+    for o in others:
+        await _add_books(conn, o.id, 10, 20, STRUCT_PACK)
+    await conn.execute("VACUUM ANALYZE")
+    await conn.execute(f"SET pg_trgm.word_similarity_threshold = {FUZZY_THRESHOLD}")
+    return me.id, [o.id for o in others]
+
+
+async def test_a_small_users_search_reads_their_questions_and_no_one_elses(
+        pg_store: PostgresStore, pg_schema_dsn: str) -> None:
+    """A user with at most SCAN_USER_QUESTIONS questions is searched by reading them, never
+    through the full-text index, whose cost follows every user's matches (a common word's, on
+    3.3M questions of 1,000 users, took 25-467 ms for one user's 3,330: bench/scale.py); the
+    typo lookups read the user's vocabulary only, through the index that leads with the book."""
+    conn = await asyncpg.connect(pg_schema_dsn)
+    try:
+        me, _ = await _users_with_books(pg_store, conn)
+        for query in ("pack work", "strct work"):  # full text; a typo of each word (fuzzy)
+            sql, args = search_statement(parse_query(query), me, 20, scan=True)
+            assert sql == SCAN_SEARCH_SQL
+            nodes = await _generic_plan(conn, sql, args, analyze=True)
+            assert not [n for n in nodes if n.get("Index Name") == "idx_questions_search_vector"]
+            read = [n for n in nodes if n.get("Relation Name") == "questions"
+                    and n["Actual Loops"] > 0]
+            assert read and all(n["Actual Rows"] + n.get("Rows Removed by Filter", 0) <= 60
+                                for n in read), read
+            words = [n for n in nodes if n.get("Index Name") == "cutover_search_words_book_trigram"
+                     and n["Actual Loops"] > 0]
+            assert (words != []) == (query == "strct work"), words
+            mine = await conn.fetchval(
+                "SELECT count(*) FROM cutover_search_words v JOIN study_books b "
+                "ON b.id = v.study_book_id WHERE b.user_id = $1", me)
+            assert all(n["Actual Rows"] <= mine for n in words), words
+    finally:
+        await conn.close()
+
+
+async def test_both_forms_of_the_search_find_the_same_rows(
+        pg_store: PostgresStore, pg_schema_dsn: str) -> None:
+    """Reading the user's questions or going through the index is a choice of cost only."""
+    conn = await asyncpg.connect(pg_schema_dsn)
+    try:
+        me, others = await _users_with_books(pg_store, conn)
+        await conn.execute("UPDATE questions SET answer = 'the file of what it is' WHERE id IN "
+                           "(SELECT id FROM questions ORDER BY id LIMIT 500)")
+        for user in (me, others[0]):
+            for query in ("pack", "pack work", "strct wrk", "what is the file of", "the",
+                          "how does", "zzzz"):
+                found = []
+                for scan in (False, True):
+                    sql, args = search_statement(parse_query(query), user, 20, scan=scan)
+                    assert (sql in (SCAN_SEARCH_SQL, SCAN_FTS_ONLY_SQL)) == scan
+                    found.append(sorted((r["id"], r["is_fts"], round(r["score"], 9))
+                                        for r in await conn.fetch(sql, *args)))
+                assert found[0] == found[1], (user, query)
+    finally:
+        await conn.close()
+
+
+async def test_the_store_scans_a_small_users_questions_and_indexes_a_big_ones(
+        big_dsn: str) -> None:
+    """The 100k questions of big_dsn's user go through the index; a user with few, or none,
+    are read; each process remembers a user's size for a while."""
+    store = PostgresStore(big_dsn)
+    try:
+        assert SCAN_USER_QUESTIONS < ROWS
+        assert await store._scan_users_questions(USER) is False
+        assert await store._scan_users_questions(uuid.uuid4()) is True
+        small = await store.create_user(name="Small", email="small@example.com")
+        book = await store.create_study_book(user_id=small.id, title="Few")
+        await store.create_question(study_book_id=book.id, language="en", category="c",
+                                    difficulty="d", question="How does the parser work?",
+                                    answer="It reads tokens.")
+        assert await store._scan_users_questions(small.id) is True
+        hits = await store.search_questions("parser", user_id=small.id)
+        assert [h.question for h in hits] == ["How does the parser work?"]
+        await store.delete_user(small.id)  # big_dsn is the module's: leave it as it was
+    finally:
+        await store.close()

@@ -735,7 +735,7 @@ async def rebuild_vocabulary(pool: asyncpg.Pool, parts: int = WORDS_PARTS) -> fl
         await asyncio.gather(*(count(t, b) for t, b in zip(staged, _book_ranges(parts),
                                                            strict=True)))
         await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
-        await conn.execute(f"DROP INDEX IF EXISTS {WORDS}_trigram")
+        await conn.execute(f"DROP INDEX IF EXISTS {postgres_schema.WORDS_INDEX_NAME}")
         await conn.execute(f"TRUNCATE {WORDS}")
         # filled bare, then keyed and indexed: a key built over sorted rows beats one kept row
         # by row (the report's `vocabulary` timing shows it)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from itertools import groupby
@@ -50,6 +51,13 @@ FUZZY_THRESHOLD = 0.3
 FUZZY_MIN_CHARS = 4  # shorter queries have too few trigrams for similarity to mean anything
 MAX_FUZZY_WORDS = 8  # queries of more distinct words get the full-text branch only
 FUZZY_FIXES = 5  # corrections per query word, from the vocabulary
+# A user with at most this many questions is searched by reading them all (2.4 ms for 3,330 on
+# a warm cache, so about 7 ms at this size) rather than through the full-text index, whose
+# cost follows every user's matches (`_users_questions`). Each process counts a user's
+# questions again after USER_SIZE_TTL_S: the choice only needs the order of magnitude.
+SCAN_USER_QUESTIONS = 10_000
+USER_SIZE_TTL_S = 60.0
+USER_SIZES_KEPT = 10_000  # users whose size a process remembers (forgotten all at once)
 SUBSTRING_SCORE = 0.5
 
 UNAVAILABLE = (
@@ -189,6 +197,8 @@ class PostgresStore(StoreMethods):
         self._pool: asyncpg.Pool | _OneConnection | None = None
         self._pool_made = asyncio.Lock()
         self._mirror: _MirrorSession | None = None
+        # user -> (when counted, whether a search scans their questions)
+        self._user_sizes: dict[uuid.UUID, tuple[float, bool]] = {}
 
     async def _get_pool(self) -> asyncpg.Pool | _OneConnection:
         # one pool even when the first calls come together: a second one, made beside it and
@@ -399,7 +409,8 @@ class PostgresStore(StoreMethods):
             return []
         hits: list[SearchResult] = []
         if parsed.terms:
-            sql, args = search_statement(parsed, user_id, limit)
+            scan = await self._scan_users_questions(user_id)
+            sql, args = search_statement(parsed, user_id, limit, scan=scan)
             rows = await self._fetch(sql, *args)
             # full-text candidates are ranked by the Python both stores share (searchtext);
             # fuzzy rows (only when there is no full-text row) keep word similarity's order
@@ -418,6 +429,18 @@ class PostgresStore(StoreMethods):
                 if r["id"] not in seen and len(hits) < limit:
                     hits.append(_result(r, parsed, "substring", highlights))
         return hits
+
+    async def _scan_users_questions(self, user_id: uuid.UUID) -> bool:
+        """Whether a search of `user_id` reads the user's questions (at most
+        SCAN_USER_QUESTIONS of them), remembered for USER_SIZE_TTL_S."""
+        now = time.monotonic()
+        known = self._user_sizes.get(user_id)
+        if known is None or now - known[0] > USER_SIZE_TTL_S:
+            rows = await self._fetch(USER_QUESTIONS_SQL, user_id, SCAN_USER_QUESTIONS + 1)
+            if len(self._user_sizes) >= USER_SIZES_KEPT:
+                self._user_sizes.clear()
+            known = self._user_sizes[user_id] = (now, rows[0][0] <= SCAN_USER_QUESTIONS)
+        return known[1]
 
     # -- as a mirror --
     async def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
@@ -554,25 +577,46 @@ _QUESTION_TSQUERY = f"(SELECT {_QUESTION_ONLY.format('cutover_tsquery($1::text[]
 # read, length() counts characters (`the`: 76 -> 67 ms). LIMIT names $4 so that FTS_ONLY_SQL
 # still uses every parameter.
 def _in_users_books(user_param: str) -> str:
-    """The condition "question `q` is in a study book of the user `user_param` names", as a
-    filter the planner tests before costlier ones (a join was tested after them).
-
-    Beside a full-text match the planner ANDs the two indexes' bitmaps (the GIN index's and
-    the study books'), so the table is read only for the user's matches. Joined to the study
-    books, a full-text branch read every user's matches, or scanned the GIN index once per
-    study book of the user: on 105,600 questions of 160 users (bench/tenants.py) a search's
-    p95 was 70.8 ms (3.95 ms as a filter) and `what is a set for` 271 ms (11 ms)."""
+    """The condition "question `q` is in a study book of the user `user_param` names", tested
+    before the substring search's costlier filter (a join was tested after it)."""
     return ("q.study_book_id = ANY (ARRAY(SELECT b.id FROM study_books b "
             f"WHERE b.user_id = {user_param}))")
 
 
-_FTS_CTE = (
-    "fts AS (SELECT q.id, q.question, q.answer, true AS is_fts, 2::float8 AS score "
-    f"FROM questions q WHERE {_in_users_books('$3')} AND q.search_vector @@ {_TSQUERY} "
-    f"ORDER BY CASE WHEN q.search_vector @@ {_QUESTION_TSQUERY} THEN octet_length(q.question) "
-    "ELSE 4294967296 + octet_length(q.answer) END, q.id "
-    f"LIMIT GREATEST($4::int, {FTS_CANDIDATES}))"
-)
+def _users_questions(scan: bool) -> str:
+    """FROM and WHERE for the user $3's questions as `q`, each caller ANDing its conditions.
+
+    `scan` (a user with at most SCAN_USER_QUESTIONS questions): read the user's rows through
+    the study books' index and test each (OFFSET 0 keeps the planner from pushing the
+    full-text match into an index scan). Otherwise the planner ANDs the GIN index's bitmap
+    with the study books', so the table is read only for the user's matches; but the GIN
+    index yields every user's matches, and for common words that is most of the table: on
+    3.3M questions of 1,000 users (bench/scale.py), `what is the file of` took 25 ms in the
+    full-text branch and 467 ms in the typo branch for one user's 3,330 questions, which a
+    scan of them reads in 2.4 ms. (Joined to the study books, the branches read every user's
+    matches, or scanned the GIN index once per study book: bench/tenants.py, 271 ms.)"""
+    if scan:
+        return (f"FROM (SELECT q.* FROM questions q WHERE {_in_users_books('$3')} "
+                "OFFSET 0) q WHERE true")
+    return f"FROM questions q WHERE {_in_users_books('$3')}"
+
+
+def _users_words() -> str:
+    """The vocabulary of the user $3's books as `v`, book by book: the trigram index leads
+    with `study_book_id` (btree_gin), so each lookup reads the user's words only. Given the
+    books as an array, the generic plan ANDed the trigram matches of every user's vocabulary
+    with the books' key (6.5 ms a word on 1,000 books; 0.12 ms book by book)."""
+    return "study_books b JOIN cutover_search_words v ON v.study_book_id = b.id"
+
+
+def _fts_cte(scan: bool) -> str:
+    return (
+        "fts AS (SELECT q.id, q.question, q.answer, true AS is_fts, 2::float8 AS score "
+        f"{_users_questions(scan)} AND q.search_vector @@ {_TSQUERY} "
+        f"ORDER BY CASE WHEN q.search_vector @@ {_QUESTION_TSQUERY} "
+        "THEN octet_length(q.question) ELSE 4294967296 + octet_length(q.answer) END, q.id "
+        f"LIMIT GREATEST($4::int, {FTS_CANDIDATES}))"
+    )
 
 
 # Fuzzy scores are 1 + (_FIX_LIMIT - the corrections' rank + word similarity) / (_FIX_LIMIT + 1):
@@ -580,7 +624,7 @@ _FTS_CTE = (
 _FIX_LIMIT = 1000
 
 
-def _fuzzy_ctes() -> str:
+def _fuzzy_ctes(scan: bool) -> str:
     """The typo fallback, run (a one-time filter) only when the full-text branch found nothing.
 
     Each query word is looked up in the vocabulary of the user's own study books
@@ -607,9 +651,8 @@ def _fuzzy_ctes() -> str:
         "FROM words CROSS JOIN LATERAL (SELECT v.word, row_number() OVER (ORDER BY "
         "levenshtein(words.w, v.word), word_similarity(words.w, v.word) DESC, "
         "similarity(words.w, v.word) DESC, v.word) "
-        "AS rank FROM (SELECT DISTINCT v.word FROM cutover_search_words v "
-        "WHERE words.w <% v.word AND v.study_book_id = ANY (ARRAY(SELECT b.id "
-        "FROM study_books b WHERE b.user_id = $3)) "
+        f"AS rank FROM (SELECT DISTINCT v.word FROM {_users_words()} "
+        "WHERE b.user_id = $3 AND words.w <% v.word "
         "AND levenshtein(words.w, v.word) <= greatest(2, length(words.w) / 2)) v "
         f"ORDER BY rank LIMIT {FUZZY_FIXES}) f), "
         "fixed AS MATERIALIZED (SELECT cutover_tsquery_and(tq) AS tq, count(*) AS words "
@@ -618,8 +661,7 @@ def _fuzzy_ctes() -> str:
         "FROM (SELECT min(CASE WHEN q.search_vector @@ f.tq_question THEN f.rank "
         f"ELSE f.rank + {FUZZY_FIXES} END) AS best FROM fixes f "
         "WHERE q.search_vector @@ f.tq GROUP BY f.w) s) AS fix "
-        f"FROM questions q WHERE {_in_users_books('$3')} "
-        "AND q.search_vector @@ (SELECT tq FROM fixed) "
+        f"{_users_questions(scan)} AND q.search_vector @@ (SELECT tq FROM fixed) "
         "AND (SELECT words FROM fixed) = (SELECT count(*) FROM words) "
         f"ORDER BY fix, octet_length(q.question), q.id LIMIT {FTS_CANDIDATES}), "
         "fuzzy AS (SELECT id, question, answer, false AS is_fts, "
@@ -630,22 +672,33 @@ def _fuzzy_ctes() -> str:
     )
 
 
-# The hybrid search ($1 the terms, $2 the query's text, $3 the user, $4 the limit).
-SEARCH_SQL = (f"WITH {_FTS_CTE}, {_fuzzy_ctes()} "
-              "SELECT * FROM fts UNION ALL SELECT * FROM fuzzy")
-FTS_ONLY_SQL = f"WITH {_FTS_CTE} SELECT * FROM fts WHERE $2::text IS NOT NULL"
+# The hybrid search ($1 the terms, $2 the query's text, $3 the user, $4 the limit): its two
+# forms (full text with the typo fallback, full text only) for a user found through the indexes,
+# then for one whose questions are scanned (`_users_questions`).
+SEARCH_SQL, FTS_ONLY_SQL, SCAN_SEARCH_SQL, SCAN_FTS_ONLY_SQL = (
+    sql
+    for scan in (False, True)
+    for sql in (f"WITH {_fts_cte(scan)}, {_fuzzy_ctes(scan)} "
+                "SELECT * FROM fts UNION ALL SELECT * FROM fuzzy",
+                f"WITH {_fts_cte(scan)} SELECT * FROM fts WHERE $2::text IS NOT NULL")
+)
+# A user's questions, counted up to one past SCAN_USER_QUESTIONS ($2).
+USER_QUESTIONS_SQL = ("SELECT count(*) FROM (SELECT 1 FROM questions q "
+                      f"WHERE {_in_users_books('$1')} LIMIT $2) s")
 
 
 def search_statement(
-    parsed: ParsedQuery, user_id: uuid.UUID, limit: int
+    parsed: ParsedQuery, user_id: uuid.UUID, limit: int, *, scan: bool = False
 ) -> tuple[str, tuple[Any, ...]]:
-    """The SQL and parameters `search` runs for a query with terms (tests EXPLAIN exactly this)."""
+    """The SQL and parameters `search` runs for a query with terms (tests EXPLAIN exactly this);
+    `scan` for a user with at most SCAN_USER_QUESTIONS questions."""
     args: tuple[Any, ...] = (list(parsed.terms), parsed.text, user_id, limit)
     # the fuzzy branch looks each distinct word up: `a.b.c.d...` would be hundreds of lookups
     words = {w for term in parsed.terms for w in term.lower().split()}
-    if len(parsed.text) >= FUZZY_MIN_CHARS and len(words) <= MAX_FUZZY_WORDS:
-        return SEARCH_SQL, args
-    return FTS_ONLY_SQL, args
+    fuzzy = len(parsed.text) >= FUZZY_MIN_CHARS and len(words) <= MAX_FUZZY_WORDS
+    if scan:
+        return (SCAN_SEARCH_SQL if fuzzy else SCAN_FTS_ONLY_SQL), args
+    return (SEARCH_SQL if fuzzy else FTS_ONLY_SQL), args
 
 
 def substring_statement(

@@ -43,9 +43,11 @@ WHERE {books}
 GROUP BY 1, 2
 """
 WORDS_FILL = "INSERT INTO cutover_search_words " + WORDS_COUNT.format(books="true")
-WORDS_INDEX = """
-CREATE INDEX IF NOT EXISTS cutover_search_words_trigram ON cutover_search_words
-    USING GIN (word gin_trgm_ops)
+# the trigram index leads with the book: a typo lookup reads the searching user's words only
+WORDS_INDEX_NAME = "cutover_search_words_book_trigram"
+WORDS_INDEX = f"""
+CREATE INDEX IF NOT EXISTS {WORDS_INDEX_NAME} ON cutover_search_words
+    USING GIN (study_book_id, word gin_trgm_ops)
 """
 
 
@@ -90,6 +92,7 @@ _NOTE_WORDS = (_note_words("inserted", (_NEW,)) + _note_words("updated", (_OLD, 
 
 DDL = r"""
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
+CREATE EXTENSION IF NOT EXISTS btree_gin;
 CREATE EXTENSION IF NOT EXISTS unaccent;
 CREATE EXTENSION IF NOT EXISTS fuzzystrmatch;
 

@@ -11,6 +11,7 @@ the same tables and columns, and `alembic_version` on each says which one that i
 - `0001_baseline`: what the cutover adds (row versions, the search index, outbox, control
   record, tombstones, `legacy_ids`); idempotent over any schema between those two.
 - `0002_defer_words`: the vocabulary's triggers step aside in a backfill's sessions (PostgreSQL).
+- `0003_words_by_book`: the vocabulary's trigram index leads with the study book (PostgreSQL).
 
 SQLite runs each upgrade in one `BEGIN IMMEDIATE` transaction (SQLite's DDL is transactional),
 PostgreSQL in one transaction under the advisory lock every schema change takes. A revision

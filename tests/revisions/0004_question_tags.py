@@ -10,8 +10,8 @@ from alembic import op
 
 from proxy.stores.migrations import run_sql
 
-revision = "0003_question_tags"
-down_revision = "0002_defer_words"
+revision = "0004_question_tags"
+down_revision = "0003_words_by_book"
 branch_labels = None
 depends_on = None
 
