@@ -146,7 +146,7 @@ async def test_both_forms_answer_alike_past_the_candidates_with_ties(
             uid = await conn.fetchval(
                 "INSERT INTO users (name, email) VALUES ('t', $1) RETURNING id", f"t{u}@x.org")
             users.append(uid)
-            for n in range(3):
+            for _ in range(3):
                 book = await conn.fetchval(
                     "INSERT INTO study_books (user_id, title) VALUES ($1, 'b') RETURNING id", uid)
                 await conn.execute(
