@@ -178,13 +178,20 @@ class ShadowStore:
         """Processes opening a new file together all switch it to WAL, and SQLite answers
         "locked" at once, without its busy wait, to all but one: retry (as the stores do)."""
         deadline = time.monotonic() + 5.0
-        while self._conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        while True:
+            mode = self._conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if mode in ("wal", "memory"):  # an in-memory database has no WAL (nor needs one)
+                return
             try:
-                self._conn.execute("PRAGMA journal_mode=WAL")
+                if self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal":
+                    return
             except sqlite3.OperationalError:
                 if time.monotonic() > deadline:
                     raise
-                time.sleep(0.01)
+            else:  # refused without an error: retrying alone never ends
+                if time.monotonic() > deadline:
+                    raise sqlite3.OperationalError(f"{self.path}: journal mode {mode}, not WAL")
+            time.sleep(0.01)
 
     def _add_agreement_column(self) -> None:
         """A file written before `agreement` existed gets the column; its old rows read their
