@@ -184,3 +184,24 @@ def test_another_process_reads_what_this_one_wrote(store: ShadowStore) -> None:
 def test_caps_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         ShadowStore(tmp_path / "s.db", max_comparisons=0)
+
+
+def test_a_shadow_store_whose_file_cannot_be_in_wal_mode_opens_or_fails_never_spins(
+        tmp_path: Path) -> None:
+    """`PRAGMA journal_mode=WAL` on an in-memory database answers `memory`, without an error.
+    ShadowStore._use_wal retries only on an error, so its loop never ends (one core at 100%;
+    before 0ac6aa7 the store opened). Run in a child with a time limit: the suite must not hang."""
+    code = ("from shadow.store import ShadowStore\n"
+            "try:\n"
+            "    ShadowStore(':memory:').close()\n"
+            "    print('opened')\n"
+            "except Exception as exc:\n"
+            "    print('raised', type(exc).__name__, exc)\n")
+    try:
+        done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, timeout=20,
+                              capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)})
+    except subprocess.TimeoutExpired:
+        raise AssertionError("ShadowStore(':memory:') still opening after 20 s "
+                             "(shadow/store.py ShadowStore._use_wal)") from None
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(("opened", "raised OperationalError")), done.stdout

@@ -199,12 +199,13 @@ def use_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
 
     Switching needs the file to itself. Two connections switching at once each hold the shared
     lock the other must see gone, so SQLite answers "locked" at once, without its busy wait:
-    retry with jitter until `timeout_s`."""
+    retry with jitter until `timeout_s`. An in-memory database has no WAL and needs none."""
     deadline = time.monotonic() + timeout_s
     while True:
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode in ("wal", "memory"):
+            return
         try:
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
-                return
             if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal":
                 return
         except sqlite3.OperationalError as exc:
@@ -212,7 +213,7 @@ def use_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
                 raise
             if time.monotonic() > deadline:
                 raise
-        else:
+        else:  # refused without an error: retrying alone would never end
             if time.monotonic() > deadline:
-                raise sqlite3.OperationalError("database is locked: could not switch to WAL")
+                raise sqlite3.OperationalError(f"journal mode stays {mode}, not WAL")
         time.sleep(random.uniform(0.001, 0.02))

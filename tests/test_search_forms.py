@@ -1,4 +1,4 @@
-"""Red team of the two PostgreSQL search forms (index vs scan of a small user's questions).
+"""The two PostgreSQL search forms (the index, or a scan of a small user's questions) answer alike.
 
 On random corpora (many seeds): several users sharing words, users with many books, with
 books but no questions, with nothing; duplicate questions (ties), empty answers, CJK,
