@@ -724,7 +724,8 @@ async def rebuild_vocabulary(pool: asyncpg.Pool, parts: int = WORDS_PARTS) -> fl
             # a lock request queued on questions (an ALTER TABLE) would wait for the recount's
             # transaction, and this count behind it: fail the pass (it resumes) instead of hanging
             # no Memoize over the per-question word lists: the documents hardly repeat, and
-            # caching them cost a fifth of the count (28.2 -> 22.9 s for a quarter of 10M rows)
+            # caching them cost a sixth of the count (27.6 -> 23.4 s on a quarter of the 10M
+            # file's books: bench/search_plans.py --recount-books 0.25)
             await c.execute(f"SET lock_timeout = '10s'; SET work_mem = '256MB'; "
                             "SET enable_memoize = off; "
                             f"DROP TABLE IF EXISTS {table}; "

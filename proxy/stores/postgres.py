@@ -51,8 +51,9 @@ FUZZY_THRESHOLD = 0.3
 FUZZY_MIN_CHARS = 4  # shorter queries have too few trigrams for similarity to mean anything
 MAX_FUZZY_WORDS = 8  # queries of more distinct words get the full-text branch only
 FUZZY_FIXES = 5  # corrections per query word, from the vocabulary
-# A user with at most this many questions is searched by reading them all (3,330 took 2.4 ms
-# from shared buffers, about 20 ms from the OS's cache) rather than through the full-text index,
+# A user with at most this many questions is searched by reading them all (3,330 in 3.3 ms from
+# shared buffers; a search about 20 ms when they come from the OS's cache: bench/search_plans.py)
+# rather than through the full-text index,
 # whose cost follows every user's matches (`_users_questions`). Each process counts a user's
 # questions again after USER_SIZE_TTL_S: the choice only needs the order of magnitude.
 SCAN_USER_QUESTIONS = 10_000
@@ -591,9 +592,9 @@ def _users_questions(scan: bool) -> str:
     full-text match into an index scan). Otherwise the planner ANDs the GIN index's bitmap
     with the study books', so the table is read only for the user's matches; but the GIN
     index yields every user's matches, and for common words that is most of the table: on
-    3.3M questions of 1,000 users (bench/scale.py), `what is the file of` took 25 ms in the
-    full-text branch and 467 ms in the typo branch for one user's 3,330 questions, which a
-    scan of them reads in 2.4 ms. (Joined to the study books, the branches read every user's
+    3.3M questions of 1,000 users (bench/search_plans.py), `what is the file of` took 31 ms in
+    the full-text branch and 489 ms in the typo branch for one user's 3,330 questions, which a
+    scan of them reads in 3.3 ms. (Joined to the study books, the branches read every user's
     matches, or scanned the GIN index once per study book: bench/tenants.py, 271 ms.)"""
     if scan:
         return (f"FROM (SELECT q.* FROM questions q WHERE {_in_users_books('$3')} "
@@ -605,7 +606,7 @@ def _users_words() -> str:
     """The vocabulary of the user $3's books as `v`, book by book: the trigram index leads
     with `study_book_id` (btree_gin), so each lookup reads the user's words only. Given the
     books as an array, the generic plan ANDed the trigram matches of every user's vocabulary
-    with the books' key (6.5 ms a word on 1,000 books; 0.12 ms book by book)."""
+    with the books' key (6.5 ms a word on 1,000 books; 0.1 ms book by book)."""
     return "study_books b JOIN cutover_search_words v ON v.study_book_id = b.id"
 
 

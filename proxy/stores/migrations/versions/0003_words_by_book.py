@@ -2,7 +2,8 @@
 
 A typo lookup reads the words of the searching user's books. Over the word alone, the index
 returned every user's similar words and the plan ANDed them with the books' key: 6.5 ms a word
-on 1,000 books of 3,330 questions each, 0.12 ms with the book leading (bench/scale.py, 10M rows).
+on 1,000 books of 3,330 questions each, 0.1 ms with the book leading (bench/search_plans.py on
+bench/scale.py's 10M file).
 The index is built in the revision's transaction: writes to the vocabulary (so to questions, on
 PostgreSQL) wait for it, a few seconds per million vocabulary rows; run it while SQLite is the
 primary and the mirror catches up after (docs/schema-changes.md).
