@@ -54,11 +54,8 @@ async def _outbox(settings: Settings) -> dict[str, OutboxFigures]:
 
 
 def _verdict(settings: Settings, outbox: dict[str, OutboxFigures]) -> Verdict:
-    store = ShadowStore(default_shadow_path(settings))
-    try:
+    with ShadowStore(default_shadow_path(settings)) as store:
         return evaluate(store, outbox)
-    finally:
-        store.close()
 
 
 @app.command()
@@ -156,15 +153,12 @@ def shadow_list(
     """The most recent mismatches (query fingerprints, both id lists, the reason)."""
     settings = load_settings()
     require_initialised(settings)
-    store = ShadowStore(default_shadow_path(settings))
-    try:
+    with ShadowStore(default_shadow_path(settings)) as store:
         try:
             records = store.recent_mismatches(
                 limit, reason=None if reason is None else reason.value)
         except ValueError as exc:
             raise fail(str(exc), EXIT_USAGE) from None
-    finally:
-        store.close()
     if as_json:
         typer.echo(json.dumps([_record_json(r) for r in records], indent=2, default=str))
         return
@@ -199,8 +193,7 @@ def shadow_replay(
 
     settings = load_settings()
     require_initialised(settings)
-    store = ShadowStore(default_shadow_path(settings))
-    try:
+    with ShadowStore(default_shadow_path(settings)) as store:
         if mismatch_id is not None:
             one = store.get_mismatch(mismatch_id)
             if one is None:
@@ -208,8 +201,6 @@ def shadow_replay(
             records = [one]
         else:
             records = store.recent_mismatches(limit)
-    finally:
-        store.close()
 
     async def main() -> list[dict[str, Any]]:
         out = []
