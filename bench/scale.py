@@ -68,6 +68,7 @@ from bench.backfill import (  # noqa: E402
     measure,
     pgloader_target,
     require_tools,
+    server_cpu,
 )
 from bench.corpus import misspell  # noqa: E402
 from bench.seed_schema import seed_ddl  # noqa: E402
@@ -365,6 +366,7 @@ class SizeResult:
     pgloader: list[Run] = field(default_factory=list)
     pgloader_failed: list[Run] = field(default_factory=list)
     lower: list[float] = field(default_factory=list)
+    lower_cpu: list[float | None] = field(default_factory=list)  # the server's, during it
     search: list[tuple[float, float]] = field(default_factory=list)
     load: list[tuple[float, float]] = field(default_factory=list)  # load average before, after
     timings: list[dict[str, float]] = field(default_factory=list)  # the backfill's own
@@ -431,10 +433,14 @@ async def ours(size: str, i: int, args: argparse.Namespace, server: Server, work
             _say(size, i, "search p50/p95 ms", *result.search[-1])
         if "lower" in args.steps:
             files = await dump_rows(dsn, work)
+            before_cpu = server_cpu(server.pid)
             result.lower.append(await lower_bound(server.dsn, files))
+            after_cpu = server_cpu(server.pid)
+            result.lower_cpu.append(None if before_cpu is None or after_cpu is None
+                                    else after_cpu - before_cpu)
             for f in files.values():
                 f.unlink()
-            _say(size, i, "lower bound", result.lower[-1])
+            _say(size, i, "lower bound", result.lower[-1], "server CPU", result.lower_cpu[-1])
 
 
 def _say(size: str, i: int, what: str, *figures: Any) -> None:
@@ -480,6 +486,7 @@ def report(results: list[SizeResult], args: argparse.Namespace) -> dict[str, Any
             "pgloader_mb": _med([x.max_rss_mb for x in r.pgloader]),
             "pgloader_rows": r.pgloader[-1].rows if r.pgloader else None,
             "lower_s": _med(r.lower),
+            "lower_server_cpu_s": _med([c for c in r.lower_cpu if c is not None]),
             "search_p50_ms": r.search[0][0] if r.search else None,
             "search_p95_ms": r.search[0][1] if r.search else None,
             "server_cpu_s": _med([x.server_cpu_s for x in r.backfill
