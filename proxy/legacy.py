@@ -282,13 +282,23 @@ def quick_decimal(col: Column) -> Callable[[Any], Any]:
     lo = Decimal(col.minimum) if col.minimum is not None else -limit
     hi = Decimal(col.maximum) if col.maximum is not None else limit
 
+    # a column's values repeat (a score, an accuracy in hundredths): each is converted once
+    seen: dict[float, Any] = {}
+
     def quick(raw: Any) -> Any:
-        if type(raw) is not float or not math.isfinite(raw):
+        if type(raw) is not float:
+            return NOT_CLEAN
+        value = seen.get(raw)
+        if value is not None:
+            return value
+        if not math.isfinite(raw):
             return NOT_CLEAN
         number = Decimal(repr(raw))
         value = number.quantize(q)
         if value != number or not lo <= value <= hi or abs(value) >= limit:
-            return NOT_CLEAN
+            value = NOT_CLEAN
+        if raw and len(seen) < 65_536:  # not 0.0: -0.0 is equal to it and would share its entry
+            seen[raw] = value
         return value
     return quick
 

@@ -419,6 +419,57 @@ async def test_a_killed_run_resumes_without_gaps_or_duplicates(
     assert diff["words"] > 0 and diff["n"] == 0
 
 
+class Stop(Exception):
+    pass
+
+
+def renumber(db: LegacyDB, table: str) -> None:
+    """What a VACUUM that renumbers does to a table without an INTEGER PRIMARY KEY: the same
+    rows, in the same order, with rowids 1..N (the gaps below a row closed)."""
+    db.conn.executescript(f"""
+        BEGIN;
+        CREATE TEMP TABLE kept AS SELECT * FROM {table} ORDER BY rowid;
+        DELETE FROM {table};
+        INSERT INTO {table} SELECT * FROM kept ORDER BY rowid;
+        DROP TABLE kept;
+        COMMIT;""")
+
+
+@pytest.mark.parametrize("gaps", ["below", "above"])
+async def test_a_resumed_run_copies_every_row_after_the_source_rowids_moved(
+        legacy: LegacyDB, pg_dsn: str, tmp_path: Path, gaps: str) -> None:
+    """A pass stopped part way, the source's rowids renumbered (gaps closed below the
+    checkpoints, or only above every row a checkpoint names), then resumed: every source row is
+    in PostgreSQL. Only the table whose checkpoints moved is read again."""
+    legacy.bulk(users=4, questions=3000, logs=10, events=10)
+    rowids = [r[0] for r in legacy.conn.execute("SELECT rowid FROM questions ORDER BY rowid")]
+    # gaps at the start of each part (below the rows its checkpoint will name) or at the end
+    doomed = ([*rowids[5:400], *rowids[1505:1900]] if gaps == "below" else rowids[-300:])
+    legacy.conn.executemany("DELETE FROM questions WHERE rowid = ?", [(r,) for r in doomed])
+    read = 0
+
+    def stop_after_some_questions(table: str, n: int) -> None:
+        nonlocal read
+        read += n if table == "questions" else 0
+        if read >= 1400:
+            raise Stop
+
+    with pytest.raises(Stop):
+        await backfill(legacy, pg_dsn, tmp_path, batch_size=100,
+                       progress=stop_after_some_questions)
+    renumber(legacy, "questions")
+    report = await backfill(legacy, pg_dsn, tmp_path, batch_size=100)
+    assert report.resumed
+    source = {r[0] for r in legacy.conn.execute("SELECT id FROM questions")}
+    loaded = {str(r["id"]) for r in await pg_rows(pg_dsn, "SELECT id FROM questions")}
+    assert loaded == source
+    q = report.tables["questions"]
+    if gaps == "below":  # read again: what the stopped pass copied is found present
+        assert q.read == len(source) and q.present > 0 and q.inserted + q.present == len(source)
+    else:  # every checkpoint still names its row: nothing read twice
+        assert q.read == len(source) and q.present == 0 and q.inserted == len(source)
+
+
 async def test_writes_made_through_the_repository_during_the_backfill_win(
         legacy: LegacyDB, pg_schema_dsn: str, pg_store: PostgresStore, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

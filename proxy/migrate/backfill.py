@@ -2,8 +2,9 @@
 
 A batch lands in one PostgreSQL transaction that also moves its checkpoint, so a run killed at any
 point resumes with no gap and no duplicate:
-- rows are read from the source (opened read-only) in id order, with a flag per reference saying
-  whether the parent exists in the source;
+- rows are read from the source (opened read-only) in rowid order, with a flag per reference
+  saying whether the parent exists in the source; a resumed pass first checks that the rowids it
+  planned and reached still name the same rows (`parts_hold`), else reads that table again;
 - every value is checked against its target column (`proxy.legacy.column_check`). A row with any
   problem is rejected whole and each problem is reported; a value that lands changed (a REAL
   rounded to the column's scale, sub-microsecond digits dropped, an orphan reference set to NULL)
@@ -29,7 +30,8 @@ users X missing"); a nullable one (typing_logs.question_id) lands as NULL, repor
 repository deleted after dual writes began takes its children with it, as ON DELETE would have.
 
 Speed: parents load before children (users, study_books, questions, typing_logs) while
-learning_events, which has no parent, loads beside them; big tables load as two id ranges at once.
+learning_events, which has no parent, loads beside them; big tables load as two rowid ranges at
+once.
 A table empty at the start has its secondary and search indexes dropped and built once it is
 loaded, beside the tables still loading; a table holding rows keeps them (live searches may be
 using them).
@@ -82,7 +84,10 @@ CREATE TABLE IF NOT EXISTS {PROGRESS_TABLE} (
     table_name TEXT NOT NULL,
     part INTEGER NOT NULL,
     source TEXT NOT NULL,
-    last_id TEXT,
+    after_rowid BIGINT,
+    until_rowid BIGINT,
+    first_row TEXT,
+    last_row TEXT,
     done BOOLEAN NOT NULL DEFAULT false,
     read BIGINT NOT NULL DEFAULT 0,
     inserted BIGINT NOT NULL DEFAULT 0,
@@ -106,6 +111,10 @@ CREATE TABLE IF NOT EXISTS {REJECTS_TABLE} (
     at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS idx_{REJECTS_TABLE}_mapped ON {REJECTS_TABLE} (table_name, mapped_id);
+-- a progress table from before rowid order (its rows are only ever replaced by a fresh pass)
+ALTER TABLE {PROGRESS_TABLE} ADD COLUMN IF NOT EXISTS after_rowid BIGINT,
+    ADD COLUMN IF NOT EXISTS until_rowid BIGINT, ADD COLUMN IF NOT EXISTS first_row TEXT,
+    ADD COLUMN IF NOT EXISTS last_row TEXT;
 """
 
 
@@ -182,11 +191,26 @@ def open_source(path: Path) -> sqlite3.Connection:
 
 
 def _select(entity: Entity, where: str) -> str:
-    """The source query: the seed's columns, then one parent-exists flag per reference."""
+    """The source query: the seed's columns, one parent-exists flag per reference, the rowid."""
     cols = [f"t.{c}" for c in entity.column_names]
     flags = [f"EXISTS (SELECT 1 FROM {c.references} p WHERE p.id = t.{c.name})"
              for c in entity.columns if c.references]
-    return f"SELECT {', '.join(cols + flags)} FROM {entity.table} t WHERE {where}"
+    return f"SELECT {', '.join(cols + flags)}, t.rowid FROM {entity.table} t WHERE {where}"
+
+
+def row_mark(rowid: int, row_id: Any) -> str:
+    """A source row as a checkpoint remembers it: its rowid and its id."""
+    return f"{rowid} {row_id!r}"
+
+
+def _mark_holds(source: sqlite3.Connection, table: str, mark: str | None) -> bool:
+    """Whether the row `mark` names still has its rowid (a VACUUM may renumber the rowids of a
+    table without an INTEGER PRIMARY KEY; it keeps their order)."""
+    if mark is None:
+        return True
+    rowid = int(mark.split(" ", 1)[0])
+    rows = _fetch(source, f"SELECT id FROM {table} WHERE rowid = ?", (rowid,))
+    return bool(rows) and row_mark(rowid, rows[0][0]) == mark
 
 
 def _fetch(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
@@ -387,22 +411,42 @@ def _problem_records(problems: Sequence[Problem]) -> list[tuple[Any, ...]]:
 
 @dataclass(frozen=True, slots=True)
 class Part:
-    """A slice of one table's source rows that one loader copies, with its own checkpoint."""
+    """A slice of one table's source rows that one loader copies, with its own checkpoint.
+
+    Rows are read in rowid order, the order the file stores them in: reading a table in id
+    order looks every row up through the id index, 1.7-2.7x the CPU (questions 3.1 vs 1.4 s per
+    million rows on the 3M file, `bench/source_read.py`)."""
 
     table: str
     index: int
-    lo: str | None = None  # first id (inclusive); None: from the start
-    hi: str | None = None  # last id (exclusive); None: to the end
-    odd: bool = False  # the rows whose id is not text (NULL, a BLOB): they are all rejected
+    after: int  # the rowid the part starts after
+    until: int | None  # its last rowid; None: to the end
+    first_row: str | None  # `row_mark` of its first row when planned; None: it had none
 
 
-def plan_parts(table: str, n: int) -> list[Part]:
-    """`n` id ranges split at hex digits (balanced for random UUIDs; any text id falls in one),
-    then the part for ids that are not text."""
-    cuts = [format(16 * i // n, "x") for i in range(1, n)]
-    bounds = [None, *cuts, None]
-    parts = [Part(table, i, bounds[i], bounds[i + 1]) for i in range(n)]
-    return [*parts, Part(table, n, odd=True)]
+def plan_parts(source: sqlite3.Connection, table: str, n: int) -> list[Part]:
+    """`n` rowid ranges of equal width over the table as it is now, each with its first row."""
+    top = source.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0] or 0
+    cuts = [0, *(top * i // n for i in range(1, n))]
+    parts = []
+    for i, after in enumerate(cuts):
+        until = cuts[i + 1] if i + 1 < n else None
+        first = _fetch(source, f"SELECT rowid, id FROM {table} WHERE rowid > ? "
+                       "ORDER BY rowid LIMIT 1", (after,))
+        parts.append(Part(table, i, after, until,
+                          row_mark(*first[0]) if first else None))
+    return parts
+
+
+def parts_hold(source: sqlite3.Connection, parts: Sequence[Part],
+               checkpoints: Sequence[str | None]) -> bool:
+    """Whether a resumed pass may trust the rowids its parts planned and reached. A VACUUM
+    that renumbers rowids closes the gaps below a row and moves every row above the lowest gap
+    down, keeping their order; so if each part's first row and last row read still have their
+    rowids, no row crossed a part's bounds or its checkpoint."""
+    return all(_mark_holds(source, p.table, mark)
+               for p, last in zip(parts, checkpoints, strict=True)
+               for mark in (p.first_row, last))
 
 
 class PartLoader:
@@ -423,55 +467,36 @@ class PartLoader:
         self.required = [c for c in self.entity.columns if c.references and not c.nullable]
         self.optional = [c for c in self.entity.columns if c.references and c.nullable]
 
-    async def run(self, last_id: str | None) -> None:
+    async def run(self, last_row: str | None) -> None:
+        """Copy the part from after `last_row` (its checkpoint; None: from its start)."""
         source = await asyncio.to_thread(open_source, self.source_path)
         try:
-            if self.part.odd:
-                await self._run_odd(source)
-            else:
-                await self._run_range(source, last_id)
+            await self._run(source, last_row)
         finally:
             source.close()
 
-    async def _run_range(self, source: sqlite3.Connection, last_id: str | None) -> None:
+    async def _run(self, source: sqlite3.Connection, last_row: str | None) -> None:
         p = self.part
-        # ids that are not text sort outside the text range: the odd part takes them
-        where, params = ["typeof(t.id) = 'text'"], []
-        if p.hi is not None:
-            where.append("t.id < ?")
-            params.append(p.hi)
-        first = " AND ".join([*where, "t.id >= ?"] if p.lo is not None else where)
-        first_params = [*params, p.lo] if p.lo is not None else params
-        after = " AND ".join([*where, "t.id > ?"])
-        first_sql = _select(self.entity, first + " ORDER BY t.id LIMIT ?")
-        after_sql = _select(self.entity, after + " ORDER BY t.id LIMIT ?")
+        until = "" if p.until is None else f" AND t.rowid <= {p.until:d}"
+        sql = _select(self.entity, f"t.rowid > ?{until} ORDER BY t.rowid LIMIT ?")
 
-        def read(key: str | None) -> asyncio.Future[list[Any]]:
-            sql, args = ((first_sql, [*first_params, self.batch_size]) if key is None
-                         else (after_sql, [*params, key, self.batch_size]))
-            return asyncio.ensure_future(asyncio.to_thread(_fetch, source, sql, args))
+        def read(after: int) -> asyncio.Future[list[Any]]:
+            return asyncio.ensure_future(
+                asyncio.to_thread(_fetch, source, sql, (after, self.batch_size)))
 
-        pending = read(last_id)
+        pending = read(p.after if last_row is None else int(last_row.split(" ", 1)[0]))
         while True:
             raw = await pending
             if not raw:
                 break
-            last_id = raw[-1][0]
-            pending = read(last_id)  # read the next batch while this one is checked and written
+            last = raw[-1]
+            pending = read(last[-1])  # read the next batch while this one is checked and written
             batch = await asyncio.to_thread(self.checker.check, raw)
-            await self._write(batch, len(raw), last_id)
+            await self._write(batch, len(raw), row_mark(last[-1], last[0]))
             self.progress(self.entity.table, len(raw))
         await self._write(Batch(), 0, None, done=True)
 
-    async def _run_odd(self, source: sqlite3.Connection) -> None:
-        raw = await asyncio.to_thread(
-            _fetch, source, _select(self.entity, "t.id IS NULL OR typeof(t.id) <> 'text'"), ())
-        batch = await asyncio.to_thread(self.checker.check, raw)
-        batch.rows.clear()  # the id is required: none of them can land
-        await self._write(batch, len(raw), None, done=True)
-        self.progress(self.entity.table, len(raw))
-
-    async def _write(self, batch: Batch, read: int, last_id: str | None,
+    async def _write(self, batch: Batch, read: int, last_row: str | None,
                      *, done: bool = False) -> None:
         counts = {"inserted": 0, "present": 0, "skipped": 0}
         async with self.pool.acquire() as conn:
@@ -485,7 +510,7 @@ class PartLoader:
                         await conn.copy_records_to_table(
                             self.entity.table, records=batch.rows, columns=self.cols)
                         counts["inserted"] = len(batch.rows)
-                        await self._bookkeep(conn, batch, read, last_id, counts, done)
+                        await self._bookkeep(conn, batch, read, last_row, counts, done)
                     self.fast.used = True
                     return
                 except (asyncpg.UniqueViolationError, asyncpg.ForeignKeyViolationError):
@@ -494,7 +519,7 @@ class PartLoader:
             async with conn.transaction():
                 if batch.rows:
                     await self._stage_insert(conn, batch, counts)
-                await self._bookkeep(conn, batch, read, last_id, counts, done)
+                await self._bookkeep(conn, batch, read, last_row, counts, done)
 
     async def _stage_insert(self, conn: asyncpg.Connection, batch: Batch,
                             counts: dict[str, int]) -> None:
@@ -555,7 +580,7 @@ class PartLoader:
                                               "unique constraint in PostgreSQL", "rejected"))
 
     async def _bookkeep(self, conn: asyncpg.Connection, batch: Batch, read: int,
-                        last_id: str | None, counts: dict[str, int], done: bool) -> None:
+                        last_row: str | None, counts: dict[str, int], done: bool) -> None:
         if batch.problems:
             await conn.copy_records_to_table(
                 REJECTS_TABLE, records=_problem_records(batch.problems), columns=PROBLEM_COLUMNS)
@@ -564,11 +589,11 @@ class PartLoader:
                 "INSERT INTO legacy_ids (table_name, legacy_id, id) VALUES ($1, $2, $3) "
                 "ON CONFLICT DO NOTHING", batch.mappings)
         await conn.execute(
-            f"UPDATE {PROGRESS_TABLE} SET last_id = coalesce($3, last_id), done = $4, "
+            f"UPDATE {PROGRESS_TABLE} SET last_row = coalesce($3, last_row), done = $4, "
             "read = read + $5, inserted = inserted + $6, present = present + $7, "
             "skipped = skipped + $8, rejected = rejected + $9, changed = changed + $10, "
             "updated_at = now() WHERE table_name = $1 AND part = $2",
-            self.part.table, self.part.index, last_id, done, read, counts["inserted"],
+            self.part.table, self.part.index, last_row, done, read, counts["inserted"],
             counts["present"], counts["skipped"], batch.rejected, len(batch.changed_ids))
 
 
@@ -769,28 +794,53 @@ async def _rebuild_owed_vocabulary(pool: asyncpg.Pool) -> float:
 PARTS = {"users": 1, "study_books": 1, "questions": 2, "typing_logs": 2, "learning_events": 2}
 
 
-async def _prepare(conn: asyncpg.Connection, source: str, restart: bool) -> bool:
+_PLAN = (f"UPDATE {PROGRESS_TABLE} SET after_rowid = $3, until_rowid = $4, first_row = $5, "
+         "last_row = NULL, done = false, read = 0, inserted = 0, present = 0, skipped = 0, "
+         "rejected = 0, changed = 0, updated_at = now() WHERE table_name = $1 AND part = $2")
+
+
+async def _prepare(conn: asyncpg.Connection, source_path: Path, source: str,
+                   restart: bool) -> bool:
     """Create the bookkeeping tables; start a fresh pass or resume one. True when resuming."""
     async with conn.transaction():
         # the same lock as the migrations take: one schema change at a time
         await conn.execute("SELECT pg_advisory_xact_lock($1)", migrations.SCHEMA_LOCK)
         await conn.execute(DDL)
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
-        rows = await conn.fetch(f"SELECT table_name, part, source, done FROM {PROGRESS_TABLE}")
-        planned = {(p.table, p.index) for t in ORDER for p in plan_parts(t, PARTS[t])}
-        planned.add((WORDS, 0))
-        resumable = (not restart and {(r["table_name"], r["part"]) for r in rows} == planned
-                     and all(r["source"] == source for r in rows)
-                     and not all(r["done"] for r in rows))
-        if resumable:
-            return True
-        # a fresh pass checks every row again, so the last pass's findings go
-        await conn.execute(f"DELETE FROM {PROGRESS_TABLE}")
-        await conn.execute(f"DELETE FROM {REJECTS_TABLE}")
-        await conn.executemany(
-            f"INSERT INTO {PROGRESS_TABLE} (table_name, part, source) VALUES ($1, $2, $3)",
-            [(t, i, source) for t, i in sorted(planned)])
+    src = await asyncio.to_thread(open_source, source_path)
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+            rows = await conn.fetch(f"SELECT * FROM {PROGRESS_TABLE} ORDER BY table_name, part")
+            planned = {(t, i) for t in ORDER for i in range(PARTS[t])} | {(WORDS, 0)}
+            resumable = (not restart and {(r["table_name"], r["part"]) for r in rows} == planned
+                         and all(r["source"] == source for r in rows)
+                         and not all(r["done"] for r in rows))
+            if resumable:
+                for table in ORDER:
+                    mine = [r for r in rows if r["table_name"] == table]
+                    parts = [Part(table, r["part"], r["after_rowid"], r["until_rowid"],
+                                  r["first_row"]) for r in mine]
+                    if all(r["done"] for r in mine) or await asyncio.to_thread(
+                            parts_hold, src, parts, [r["last_row"] for r in mine]):
+                        continue
+                    # its rowids moved (a VACUUM): the table is read again from the start; the
+                    # rows already copied count as present
+                    await conn.executemany(_PLAN, [
+                        (table, p.index, p.after, p.until, p.first_row)
+                        for p in await asyncio.to_thread(plan_parts, src, table, PARTS[table])])
+                return True
+            # a fresh pass checks every row again, so the last pass's findings go
+            await conn.execute(f"DELETE FROM {PROGRESS_TABLE}")
+            await conn.execute(f"DELETE FROM {REJECTS_TABLE}")
+            await conn.executemany(
+                f"INSERT INTO {PROGRESS_TABLE} (table_name, part, source) VALUES ($1, $2, $3)",
+                [(t, i, source) for t, i in sorted(planned)])
+            for table in ORDER:
+                await conn.executemany(_PLAN, [
+                    (table, p.index, p.after, p.until, p.first_row)
+                    for p in await asyncio.to_thread(plan_parts, src, table, PARTS[table])])
+    finally:
+        src.close()
     return False
 
 
@@ -855,10 +905,10 @@ async def run_backfill(
         if not await guard.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY + 1):
             raise BackfillRunning("another backfill is running against this database")
         await migrations.upgrade_postgres(dsn)  # the schema, at the newest revision
-        resumed = await _prepare(guard, source, restart)
+        resumed = await _prepare(guard, source_path, source, restart)
         await _copy_source_legacy_ids(guard, source_path)
         state = {(r["table_name"], r["part"]): r for r in await guard.fetch(
-            f"SELECT table_name, part, last_id, done FROM {PROGRESS_TABLE}")}
+            f"SELECT * FROM {PROGRESS_TABLE}")}
         rejected: dict[str, set[str]] = {t: set() for t in ORDER}
         for r in await guard.fetch(
                 f"SELECT DISTINCT table_name, row_id FROM {REJECTS_TABLE} "
@@ -919,12 +969,15 @@ async def run_backfill(
             async def load(table: str) -> None:
                 t0 = time.perf_counter()
                 checker = RowChecker(BY_TABLE[table], rejected)
+                parts = [state[(table, i)] for i in range(PARTS[table])]
                 loaders = [
-                    PartLoader(p, pool, source_path, checker, batch_size=batch_size,
-                               fast=fast[table], progress=progress or _no_progress)
-                    for p in plan_parts(table, PARTS[table]) if not state[(table, p.index)]["done"]
+                    PartLoader(Part(table, r["part"], r["after_rowid"], r["until_rowid"],
+                                    r["first_row"]), pool, source_path, checker,
+                               batch_size=batch_size, fast=fast[table],
+                               progress=progress or _no_progress)
+                    for r in parts if not r["done"]
                 ]
-                await asyncio.gather(*(ld.run(state[(table, ld.part.index)]["last_id"])
+                await asyncio.gather(*(ld.run(state[(table, ld.part.index)]["last_row"])
                                        for ld in loaders))
                 # also after a staged load: an earlier run cut short may have copied rows unchecked
                 await check_references(pool, BY_TABLE[table])
@@ -1034,4 +1087,3 @@ def iter_lines(path: Path) -> Iterator[dict[str, Any]]:
         for line in f:
             if line.strip():
                 yield json.loads(line)
-
