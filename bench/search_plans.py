@@ -72,7 +72,7 @@ async def explain(conn: asyncpg.Connection, text: str, user: uuid.UUID, scan: bo
 
 
 async def recount(conn: asyncpg.Connection, fraction: float) -> None:
-    upper = uuid.UUID(int=int(fraction * (2**128 - 1)))
+    upper = uuid.UUID(int=min(int(fraction * 2**128), 2**128 - 1))
     books = f"q.study_book_id < '{upper}'"
     await conn.execute("SET work_mem = '256MB'")
     for memoize in ("on", "off"):
