@@ -3,7 +3,7 @@ beside pgloader and the lower bound, in the same run.
 
     .venv/bin/python bench/scale.py [--sizes 300k,3M,10M] [--server embedded|pg15] [--runs 1]
         [--corpus sentences|parity] [--steps backfill,verify,search,lower,pgloader]
-        [--data DIR] [--maintenance-workers N] [--json OUT]
+        [--data DIR] [--maintenance-workers N] [--jobs N] [--cpus N] [--json OUT]
 
 - the files: `bench/legacy_db.py`'s mix (a third each of questions, typing logs and learning
   events; 1,000 users with a study book each), deterministic (seed 1), generated on first use and
@@ -29,8 +29,12 @@ beside pgloader and the lower bound, in the same run.
 `--server pg15` starts a throwaway cluster of Debian's PostgreSQL 15 (`pg_config --bindir`) under
 a temp dir on 127.0.0.1 and removes it after; `embedded` the embedded PostgreSQL 18 likewise.
 `--maintenance-workers N` sets max_parallel_maintenance_workers (and max_parallel_workers) on
-that server for every loader alike. Each run also records the load average, since the machine
-may be shared. With `--runs` > 1 the medians are reported, and backfill's max/min.
+that server for every loader alike. `--jobs N` is the backfill's `--jobs` (parts of each big
+table loaded side by side, and of the vocabulary's count; the lower bound counts in as many
+parts). `--cpus N` runs the server, the backfill and pgloader on the first N CPUs only
+(sched_setaffinity): how the same work scales with the cores it is given. Each run also records
+the load average, since the machine may be shared. With `--runs` > 1 the medians are reported,
+and backfill's max/min.
 """
 
 from __future__ import annotations
@@ -194,6 +198,16 @@ def embedded(work: Path) -> Iterator[Server]:
         handle.cleanup()
 
 
+def pin(postmaster: int, cpus: set[int]) -> None:
+    """This process (so every child it starts) and the server (its postmaster, whose new
+    backends inherit the mask, and the processes it runs already) on `cpus` only."""
+    os.sched_setaffinity(0, cpus)
+    children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+    for pid in (postmaster, *map(int, children)):
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(pid, cpus)
+
+
 async def set_workers(dsn: str, workers: int) -> None:
     conn = await asyncpg.connect(dsn)
     try:
@@ -234,7 +248,7 @@ def _add(constraint: asyncpg.Record) -> str:
     return f"ALTER TABLE {r['t']} ADD CONSTRAINT {r['conname']} {r['def']}"
 
 
-async def lower_bound(server_dsn: str, files: dict[tuple[str, int], Path]) -> float:
+async def lower_bound(server_dsn: str, files: dict[tuple[str, int], Path], jobs: int) -> float:
     """Seconds to the same end state by plain COPY into bare tables, then building it all."""
     async with database(server_dsn, "bench_lower") as dsn:
         conn = await asyncpg.connect(dsn)
@@ -282,7 +296,7 @@ async def lower_bound(server_dsn: str, files: dict[tuple[str, int], Path]) -> fl
             # indexes beside the vocabulary's count (the backfill's own, in its parts), then the
             # foreign keys that need the keys
             await asyncio.gather(*(run(s) for s in first))
-            await asyncio.gather(rebuild_vocabulary(pool), *(
+            await asyncio.gather(rebuild_vocabulary(pool, jobs), *(
                 run(s) for s in [*adds["pu"], *indexes] if s not in first))
             await asyncio.gather(*(run(s) for s in adds["f"]))
             await run("; ".join(f"ALTER TABLE questions ENABLE ALWAYS TRIGGER cutover_words_{op}"
@@ -416,7 +430,8 @@ async def ours(size: str, i: int, args: argparse.Namespace, server: Server, work
         env = {**os.environ, "POSTGRES_DSN": dsn, "SQLITE_PATH": str(app_db)}
         log = work / f"backfill-{size}-{i}.log"
         run = measure("backfill", [cutover, "backfill", "--from", str(legacy), "--rejects",
-                                   str(work / "rejects.jsonl"), "--quiet", "--json"],
+                                   str(work / "rejects.jsonl"), "--quiet", "--json",
+                                   "--jobs", str(args.jobs)],
                       env, log, server_pid=server.pid)
         result.backfill.append(Run(**{**asdict(run), "rows": (await count_rows(dsn))[0]}))
         with contextlib.suppress(ValueError, KeyError):
@@ -434,7 +449,7 @@ async def ours(size: str, i: int, args: argparse.Namespace, server: Server, work
         if "lower" in args.steps:
             files = await dump_rows(dsn, work)
             before_cpu = server_cpu(server.pid)
-            result.lower.append(await lower_bound(server.dsn, files))
+            result.lower.append(await lower_bound(server.dsn, files, args.jobs))
             after_cpu = server_cpu(server.pid)
             result.lower_cpu.append(None if before_cpu is None or after_cpu is None
                                     else after_cpu - before_cpu)
@@ -464,7 +479,8 @@ def _spread(values: list[float | None]) -> float | None:
 def report(results: list[SizeResult], args: argparse.Namespace) -> dict[str, Any]:
     print(f"\nserver {args.server}, corpus {args.corpus}, {args.runs} run(s) per size "
           "(medians), maintenance workers "
-          f"{args.maintenance_workers if args.maintenance_workers is not None else 'default'}")
+          f"{args.maintenance_workers if args.maintenance_workers is not None else 'default'}, "
+          f"jobs {args.jobs}, CPUs {args.cpus or os.cpu_count()}")
     head = (f"{'size':>5} {'rows':>9} {'backfill s':>10} {'max/min':>7} {'us/row':>7} "
             f"{'peak MB':>8} {'verify s':>8} {'MB':>6} {'pgloader s':>10} {'MB':>6} "
             f"{'lower s':>8} {'p50 ms':>7} {'p95 ms':>7} {'srv CPU s':>9} {'max/min':>7} "
@@ -553,6 +569,10 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path,
                         default=Path(tempfile.gettempdir()) / "cutover-scale")
     parser.add_argument("--maintenance-workers", type=int)
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="the backfill's --jobs, and the lower bound's recount parts")
+    parser.add_argument("--cpus", type=int,
+                        help="run everything (server, backfill, pgloader) on the first N CPUs")
     parser.add_argument("--json", type=Path, help="write the figures here as JSON too")
     args = parser.parse_args(argv)
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
@@ -569,6 +589,8 @@ async def main(argv: list[str] | None = None) -> int:
     start = pg15 if args.server == "pg15" else embedded
     results = []
     with start(work) as server:
+        if args.cpus:
+            pin(server.pid, set(range(args.cpus)))
         if args.maintenance_workers is not None:
             await set_workers(server.dsn, args.maintenance_workers)
         for size in sizes:

@@ -25,7 +25,13 @@ from typer.testing import CliRunner
 
 from proxy.app.cli import app
 from proxy.legacy import legacy_uuid
-from proxy.migrate.backfill import PARTS, RowChecker, deferrable_indexes, iter_lines, run_backfill
+from proxy.migrate.backfill import (
+    DEFAULT_JOBS,
+    RowChecker,
+    deferrable_indexes,
+    iter_lines,
+    run_backfill,
+)
 from proxy.models import QUESTIONS
 from proxy.stores import postgres_schema
 from proxy.stores.base import Mutation
@@ -470,6 +476,30 @@ async def test_a_resumed_run_copies_every_row_after_the_source_rowids_moved(
         assert q.read == len(source) and q.present == 0 and q.inserted == len(source)
 
 
+async def test_a_pass_keeps_the_parts_it_planned_when_resumed_with_other_jobs(
+        legacy: LegacyDB, pg_dsn: str, tmp_path: Path) -> None:
+    legacy.bulk(users=4, questions=1500, logs=900, events=600)
+    with pytest.raises(Stop):
+        await backfill(legacy, pg_dsn, tmp_path, batch_size=100, jobs=3,
+                       progress=lambda table, n: _raise(Stop) if table == "questions" else None)
+    parts = await pg_rows(pg_dsn, "SELECT table_name, count(*) AS n FROM "
+                          "cutover_backfill_progress GROUP BY 1")
+    assert {r["table_name"]: r["n"] for r in parts} == {
+        "users": 1, "study_books": 1, "questions": 3, "typing_logs": 3, "learning_events": 3,
+        "cutover_search_words": 1}
+    report = await backfill(legacy, pg_dsn, tmp_path, batch_size=100, jobs=1)
+    assert report.resumed
+    for table in ("questions", "typing_logs", "learning_events"):
+        source = {r[0] for r in legacy.conn.execute(f"SELECT id FROM {table}")}
+        loaded = {str(r["id"]) for r in await pg_rows(pg_dsn, f"SELECT id FROM {table}")}
+        assert loaded == source, table
+        assert report.tables[table].read == len(source), table  # each row read once
+
+
+def _raise(exc: type[Exception]) -> None:
+    raise exc
+
+
 async def test_writes_made_through_the_repository_during_the_backfill_win(
         legacy: LegacyDB, pg_schema_dsn: str, pg_store: PostgresStore, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -489,7 +519,7 @@ async def test_writes_made_through_the_repository_during_the_backfill_win(
         nonlocal batches
         if self.entity.table == "questions" and raw:
             batches += 1
-            if batches > PARTS["questions"]:
+            if batches > DEFAULT_JOBS:
                 loop.call_soon_threadsafe(copying.set)
                 assert written.wait(30)
         return check(self, raw)

@@ -90,7 +90,7 @@ async def test_writes_through_the_repository_during_the_pass_are_counted(
     written: list[Any] = []
     original = backfill.rebuild_vocabulary
 
-    async def write_first(pool: asyncpg.Pool) -> float:
+    async def write_first(pool: asyncpg.Pool, parts: int) -> float:
         user = await store.create_user(name="live", email="live@example.com")
         book = await store.create_study_book(user_id=user.id, title="live")
         written.append(await store.create_question(
@@ -106,7 +106,7 @@ async def test_writes_through_the_repository_during_the_pass_are_counted(
                 "SELECT count(*) FROM cutover_search_words WHERE word = 'serialize'") == 0
         finally:
             await seen.close()
-        return await original(pool)
+        return await original(pool, parts)
 
     monkeypatch.setattr(backfill, "rebuild_vocabulary", write_first)
     try:

@@ -86,6 +86,10 @@ def backfill(
         True, "--analyze/--no-analyze",
         help="ANALYZE each table once loaded and indexed, so the planner has statistics at "
              "once rather than when autovacuum gets to it."),
+    jobs: int = typer.Option(
+        2, "--jobs", min=1, max=32,
+        help="Parts of each big table loaded side by side, and of the vocabulary's count: "
+             "about the cores PostgreSQL has. A resumed pass keeps its first run's parts."),
 ) -> None:
     """Copy an existing SQLite database into PostgreSQL (resumable, safe beside dual writes)."""
     from proxy.migrate.backfill import run_backfill
@@ -104,7 +108,7 @@ def backfill(
         with _progress(quiet) as (on_rows, on_totals):
             return await run_backfill(path, dsn, rejects_path=rejects, batch_size=batch_size,
                                       restart=restart, progress=on_rows, totals=on_totals,
-                                      analyze=analyze)
+                                      analyze=analyze, jobs=jobs)
 
     with _logs_to_stderr():
         report = run(main)

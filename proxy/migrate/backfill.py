@@ -709,7 +709,7 @@ async def build_index(pool: asyncpg.Pool, index: Index) -> float:
 # -- the vocabulary ---------------------------------------------------------------------------
 
 
-WORDS_PARTS = 2  # the recount's parts, counted side by side (disjoint ranges of study books)
+DEFAULT_JOBS = 2  # the machine's cores: loads per big table, and the recount's parts
 
 
 def _book_ranges(parts: int) -> list[str]:
@@ -721,7 +721,7 @@ def _book_ranges(parts: int) -> list[str]:
             for lo, hi in itertools.pairwise(cuts)]
 
 
-async def rebuild_vocabulary(pool: asyncpg.Pool, parts: int = WORDS_PARTS) -> float:
+async def rebuild_vocabulary(pool: asyncpg.Pool, parts: int = DEFAULT_JOBS) -> float:
     """Count every study book's words from its questions, set-based, replacing the vocabulary;
     return the seconds it took.
 
@@ -779,10 +779,10 @@ async def rebuild_vocabulary(pool: asyncpg.Pool, parts: int = WORDS_PARTS) -> fl
     return time.perf_counter() - started
 
 
-async def _rebuild_owed_vocabulary(pool: asyncpg.Pool) -> float:
+async def _rebuild_owed_vocabulary(pool: asyncpg.Pool, parts: int) -> float:
     """The recount this pass owes, then its progress row marked done (a crash in between costs
     one more recount, never a stale vocabulary)."""
-    seconds = await rebuild_vocabulary(pool)
+    seconds = await rebuild_vocabulary(pool, parts)
     async with pool.acquire() as conn:
         await conn.execute(f"UPDATE {PROGRESS_TABLE} SET done = true, updated_at = now() "
                            "WHERE table_name = $1", WORDS)
@@ -791,7 +791,12 @@ async def _rebuild_owed_vocabulary(pool: asyncpg.Pool) -> float:
 
 # -- the run ----------------------------------------------------------------------------------
 
-PARTS = {"users": 1, "study_books": 1, "questions": 2, "typing_logs": 2, "learning_events": 2}
+SMALL = {"users", "study_books"}  # one part each: a user has a book or two, not thousands
+
+
+def part_count(table: str, jobs: int) -> int:
+    """How many parts a fresh pass splits `table` into."""
+    return 1 if table in SMALL else jobs
 
 
 _PLAN = (f"UPDATE {PROGRESS_TABLE} SET after_rowid = $3, until_rowid = $4, first_row = $5, "
@@ -800,8 +805,9 @@ _PLAN = (f"UPDATE {PROGRESS_TABLE} SET after_rowid = $3, until_rowid = $4, first
 
 
 async def _prepare(conn: asyncpg.Connection, source_path: Path, source: str,
-                   restart: bool) -> bool:
-    """Create the bookkeeping tables; start a fresh pass or resume one. True when resuming."""
+                   restart: bool, jobs: int) -> bool:
+    """Create the bookkeeping tables; start a fresh pass or resume one. True when resuming.
+    A resumed pass keeps the parts its first run planned, whatever `jobs` is now."""
     async with conn.transaction():
         # the same lock as the migrations take: one schema change at a time
         await conn.execute("SELECT pg_advisory_xact_lock($1)", migrations.SCHEMA_LOCK)
@@ -811,8 +817,11 @@ async def _prepare(conn: asyncpg.Connection, source_path: Path, source: str,
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
             rows = await conn.fetch(f"SELECT * FROM {PROGRESS_TABLE} ORDER BY table_name, part")
-            planned = {(t, i) for t in ORDER for i in range(PARTS[t])} | {(WORDS, 0)}
-            resumable = (not restart and {(r["table_name"], r["part"]) for r in rows} == planned
+            keys = {(r["table_name"], r["part"]) for r in rows}
+            counts = {t: sum(1 for k in keys if k[0] == t) for t in (*ORDER, WORDS)}
+            resumable = (not restart and keys == {(t, i) for t, n in counts.items()
+                                                  for i in range(n)}
+                         and all(counts.values()) and counts[WORDS] == 1
                          and all(r["source"] == source for r in rows)
                          and not all(r["done"] for r in rows))
             if resumable:
@@ -827,18 +836,20 @@ async def _prepare(conn: asyncpg.Connection, source_path: Path, source: str,
                     # rows already copied count as present
                     await conn.executemany(_PLAN, [
                         (table, p.index, p.after, p.until, p.first_row)
-                        for p in await asyncio.to_thread(plan_parts, src, table, PARTS[table])])
+                        for p in await asyncio.to_thread(plan_parts, src, table, len(mine))])
                 return True
             # a fresh pass checks every row again, so the last pass's findings go
             await conn.execute(f"DELETE FROM {PROGRESS_TABLE}")
             await conn.execute(f"DELETE FROM {REJECTS_TABLE}")
+            planned = {(t, i) for t in ORDER for i in range(part_count(t, jobs))} | {(WORDS, 0)}
             await conn.executemany(
                 f"INSERT INTO {PROGRESS_TABLE} (table_name, part, source) VALUES ($1, $2, $3)",
                 [(t, i, source) for t, i in sorted(planned)])
             for table in ORDER:
                 await conn.executemany(_PLAN, [
                     (table, p.index, p.after, p.until, p.first_row)
-                    for p in await asyncio.to_thread(plan_parts, src, table, PARTS[table])])
+                    for p in await asyncio.to_thread(plan_parts, src, table,
+                                                     part_count(table, jobs))])
     finally:
         src.close()
     return False
@@ -889,8 +900,12 @@ async def run_backfill(
     source_path: Path, dsn: str, *, rejects_path: Path, batch_size: int = DEFAULT_BATCH_SIZE,
     restart: bool = False, progress: Progress | None = None,
     totals: Callable[[dict[str, int]], None] | None = None, analyze: bool = True,
+    jobs: int = DEFAULT_JOBS,
 ) -> BackfillReport:
     """Run (or resume) a backfill pass from `source_path` into the database at `dsn`.
+
+    `jobs`: how many parts of each big table load side by side (a fresh pass's split), and how
+    many parts the vocabulary's recount counts side by side; about the server's cores.
 
     With `analyze`, each table is analyzed once its indexes are built: a bulk load leaves the
     planner without statistics until autovacuum gets to it, and the first searches after a
@@ -905,7 +920,7 @@ async def run_backfill(
         if not await guard.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY + 1):
             raise BackfillRunning("another backfill is running against this database")
         await migrations.upgrade_postgres(dsn)  # the schema, at the newest revision
-        resumed = await _prepare(guard, source_path, source, restart)
+        resumed = await _prepare(guard, source_path, source, restart, jobs)
         await _copy_source_legacy_ids(guard, source_path)
         state = {(r["table_name"], r["part"]): r for r in await guard.fetch(
             f"SELECT * FROM {PROGRESS_TABLE}")}
@@ -934,7 +949,8 @@ async def run_backfill(
                                WORDS, not fast["questions"].on)
         defer_words = not await guard.fetchval(
             f"SELECT done FROM {PROGRESS_TABLE} WHERE table_name = $1", WORDS)
-        pool = await open_pool(dsn, max_size=9, settings=_load_settings(defer_words))
+        # two tables loading, their index builds, the recount's parts
+        pool = await open_pool(dsn, max_size=3 * jobs + 3, settings=_load_settings(defer_words))
         try:
             if totals is not None:
                 counts = await asyncio.to_thread(_source_counts, source_path, state)
@@ -961,7 +977,8 @@ async def run_backfill(
                           for ix in deferrable_indexes() if ix.table == table]
                 index_tasks.extend(builds)
                 if table == "questions" and defer_words:
-                    words_tasks.append(asyncio.ensure_future(_rebuild_owed_vocabulary(pool)))
+                    words_tasks.append(asyncio.ensure_future(
+                        _rebuild_owed_vocabulary(pool, jobs)))
                     builds = [*builds, *words_tasks]
                 if analyze:
                     analyze_tasks.append(asyncio.ensure_future(analyze_after(table, builds)))
@@ -969,7 +986,8 @@ async def run_backfill(
             async def load(table: str) -> None:
                 t0 = time.perf_counter()
                 checker = RowChecker(BY_TABLE[table], rejected)
-                parts = [state[(table, i)] for i in range(PARTS[table])]
+                parts = sorted((r for k, r in state.items() if k[0] == table),
+                               key=lambda r: r["part"])
                 loaders = [
                     PartLoader(Part(table, r["part"], r["after_rowid"], r["until_rowid"],
                                     r["first_row"]), pool, source_path, checker,
