@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.scale import legacy_file  # noqa: E402
-from proxy.migrate.backfill import _select  # noqa: E402
+from proxy.migrate.backfill import source_columns  # noqa: E402
 from proxy.models import BY_TABLE  # noqa: E402
 
 
@@ -47,8 +47,8 @@ def main() -> int:
         entity = BY_TABLE[table]
         figures = []
         for order in ("t.id", "t.rowid"):
-            n, wall, cpu = read(conn, _select(entity, f"true ORDER BY {order} LIMIT ?"),
-                                args.rows)
+            sql = f"SELECT {source_columns(entity)} t ORDER BY {order} LIMIT ?"
+            n, wall, cpu = read(conn, sql, args.rows)
             figures.append((cpu * 1e6 / n, wall * 1e6 / n))
         (id_cpu, id_wall), (row_cpu, row_wall) = figures
         print(f"{table:<16} {id_cpu:7.2f} ({id_wall:5.2f}) {row_cpu:9.2f} ({row_wall:5.2f}) "

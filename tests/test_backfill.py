@@ -445,12 +445,13 @@ def renumber(db: LegacyDB, table: str) -> None:
 async def test_a_resumed_run_copies_every_row_after_the_source_rowids_moved(
         legacy: LegacyDB, pg_dsn: str, tmp_path: Path, gaps: str) -> None:
     """A pass stopped part way, the source's rowids renumbered (gaps closed below the
-    checkpoints, or only above every row a checkpoint names), then resumed: every source row is
-    in PostgreSQL. Only the table whose checkpoints moved is read again."""
+    checkpoints, or only above every row a checkpoint names: rows move, but stay ahead of every
+    checkpoint), then resumed: every source row is in PostgreSQL, and a table is read again only
+    when its checkpoints moved."""
     legacy.bulk(users=4, questions=3000, logs=10, events=10)
     rowids = [r[0] for r in legacy.conn.execute("SELECT rowid FROM questions ORDER BY rowid")]
     # gaps at the start of each part (below the rows its checkpoint will name) or at the end
-    doomed = ([*rowids[5:400], *rowids[1505:1900]] if gaps == "below" else rowids[-300:])
+    doomed = ([*rowids[5:400], *rowids[1505:1900]] if gaps == "below" else rowids[2800:2900])
     legacy.conn.executemany("DELETE FROM questions WHERE rowid = ?", [(r,) for r in doomed])
     read = 0
 
@@ -476,6 +477,18 @@ async def test_a_resumed_run_copies_every_row_after_the_source_rowids_moved(
         assert q.read == len(source) and q.present == 0 and q.inserted == len(source)
 
 
+async def test_rows_whose_rowid_is_zero_or_negative_are_copied(
+        legacy: LegacyDB, pg_dsn: str, tmp_path: Path) -> None:
+    legacy.bulk(users=2, questions=60, logs=10, events=10)
+    # a row's rowid is whatever the application gave it: 0 and negative ones are allowed
+    legacy.conn.execute("UPDATE questions SET rowid = -rowid WHERE rowid % 3 = 0")
+    legacy.conn.execute("UPDATE questions SET rowid = 0 WHERE rowid = 1")
+    report = await backfill(legacy, pg_dsn, tmp_path, batch_size=7, jobs=3)
+    source = {r[0] for r in legacy.conn.execute("SELECT id FROM questions")}
+    loaded = {str(r["id"]) for r in await pg_rows(pg_dsn, "SELECT id FROM questions")}
+    assert loaded == source and report.tables["questions"].read == len(source)
+
+
 async def test_a_pass_keeps_the_parts_it_planned_when_resumed_with_other_jobs(
         legacy: LegacyDB, pg_dsn: str, tmp_path: Path) -> None:
     legacy.bulk(users=4, questions=1500, logs=900, events=600)
@@ -493,7 +506,42 @@ async def test_a_pass_keeps_the_parts_it_planned_when_resumed_with_other_jobs(
         source = {r[0] for r in legacy.conn.execute(f"SELECT id FROM {table}")}
         loaded = {str(r["id"]) for r in await pg_rows(pg_dsn, f"SELECT id FROM {table}")}
         assert loaded == source, table
-        assert report.tables[table].read == len(source), table  # each row read once
+        t = report.tables[table]  # each row read once, none twice
+        assert (t.read, t.inserted, t.present) == (len(source), len(source), 0), table
+    parts = await pg_rows(pg_dsn, "SELECT count(*) AS n FROM cutover_backfill_progress "
+                          "WHERE table_name = 'questions'")
+    assert parts[0]["n"] == 3
+
+
+async def test_a_pass_an_older_version_recorded_is_started_afresh(
+        legacy: LegacyDB, pg_dsn: str, tmp_path: Path) -> None:
+    """Progress rows from before rowid order (id ranges, a part for ids that were not text) say
+    nothing of rowids: resuming them would read nothing. The pass starts again instead."""
+    legacy.bulk(users=3, questions=300, logs=100, events=100)
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute("""CREATE TABLE cutover_backfill_progress (
+            table_name TEXT NOT NULL, part INTEGER NOT NULL, source TEXT NOT NULL,
+            last_id TEXT, done BOOLEAN NOT NULL DEFAULT false,
+            read BIGINT NOT NULL DEFAULT 0, inserted BIGINT NOT NULL DEFAULT 0,
+            present BIGINT NOT NULL DEFAULT 0, skipped BIGINT NOT NULL DEFAULT 0,
+            rejected BIGINT NOT NULL DEFAULT 0, changed BIGINT NOT NULL DEFAULT 0,
+            updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY (table_name, part))""")
+        old = [("users", 2), ("study_books", 2), ("questions", 3), ("typing_logs", 3),
+               ("learning_events", 3), ("cutover_search_words", 1)]
+        await conn.executemany(
+            "INSERT INTO cutover_backfill_progress (table_name, part, source, last_id, done) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            [(t, i, str(legacy.path.resolve()), "8", t in ("users", "study_books"))
+             for t, n in old for i in range(n)])
+    finally:
+        await conn.close()
+    report = await backfill(legacy, pg_dsn, tmp_path)
+    assert not report.resumed
+    for table in ("users", "study_books", "questions", "typing_logs", "learning_events"):
+        source = {r[0] for r in legacy.conn.execute(f"SELECT id FROM {table}")}
+        loaded = {str(r["id"]) for r in await pg_rows(pg_dsn, f"SELECT id FROM {table}")}
+        assert loaded == source, table
 
 
 def _raise(exc: type[Exception]) -> None:

@@ -84,6 +84,7 @@ CREATE TABLE IF NOT EXISTS {PROGRESS_TABLE} (
     table_name TEXT NOT NULL,
     part INTEGER NOT NULL,
     source TEXT NOT NULL,
+    read_by TEXT,
     after_rowid BIGINT,
     until_rowid BIGINT,
     first_row TEXT,
@@ -111,10 +112,11 @@ CREATE TABLE IF NOT EXISTS {REJECTS_TABLE} (
     at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS idx_{REJECTS_TABLE}_mapped ON {REJECTS_TABLE} (table_name, mapped_id);
--- a progress table from before rowid order (its rows are only ever replaced by a fresh pass)
-ALTER TABLE {PROGRESS_TABLE} ADD COLUMN IF NOT EXISTS after_rowid BIGINT,
-    ADD COLUMN IF NOT EXISTS until_rowid BIGINT, ADD COLUMN IF NOT EXISTS first_row TEXT,
-    ADD COLUMN IF NOT EXISTS last_row TEXT;
+-- a progress table from before rowid order: its rows say nothing in read_by, so a pass it
+-- recorded is not resumed but started afresh
+ALTER TABLE {PROGRESS_TABLE} ADD COLUMN IF NOT EXISTS read_by TEXT,
+    ADD COLUMN IF NOT EXISTS after_rowid BIGINT, ADD COLUMN IF NOT EXISTS until_rowid BIGINT,
+    ADD COLUMN IF NOT EXISTS first_row TEXT, ADD COLUMN IF NOT EXISTS last_row TEXT;
 """
 
 
@@ -187,15 +189,27 @@ def open_source(path: Path) -> sqlite3.Connection:
     if missing:
         conn.close()
         raise BadSource(f"--from {path}: not a legacy app.db (no table {missing[0]})")
+    for table in ORDER:  # the backfill pages by rowid: it must be the table's own
+        try:
+            conn.execute(f"SELECT rowid FROM {table} LIMIT 0")  # fails WITHOUT ROWID
+            shadowed = conn.execute("SELECT count(*) FROM pragma_table_info(?) "
+                                    "WHERE name = 'rowid'", (table,)).fetchone()[0]
+        except sqlite3.OperationalError:
+            shadowed = True
+        if shadowed:
+            conn.close()
+            raise BadSource(f"--from {path}: table {table} has no rowid of its own "
+                            "(WITHOUT ROWID, or a column named rowid)")
     return conn
 
 
-def _select(entity: Entity, where: str) -> str:
-    """The source query: the seed's columns, one parent-exists flag per reference, the rowid."""
+def source_columns(entity: Entity) -> str:
+    """What the source query reads (`... FROM table`, aliased t after it): the seed's columns,
+    one parent-exists flag per reference, the rowid."""
     cols = [f"t.{c}" for c in entity.column_names]
     flags = [f"EXISTS (SELECT 1 FROM {c.references} p WHERE p.id = t.{c.name})"
              for c in entity.columns if c.references]
-    return f"SELECT {', '.join(cols + flags)}, t.rowid FROM {entity.table} t WHERE {where}"
+    return f"{', '.join(cols + flags)}, t.rowid FROM {entity.table}"
 
 
 def row_mark(rowid: int, row_id: Any) -> str:
@@ -419,23 +433,33 @@ class Part:
 
     table: str
     index: int
-    after: int  # the rowid the part starts after
+    after: int | None  # the rowid the part starts after; None: from the first (rowids may be < 0)
     until: int | None  # its last rowid; None: to the end
     first_row: str | None  # `row_mark` of its first row when planned; None: it had none
 
 
 def plan_parts(source: sqlite3.Connection, table: str, n: int) -> list[Part]:
     """`n` rowid ranges of equal width over the table as it is now, each with its first row."""
-    top = source.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0] or 0
-    cuts = [0, *(top * i // n for i in range(1, n))]
+    low, top = source.execute(f"SELECT min(rowid), max(rowid) FROM {table}").fetchone()
+    low, top = (low, top) if low is not None else (1, 0)
+    cuts: list[int | None] = [None, *(low - 1 + (top - low + 1) * i // n for i in range(1, n))]
     parts = []
     for i, after in enumerate(cuts):
         until = cuts[i + 1] if i + 1 < n else None
-        first = _fetch(source, f"SELECT rowid, id FROM {table} WHERE rowid > ? "
-                       "ORDER BY rowid LIMIT 1", (after,))
+        first = _fetch(source, *_rows_after(f"rowid, id FROM {table}", after, 1,
+                                            "" if until is None else f" AND t.rowid <= {until:d}"))
         parts.append(Part(table, i, after, until,
                           row_mark(*first[0]) if first else None))
     return parts
+
+
+def _rows_after(select: str, after: int | None, limit: int, until: str = ""
+                ) -> tuple[str, tuple[int, ...]]:
+    """`SELECT {select}` of the `limit` rows after rowid `after` (None: from the first), in
+    rowid order, and its parameters."""
+    where = "true" if after is None else "t.rowid > ?"
+    return (f"SELECT {select} t WHERE {where}{until} ORDER BY t.rowid LIMIT ?",
+            (limit,) if after is None else (after, limit))
 
 
 def parts_hold(source: sqlite3.Connection, parts: Sequence[Part],
@@ -478,11 +502,11 @@ class PartLoader:
     async def _run(self, source: sqlite3.Connection, last_row: str | None) -> None:
         p = self.part
         until = "" if p.until is None else f" AND t.rowid <= {p.until:d}"
-        sql = _select(self.entity, f"t.rowid > ?{until} ORDER BY t.rowid LIMIT ?")
+        columns = source_columns(self.entity)
 
-        def read(after: int) -> asyncio.Future[list[Any]]:
-            return asyncio.ensure_future(
-                asyncio.to_thread(_fetch, source, sql, (after, self.batch_size)))
+        def read(after: int | None) -> asyncio.Future[list[Any]]:
+            sql, params = _rows_after(columns, after, self.batch_size, until)
+            return asyncio.ensure_future(asyncio.to_thread(_fetch, source, sql, params))
 
         pending = read(p.after if last_row is None else int(last_row.split(" ", 1)[0]))
         while True:
@@ -799,9 +823,10 @@ def part_count(table: str, jobs: int) -> int:
     return 1 if table in SMALL else jobs
 
 
-_PLAN = (f"UPDATE {PROGRESS_TABLE} SET after_rowid = $3, until_rowid = $4, first_row = $5, "
-         "last_row = NULL, done = false, read = 0, inserted = 0, present = 0, skipped = 0, "
-         "rejected = 0, changed = 0, updated_at = now() WHERE table_name = $1 AND part = $2")
+_PLAN = (f"UPDATE {PROGRESS_TABLE} SET read_by = 'rowid', after_rowid = $3, until_rowid = $4, "
+         "first_row = $5, last_row = NULL, done = false, read = 0, inserted = 0, present = 0, "
+         "skipped = 0, rejected = 0, changed = 0, updated_at = now() "
+         "WHERE table_name = $1 AND part = $2")
 
 
 async def _prepare(conn: asyncpg.Connection, source_path: Path, source: str,
@@ -822,6 +847,8 @@ async def _prepare(conn: asyncpg.Connection, source_path: Path, source: str,
             resumable = (not restart and keys == {(t, i) for t, n in counts.items()
                                                   for i in range(n)}
                          and all(counts.values()) and counts[WORDS] == 1
+                         and all(r["read_by"] == "rowid" for r in rows
+                                 if r["table_name"] != WORDS)
                          and all(r["source"] == source for r in rows)
                          and not all(r["done"] for r in rows))
             if resumable:
@@ -832,8 +859,11 @@ async def _prepare(conn: asyncpg.Connection, source_path: Path, source: str,
                     if all(r["done"] for r in mine) or await asyncio.to_thread(
                             parts_hold, src, parts, [r["last_row"] for r in mine]):
                         continue
-                    # its rowids moved (a VACUUM): the table is read again from the start; the
-                    # rows already copied count as present
+                    # its rowids moved (the file dumped and restored, the table rebuilt): it is
+                    # read again from the start, the rows already copied found present, and
+                    # reported again
+                    await conn.execute(f"DELETE FROM {REJECTS_TABLE} WHERE table_name = $1",
+                                       table)
                     await conn.executemany(_PLAN, [
                         (table, p.index, p.after, p.until, p.first_row)
                         for p in await asyncio.to_thread(plan_parts, src, table, len(mine))])
@@ -910,6 +940,8 @@ async def run_backfill(
     With `analyze`, each table is analyzed once its indexes are built: a bulk load leaves the
     planner without statistics until autovacuum gets to it, and the first searches after a
     cutover would be planned on guesses (pgcopydb does the same after its copy)."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, not {jobs}")
     started = time.perf_counter()
     open_source(source_path).close()  # fail early, with one line, on a bad file
     source = str(await asyncio.to_thread(source_path.resolve))
