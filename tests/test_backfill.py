@@ -489,6 +489,33 @@ async def test_rows_whose_rowid_is_zero_or_negative_are_copied(
     assert loaded == source and report.tables["questions"].read == len(source)
 
 
+async def test_a_failing_batch_never_closes_the_source_under_a_read(
+        legacy: LegacyDB, pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A part reads its next batch while it writes the last one. When the write (here the
+    progress callback) fails, the connection must outlive that read: closed under it, SQLite
+    crashed the whole process (a segfault, once in a few runs of the suite)."""
+    import proxy.migrate.backfill as bf
+
+    legacy.bulk(users=2, questions=400, logs=10, events=10)
+    closed_under_read: list[str] = []
+    fetch = bf._fetch
+
+    def slow_fetch(conn: sqlite3.Connection, sql: str, params: Any) -> list[Any]:
+        time.sleep(0.2)  # still reading when the batch before fails
+        try:
+            return fetch(conn, sql, params)
+        except sqlite3.ProgrammingError:  # "Cannot operate on a closed database"
+            closed_under_read.append(sql)
+            raise
+
+    monkeypatch.setattr(bf, "_fetch", slow_fetch)
+    with pytest.raises(Stop):
+        await backfill(legacy, pg_dsn, tmp_path, batch_size=50,
+                       progress=lambda table, n: _raise(Stop) if table == "questions" else None)
+    await asyncio.sleep(0.5)  # any read left running ends meanwhile
+    assert closed_under_read == []
+
+
 async def test_a_pass_keeps_the_parts_it_planned_when_resumed_with_other_jobs(
         legacy: LegacyDB, pg_dsn: str, tmp_path: Path) -> None:
     legacy.bulk(users=4, questions=1500, logs=900, events=600)

@@ -490,6 +490,7 @@ class PartLoader:
         self.cols = list(self.entity.column_names)
         self.required = [c for c in self.entity.columns if c.references and not c.nullable]
         self.optional = [c for c in self.entity.columns if c.references and c.nullable]
+        self.reading: asyncio.Future[list[Any]] | None = None  # the batch read ahead
 
     async def run(self, last_row: str | None) -> None:
         """Copy the part from after `last_row` (its checkpoint; None: from its start)."""
@@ -497,6 +498,10 @@ class PartLoader:
         try:
             await self._run(source, last_row)
         finally:
+            if self.reading is not None and not self.reading.done():
+                # a batch read ahead is still running on the connection: closing it under the
+                # read crashed the whole process (a segfault, not an exception)
+                await asyncio.wait([self.reading])
             source.close()
 
     async def _run(self, source: sqlite3.Connection, last_row: str | None) -> None:
@@ -506,7 +511,8 @@ class PartLoader:
 
         def read(after: int | None) -> asyncio.Future[list[Any]]:
             sql, params = _rows_after(columns, after, self.batch_size, until)
-            return asyncio.ensure_future(asyncio.to_thread(_fetch, source, sql, params))
+            self.reading = asyncio.ensure_future(asyncio.to_thread(_fetch, source, sql, params))
+            return self.reading
 
         pending = read(p.after if last_row is None else int(last_row.split(" ", 1)[0]))
         while True:
