@@ -37,6 +37,7 @@ from proxy.stores import postgres_schema
 from proxy.stores.base import Mutation
 from proxy.stores.postgres import PostgresStore
 from proxy.stores.sqlite_schema import LEGACY_SCHEMA
+from tests.test_backfill_parts import renumber
 
 pytestmark = pytest.mark.slow  # see pyproject.toml's markers
 
@@ -429,18 +430,6 @@ class Stop(Exception):
     pass
 
 
-def renumber(db: LegacyDB, table: str) -> None:
-    """What a VACUUM that renumbers does to a table without an INTEGER PRIMARY KEY: the same
-    rows, in the same order, with rowids 1..N (the gaps below a row closed)."""
-    db.conn.executescript(f"""
-        BEGIN;
-        CREATE TEMP TABLE kept AS SELECT * FROM {table} ORDER BY rowid;
-        DELETE FROM {table};
-        INSERT INTO {table} SELECT * FROM kept ORDER BY rowid;
-        DROP TABLE kept;
-        COMMIT;""")
-
-
 @pytest.mark.parametrize("gaps", ["below", "above"])
 async def test_a_resumed_run_copies_every_row_after_the_source_rowids_moved(
         legacy: LegacyDB, pg_dsn: str, tmp_path: Path, gaps: str) -> None:
@@ -464,7 +453,7 @@ async def test_a_resumed_run_copies_every_row_after_the_source_rowids_moved(
     with pytest.raises(Stop):
         await backfill(legacy, pg_dsn, tmp_path, batch_size=100,
                        progress=stop_after_some_questions)
-    renumber(legacy, "questions")
+    renumber(legacy.conn, "questions")
     report = await backfill(legacy, pg_dsn, tmp_path, batch_size=100)
     assert report.resumed
     source = {r[0] for r in legacy.conn.execute("SELECT id FROM questions")}
