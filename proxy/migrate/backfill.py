@@ -30,8 +30,8 @@ users X missing"); a nullable one (typing_logs.question_id) lands as NULL, repor
 repository deleted after dual writes began takes its children with it, as ON DELETE would have.
 
 Speed: parents load before children (users, study_books, questions, typing_logs) while
-learning_events, which has no parent, loads beside them; big tables load as two rowid ranges at
-once.
+learning_events, which has no parent, loads beside them; big tables load as `jobs` rowid ranges
+at once.
 A table empty at the start has its secondary and search indexes dropped and built once it is
 loaded, beside the tables still loading; a table holding rows keeps them (live searches may be
 using them).
