@@ -76,7 +76,7 @@ from bench.backfill import (  # noqa: E402
 )
 from bench.corpus import misspell  # noqa: E402
 from bench.seed_schema import seed_ddl  # noqa: E402
-from proxy.migrate.backfill import rebuild_vocabulary  # noqa: E402
+from proxy.migrate.backfill import DEFAULT_JOBS, rebuild_vocabulary  # noqa: E402
 from proxy.models import BY_TABLE  # noqa: E402
 from proxy.stores import postgres_schema  # noqa: E402
 
@@ -569,7 +569,7 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path,
                         default=Path(tempfile.gettempdir()) / "cutover-scale")
     parser.add_argument("--maintenance-workers", type=int)
-    parser.add_argument("--jobs", type=int, default=2,
+    parser.add_argument("--jobs", type=int, default=DEFAULT_JOBS,
                         help="the backfill's --jobs, and the lower bound's recount parts")
     parser.add_argument("--cpus", type=int,
                         help="run everything (server, backfill, pgloader) on the first N CPUs")

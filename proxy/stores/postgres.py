@@ -53,9 +53,9 @@ MAX_FUZZY_WORDS = 8  # queries of more distinct words get the full-text branch o
 FUZZY_FIXES = 5  # corrections per query word, from the vocabulary
 # A user with at most this many questions is searched by reading them all (3,330 in 3.3 ms from
 # shared buffers; a search about 20 ms when they come from the OS's cache: bench/search_plans.py)
-# rather than through the full-text index,
-# whose cost follows every user's matches (`_users_questions`). Each process counts a user's
-# questions again after USER_SIZE_TTL_S: the choice only needs the order of magnitude.
+# rather than through the full-text index, whose cost follows every user's matches
+# (`_users_questions`). Each process counts a user's questions again after USER_SIZE_TTL_S: the
+# choice only needs the order of magnitude.
 SCAN_USER_QUESTIONS = 10_000
 USER_SIZE_TTL_S = 60.0
 USER_SIZES_KEPT = 10_000  # users whose size a process remembers (forgotten all at once)
@@ -602,12 +602,11 @@ def _users_questions(scan: bool) -> str:
     return f"FROM questions q WHERE {_in_users_books('$3')}"
 
 
-def _users_words() -> str:
-    """The vocabulary of the user $3's books as `v`, book by book: the trigram index leads
-    with `study_book_id` (btree_gin), so each lookup reads the user's words only. Given the
-    books as an array, the generic plan ANDed the trigram matches of every user's vocabulary
-    with the books' key (6.5 ms a word on 1,000 books; 0.1 ms book by book)."""
-    return "study_books b JOIN cutover_search_words v ON v.study_book_id = b.id"
+# The vocabulary of a user's books as `v` (the caller names the user: `b.user_id = $3`), book by
+# book: the trigram index leads with `study_book_id` (btree_gin), so each lookup reads the user's
+# words only. Given the books as an array, the generic plan ANDed the trigram matches of every
+# user's vocabulary with the books' key (6.5 ms a word on 1,000 books; 0.1 ms book by book).
+_USERS_WORDS = "study_books b JOIN cutover_search_words v ON v.study_book_id = b.id"
 
 
 def _fts_cte(scan: bool) -> str:
@@ -652,7 +651,7 @@ def _fuzzy_ctes(scan: bool) -> str:
         "FROM words CROSS JOIN LATERAL (SELECT v.word, row_number() OVER (ORDER BY "
         "levenshtein(words.w, v.word), word_similarity(words.w, v.word) DESC, "
         "similarity(words.w, v.word) DESC, v.word) "
-        f"AS rank FROM (SELECT DISTINCT v.word FROM {_users_words()} "
+        f"AS rank FROM (SELECT DISTINCT v.word FROM {_USERS_WORDS} "
         "WHERE b.user_id = $3 AND words.w <% v.word "
         "AND levenshtein(words.w, v.word) <= greatest(2, length(words.w) / 2)) v "
         f"ORDER BY rank LIMIT {FUZZY_FIXES}) f), "
