@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from proxy.errors import BadSource
-from proxy.migrate.backfill import Part, open_source, parts_hold, plan_parts, row_mark
+from proxy.migrate.backfill import (
+    Part,
+    _nothing_slid,
+    open_source,
+    parts_hold,
+    plan_parts,
+    row_mark,
+)
 from proxy.stores.sqlite_schema import LEGACY_SCHEMA
 
 
@@ -101,3 +108,31 @@ def test_a_table_without_a_rowid_of_its_own_is_refused_in_one_line(
     conn.close()
     with pytest.raises(BadSource, match="learning_events has no rowid of its own"):
         open_source(path)
+
+
+def read_rows(conn: sqlite3.Connection, lo: int, hi: int) -> list[tuple[int, str]]:
+    return conn.execute("SELECT rowid, id FROM learning_events WHERE rowid BETWEEN ? AND ? "
+                        "ORDER BY rowid", (lo, hi)).fetchall()
+
+
+@pytest.mark.parametrize(("deleted", "renumbered", "slid"), [
+    ((), False, False),
+    ((20,), False, False),  # the row read last deleted by the application: no sign of a move
+    ((15, 18, 20), False, False),
+    ((15, 18, 20), True, True),  # rows above slid into the gap the deletes left
+    ((5,), True, True),  # a gap below the rows read last: every one of them moved
+    ((30, 40), True, False),  # gaps above: the unread rows move, but stay unread
+    (tuple(range(11, 21)), False, False),  # all read last deleted, nothing can tell...
+])
+def test_a_running_part_tells_rows_sliding_below_it_from_deletes(
+        tmp_path: Path, deleted: tuple[int, ...], renumbered: bool, slid: bool) -> None:
+    """A part has read rows 11-20 and reads on after 20. Deletes through the application leave
+    gaps; a renumbering closes them, moving every row above the lowest gap down."""
+    conn = source(tmp_path, list(range(1, 51)))
+    read_last = read_rows(conn, 11, 20)
+    conn.executemany("DELETE FROM learning_events WHERE rowid = ?", [(r,) for r in deleted])
+    if renumbered:
+        renumber(conn, "learning_events")
+    holds = _nothing_slid(conn, "learning_events", read_last)
+    # ...then it says moved: reading the table again costs time, never a row
+    assert holds == (not slid and len(deleted) < len(read_last))

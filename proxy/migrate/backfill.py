@@ -4,7 +4,8 @@ A batch lands in one PostgreSQL transaction that also moves its checkpoint, so a
 point resumes with no gap and no duplicate:
 - rows are read from the source (opened read-only) in rowid order, with a flag per reference
   saying whether the parent exists in the source; a resumed pass first checks that the rowids it
-  planned and reached still name the same rows (`parts_hold`), else reads that table again;
+  planned and reached still name the same rows (`parts_hold`), and every read that the rows
+  before it kept theirs (`_nothing_slid`); renumbered (a VACUUM may), the table is read again;
 - every value is checked against its target column (`proxy.legacy.column_check`). A row with any
   problem is rejected whole and each problem is reported; a value that lands changed (a REAL
   rounded to the column's scale, sub-microsecond digits dropped, an orphan reference set to NULL)
@@ -40,6 +41,7 @@ using them).
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import re
@@ -225,6 +227,41 @@ def _mark_holds(source: sqlite3.Connection, table: str, mark: str | None) -> boo
     rowid = int(mark.split(" ", 1)[0])
     rows = _fetch(source, f"SELECT id FROM {table} WHERE rowid = ?", (rowid,))
     return bool(rows) and row_mark(rowid, rows[0][0]) == mark
+
+
+class RowidsMoved(Exception):
+    """A row a running pass reached no longer has its rowid: the table's rowids were renumbered
+    under it (a VACUUM, the table rebuilt), so rows may have slid below a checkpoint unread."""
+
+
+def _nothing_slid(source: sqlite3.Connection, table: str,
+                  read_last: Sequence[tuple[int, Any]]) -> bool:
+    """Whether no unread row has slid down to or below the last of `read_last` (the rowids and
+    ids of the rows read last, in rowid order). Deletes through the application are no sign:
+    the highest of them still there must keep its rowid (renumbering keeps the order, so no
+    row went below it), and no row may stand between it and the last (those were deleted)."""
+    top = read_last[-1][0]
+    for rowid, row_id in reversed(read_last):
+        now = _fetch(source, f"SELECT id FROM {table} WHERE rowid = ?", (rowid,))
+        if not now:
+            continue  # deleted, or slid down: then it stands in the gap looked at below
+        return now[0][0] == row_id and (rowid == top or not _fetch(
+            source, f"SELECT 1 FROM {table} WHERE rowid > ? AND rowid <= ? LIMIT 1",
+            (rowid, top)))
+    return False  # every row read last is gone: nothing to tell by
+
+
+def _read_checked(source: sqlite3.Connection, check: Callable[[], bool], sql: str,
+                  params: Sequence[Any]) -> list[Any]:
+    """`sql`'s rows, read in one snapshot with `check` (that the rows read before kept their
+    rowids); `RowidsMoved` when it fails."""
+    source.execute("BEGIN")
+    try:
+        if not check():
+            raise RowidsMoved
+        return _fetch(source, sql, params)
+    finally:
+        source.execute("COMMIT")
 
 
 def _fetch(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
@@ -467,10 +504,15 @@ def parts_hold(source: sqlite3.Connection, parts: Sequence[Part],
     """Whether a resumed pass may trust the rowids its parts planned and reached. A VACUUM
     that renumbers rowids closes the gaps below a row and moves every row above the lowest gap
     down, keeping their order; so if each part's first row and last row read still have their
-    rowids, no row crossed a part's bounds or its checkpoint."""
-    return all(_mark_holds(source, p.table, mark)
-               for p, last in zip(parts, checkpoints, strict=True)
-               for mark in (p.first_row, last))
+    rowids, no row crossed a part's bounds or its checkpoint. (A running pass checks as it reads:
+    `_nothing_slid`.)"""
+    source.execute("BEGIN")
+    try:
+        return all(_mark_holds(source, p.table, mark)
+                   for p, last in zip(parts, checkpoints, strict=True)
+                   for mark in (p.first_row, last))
+    finally:
+        source.execute("COMMIT")
 
 
 class PartLoader:
@@ -478,7 +520,7 @@ class PartLoader:
 
     def __init__(self, part: Part, pool: asyncpg.Pool, source_path: Path,
                  checker: RowChecker, *, batch_size: int, fast: FastPath,
-                 progress: Progress) -> None:
+                 progress: Progress, moved: asyncio.Event) -> None:
         self.part = part
         self.entity = BY_TABLE[part.table]
         self.pool = pool
@@ -491,6 +533,7 @@ class PartLoader:
         self.required = [c for c in self.entity.columns if c.references and not c.nullable]
         self.optional = [c for c in self.entity.columns if c.references and c.nullable]
         self.reading: asyncio.Future[list[Any]] | None = None  # the batch read ahead
+        self.moved = moved  # set by the table's first part to find its rowids renumbered
 
     async def run(self, last_row: str | None) -> None:
         """Copy the part from after `last_row` (its checkpoint; None: from its start)."""
@@ -498,10 +541,12 @@ class PartLoader:
         try:
             await self._run(source, last_row)
         finally:
-            if self.reading is not None and not self.reading.done():
-                # a batch read ahead is still running on the connection: closing it under the
-                # read crashed the whole process (a segfault, not an exception)
+            if self.reading is not None:
+                # a batch read ahead may still be running on the connection: closing it under
+                # the read crashed the whole process (a segfault, not an exception)
                 await asyncio.wait([self.reading])
+                if not self.reading.cancelled():
+                    self.reading.exception()  # a read ahead left unused: its outcome is moot
             source.close()
 
     async def _run(self, source: sqlite3.Connection, last_row: str | None) -> None:
@@ -509,22 +554,32 @@ class PartLoader:
         until = "" if p.until is None else f" AND t.rowid <= {p.until:d}"
         columns = source_columns(self.entity)
 
-        def read(after: int | None) -> asyncio.Future[list[Any]]:
+        def read(after: int | None, check: Callable[[], bool]) -> asyncio.Future[list[Any]]:
+            # each read checks, in its snapshot, that the rows before it kept their rowids
             sql, params = _rows_after(columns, after, self.batch_size, until)
-            self.reading = asyncio.ensure_future(asyncio.to_thread(_fetch, source, sql, params))
+            self.reading = asyncio.ensure_future(asyncio.to_thread(
+                _read_checked, source, check, sql, params))
             return self.reading
 
-        pending = read(p.after if last_row is None else int(last_row.split(" ", 1)[0]))
-        while True:
-            raw = await pending
+        start = last_row or p.first_row  # where a pass planned or left the part
+        pending = read(p.after if last_row is None else int(last_row.split(" ", 1)[0]),
+                       lambda: _mark_holds(source, p.table, start))
+        while not self.moved.is_set():
+            try:
+                raw = await pending
+            except RowidsMoved:
+                self.moved.set()  # the table is read again from its start (`load`)
+                return
             if not raw:
-                break
+                await self._write(Batch(), 0, None, done=True)
+                return
             last = raw[-1]
-            pending = read(last[-1])  # read the next batch while this one is checked and written
+            # the next batch, read while this one is written
+            pending = read(last[-1], functools.partial(_nothing_slid, source, p.table,
+                                                       [(r[-1], r[0]) for r in raw]))
             batch = await asyncio.to_thread(self.checker.check, raw)
             await self._write(batch, len(raw), row_mark(last[-1], last[0]))
             self.progress(self.entity.table, len(raw))
-        await self._write(Batch(), 0, None, done=True)
 
     async def _write(self, batch: Batch, read: int, last_row: str | None,
                      *, done: bool = False) -> None:
@@ -821,6 +876,7 @@ async def _rebuild_owed_vocabulary(pool: asyncpg.Pool, parts: int) -> float:
 
 # -- the run ----------------------------------------------------------------------------------
 
+MAX_REREADS = 3  # a table whose rowids keep moving under the pass fails it instead
 SMALL = {"users", "study_books"}  # one part each: a user has a book or two, not thousands
 
 
@@ -833,6 +889,16 @@ _PLAN = (f"UPDATE {PROGRESS_TABLE} SET read_by = 'rowid', after_rowid = $3, unti
          "first_row = $5, last_row = NULL, done = false, read = 0, inserted = 0, present = 0, "
          "skipped = 0, rejected = 0, changed = 0, updated_at = now() "
          "WHERE table_name = $1 AND part = $2")
+
+
+async def _replan(conn: asyncpg.Connection, src: sqlite3.Connection, table: str,
+                  n: int) -> None:
+    """Read `table` again from its start in `n` parts: its rowids moved (the file dumped and
+    restored, the table rebuilt, a VACUUM). The rows already copied are found present; what
+    was reported of them is reported again, so the last report goes."""
+    await conn.execute(f"DELETE FROM {REJECTS_TABLE} WHERE table_name = $1", table)
+    await conn.executemany(_PLAN, [(table, p.index, p.after, p.until, p.first_row)
+                                   for p in await asyncio.to_thread(plan_parts, src, table, n)])
 
 
 async def _prepare(conn: asyncpg.Connection, source_path: Path, source: str,
@@ -862,17 +928,9 @@ async def _prepare(conn: asyncpg.Connection, source_path: Path, source: str,
                     mine = [r for r in rows if r["table_name"] == table]
                     parts = [Part(table, r["part"], r["after_rowid"], r["until_rowid"],
                                   r["first_row"]) for r in mine]
-                    if all(r["done"] for r in mine) or await asyncio.to_thread(
+                    if not all(r["done"] for r in mine) and not await asyncio.to_thread(
                             parts_hold, src, parts, [r["last_row"] for r in mine]):
-                        continue
-                    # its rowids moved (the file dumped and restored, the table rebuilt): it is
-                    # read again from the start, the rows already copied found present, and
-                    # reported again
-                    await conn.execute(f"DELETE FROM {REJECTS_TABLE} WHERE table_name = $1",
-                                       table)
-                    await conn.executemany(_PLAN, [
-                        (table, p.index, p.after, p.until, p.first_row)
-                        for p in await asyncio.to_thread(plan_parts, src, table, len(mine))])
+                        await _replan(conn, src, table, len(mine))
                 return True
             # a fresh pass checks every row again, so the last pass's findings go
             await conn.execute(f"DELETE FROM {PROGRESS_TABLE}")
@@ -1021,20 +1079,43 @@ async def run_backfill(
                 if analyze:
                     analyze_tasks.append(asyncio.ensure_future(analyze_after(table, builds)))
 
-            async def load(table: str) -> None:
-                t0 = time.perf_counter()
-                checker = RowChecker(BY_TABLE[table], rejected)
-                parts = sorted((r for k, r in state.items() if k[0] == table),
-                               key=lambda r: r["part"])
+            async def read_parts(table: str, checker: RowChecker) -> bool:
+                """Copy the table's parts not done yet; False when its rowids were renumbered
+                meanwhile (rows may have slid below a checkpoint unread)."""
+                moved = asyncio.Event()
                 loaders = [
                     PartLoader(Part(table, r["part"], r["after_rowid"], r["until_rowid"],
                                     r["first_row"]), pool, source_path, checker,
                                batch_size=batch_size, fast=fast[table],
-                               progress=progress or _no_progress)
-                    for r in parts if not r["done"]
+                               progress=progress or _no_progress, moved=moved)
+                    for k, r in sorted(state.items()) if k[0] == table and not r["done"]
                 ]
                 await asyncio.gather(*(ld.run(state[(table, ld.part.index)]["last_row"])
                                        for ld in loaders))
+                return not moved.is_set()
+
+            async def load(table: str) -> None:
+                t0 = time.perf_counter()
+                checker = RowChecker(BY_TABLE[table], rejected)
+                for attempt in itertools.count(1):
+                    if await read_parts(table, checker):
+                        break
+                    if attempt == MAX_REREADS:
+                        raise BadSource(
+                            f"--from {source_path}: the rowids of {table} were renumbered "
+                            f"{attempt} times while it was read (a VACUUM, the table rebuilt?); "
+                            "run the backfill again once that has stopped: it resumes")
+                    # renumbered under the run: read again from the start
+                    async with pool.acquire() as conn, conn.transaction():
+                        src = await asyncio.to_thread(open_source, source_path)
+                        try:
+                            await _replan(conn, src, table,
+                                          sum(1 for k in state if k[0] == table))
+                        finally:
+                            src.close()
+                        for r in await conn.fetch(
+                                f"SELECT * FROM {PROGRESS_TABLE} WHERE table_name = $1", table):
+                            state[(table, r["part"])] = r
                 # also after a staged load: an earlier run cut short may have copied rows unchecked
                 await check_references(pool, BY_TABLE[table])
                 await sweep_tombstoned(pool, BY_TABLE[table])
