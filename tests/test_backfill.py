@@ -532,11 +532,14 @@ async def test_rows_whose_rowid_is_zero_or_negative_are_copied(
     assert loaded == source and report.tables["questions"].read == len(source)
 
 
+@pytest.mark.parametrize("ends", ["failing", "cancelled planning", "cancelled loading"])
 async def test_a_failing_batch_never_closes_the_source_under_a_read(
-        legacy: LegacyDB, pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        legacy: LegacyDB, pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        ends: str) -> None:
     """A part reads its next batch while it writes the last one. When the write (here the
-    progress callback) fails, the connection must outlive that read: closed under it, SQLite
-    crashed the whole process (a segfault, once in a few runs of the suite)."""
+    progress callback) fails, or the pass is cancelled (Ctrl-C: the task is, the reading
+    thread is not), the connection must outlive that read: closed under it, SQLite crashed
+    the whole process (a segfault, once in a few runs of the suite)."""
     import proxy.migrate.backfill as bf
 
     legacy.bulk(users=2, questions=400, logs=10, events=10)
@@ -552,9 +555,16 @@ async def test_a_failing_batch_never_closes_the_source_under_a_read(
             raise
 
     monkeypatch.setattr(bf, "_fetch", slow_fetch)
-    with pytest.raises(Stop):
-        await backfill(legacy, pg_dsn, tmp_path, batch_size=50,
-                       progress=lambda table, n: _raise(Stop) if table == "questions" else None)
+    if ends == "failing":
+        with pytest.raises(Stop):
+            await backfill(legacy, pg_dsn, tmp_path, batch_size=50, progress=lambda table, n:
+                           _raise(Stop) if table == "questions" else None)
+    else:
+        run = asyncio.ensure_future(backfill(legacy, pg_dsn, tmp_path, batch_size=50))
+        await asyncio.sleep(0.7 if ends == "cancelled planning" else 3.5)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
     await asyncio.sleep(0.5)  # any read left running ends meanwhile
     assert closed_under_read == []
 

@@ -5,7 +5,8 @@ point resumes with no gap and no duplicate:
 - rows are read from the source (opened read-only) in rowid order, with a flag per reference
   saying whether the parent exists in the source; a resumed pass first checks that the rowids it
   planned and reached still name the same rows (`parts_hold`), and every read that the rows
-  before it kept theirs (`_nothing_slid`); renumbered (a VACUUM may), the table is read again;
+  before it ends where those rows still stand (`_go_on_after`): rowids renumbered (a VACUUM
+  may) lose no row, and when they cannot be trusted the table is read again;
 - every value is checked against its target column (`proxy.legacy.column_check`). A row with any
   problem is rejected whole and each problem is reported; a value that lands changed (a REAL
   rounded to the column's scale, sub-microsecond digits dropped, an orphan reference set to NULL)
@@ -41,7 +42,7 @@ using them).
 from __future__ import annotations
 
 import asyncio
-import functools
+import concurrent.futures
 import itertools
 import json
 import re
@@ -50,7 +51,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -68,6 +69,7 @@ from proxy.legacy import (
 from proxy.models import BY_TABLE, ENTITIES, Entity, Kind
 from proxy.stores import migrations, postgres_schema
 
+T = TypeVar("T")
 DEFAULT_BATCH_SIZE = 2000  # rows per transaction; a 2000-row batch of questions is ~3 MB
 REJECTS_TABLE = "cutover_backfill_rejects"
 PROGRESS_TABLE = "cutover_backfill_progress"
@@ -229,37 +231,55 @@ def _mark_holds(source: sqlite3.Connection, table: str, mark: str | None) -> boo
     return bool(rows) and row_mark(rowid, rows[0][0]) == mark
 
 
-class RowidsMoved(Exception):
-    """A row a running pass reached no longer has its rowid: the table's rowids were renumbered
-    under it (a VACUUM, the table rebuilt), so rows may have slid below a checkpoint unread."""
+def _go_on_after(source: sqlite3.Connection, entity: Entity,
+                 last: Sequence[Sequence[Any]]) -> int | None:
+    """Where a part reads on after `last` (the rows it read last, in rowid order, each ending
+    with its rowid): the rowid of the highest of them still where it was read. Renumbering
+    (a VACUUM may) keeps the rows' order, so every row not read yet is above that one; the rows
+    between it and the last one (deleted, moved, or new) are read again and those read before
+    left out (`_not_read`). None when none of them is where it was: the table is read again."""
+    width = len(entity.column_names)
+    columns = ", ".join(entity.column_names)
+    for row in reversed(last):
+        rowid, row_id = row[-1], row[0]
+        now = _fetch(source, f"SELECT {columns} FROM {entity.table} WHERE rowid = ?", (rowid,))
+        # the same id is the same row; a NULL id (the checks reject it) tells one row from no
+        # other, so such a row must be the same in every column
+        if now and (now[0][0] == row_id if row_id is not None
+                    else tuple(now[0]) == tuple(row[:width])):
+            return int(rowid)
+    return None
 
 
-def _nothing_slid(source: sqlite3.Connection, table: str,
-                  read_last: Sequence[tuple[int, Any]]) -> bool:
-    """Whether no unread row has slid down to or below the last of `read_last` (the rowids and
-    ids of the rows read last, in rowid order). Deletes through the application are no sign:
-    the highest of them still there must keep its rowid (renumbering keeps the order, so no
-    row went below it), and no row may stand between it and the last (those were deleted)."""
-    top = read_last[-1][0]
-    for rowid, row_id in reversed(read_last):
-        now = _fetch(source, f"SELECT id FROM {table} WHERE rowid = ?", (rowid,))
-        if not now:
-            continue  # deleted, or slid down: then it stands in the gap looked at below
-        return now[0][0] == row_id and (rowid == top or not _fetch(
-            source, f"SELECT 1 FROM {table} WHERE rowid > ? AND rowid <= ? LIMIT 1",
-            (rowid, top)))
-    return False  # every row read last is gone: nothing to tell by
+def _not_read(rows: list[Any], last: Sequence[Sequence[Any]], width: int) -> list[Any]:
+    """`rows` but those read last: by id, or for a NULL id by rowid and every column."""
+    ids = {r[0] for r in last if r[0] is not None}
+    seen = {(r[-1], tuple(r[:width])) for r in last if r[0] is None}
+    return [r for r in rows if r[0] not in ids
+            and (r[0] is not None or (r[-1], tuple(r[:width])) not in seen)]
 
 
-def _read_checked(source: sqlite3.Connection, check: Callable[[], bool], sql: str,
-                  params: Sequence[Any]) -> list[Any]:
-    """`sql`'s rows, read in one snapshot with `check` (that the rows read before kept their
-    rowids); `RowidsMoved` when it fails."""
+def read_batch(source: sqlite3.Connection, entity: Entity, limit: int, until: int | None,
+               start: tuple[int | None, str | None], last: Sequence[Sequence[Any]]
+               ) -> tuple[list[Any], list[Any]] | None:
+    """A part's next batch, in one snapshot: the rows read (the last one is the checkpoint)
+    and of them those not read before. The first read (`last` empty) starts after `start`'s
+    rowid and checks its row (the part's first row, or the checkpoint resumed from) is still
+    there; the next ones go on after `_go_on_after`. None when the rowids moved."""
     source.execute("BEGIN")
     try:
-        if not check():
-            raise RowidsMoved
-        return _fetch(source, sql, params)
+        if last:
+            after = _go_on_after(source, entity, last)
+            if after is None:
+                return None
+        else:
+            after, mark = start
+            if not _mark_holds(source, entity.table, mark):
+                return None
+        rows = _fetch(source, *_rows_after(
+            source_columns(entity), after, limit,
+            "" if until is None else f" AND t.rowid <= {until:d}"))
+        return rows, _not_read(rows, last, len(entity.column_names))
     finally:
         source.execute("COMMIT")
 
@@ -277,6 +297,18 @@ def _fetch(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[An
         return conn.execute(sql, params).fetchall()
     finally:
         conn.text_factory = str
+
+
+async def on_source(fn: Callable[..., T], source: sqlite3.Connection, *args: Any) -> T:
+    """`fn(source, *args)` in a thread. Cancelled (Ctrl-C), it still waits for the thread
+    to end: the caller closes `source` next, and closing a SQLite connection under a read
+    crashed the whole process (a segfault, not an exception)."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn, source, *args))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise
 
 
 # -- checking rows ----------------------------------------------------------------------------
@@ -505,7 +537,7 @@ def parts_hold(source: sqlite3.Connection, parts: Sequence[Part],
     that renumbers rowids closes the gaps below a row and moves every row above the lowest gap
     down, keeping their order; so if each part's first row and last row read still have their
     rowids, no row crossed a part's bounds or its checkpoint. (A running pass checks as it reads:
-    `_nothing_slid`.)"""
+    `read_batch`.)"""
     source.execute("BEGIN")
     try:
         return all(_mark_holds(source, p.table, mark)
@@ -532,54 +564,50 @@ class PartLoader:
         self.cols = list(self.entity.column_names)
         self.required = [c for c in self.entity.columns if c.references and not c.nullable]
         self.optional = [c for c in self.entity.columns if c.references and c.nullable]
-        self.reading: asyncio.Future[list[Any]] | None = None  # the batch read ahead
+        self.reading: concurrent.futures.Future[Any] | None = None  # the batch read ahead
         self.moved = moved  # set by the table's first part to find its rowids renumbered
 
     async def run(self, last_row: str | None) -> None:
         """Copy the part from after `last_row` (its checkpoint; None: from its start)."""
         source = await asyncio.to_thread(open_source, self.source_path)
+        reader = concurrent.futures.ThreadPoolExecutor(1, f"read-{self.part.table}")
         try:
-            await self._run(source, last_row)
+            await self._run(source, reader, last_row)
         finally:
             if self.reading is not None:
-                # a batch read ahead may still be running on the connection: closing it under
-                # the read crashed the whole process (a segfault, not an exception)
-                await asyncio.wait([self.reading])
-                if not self.reading.cancelled():
-                    self.reading.exception()  # a read ahead left unused: its outcome is moot
+                # a batch read ahead may still be running on the connection (also when this
+                # task was cancelled: its thread was not): closing the connection under the
+                # read crashed the whole process (a segfault, not an exception)
+                concurrent.futures.wait([self.reading])
             source.close()
+            reader.shutdown(wait=False)
 
-    async def _run(self, source: sqlite3.Connection, last_row: str | None) -> None:
+    async def _run(self, source: sqlite3.Connection,
+                   reader: concurrent.futures.ThreadPoolExecutor, last_row: str | None) -> None:
         p = self.part
-        until = "" if p.until is None else f" AND t.rowid <= {p.until:d}"
-        columns = source_columns(self.entity)
 
-        def read(after: int | None, check: Callable[[], bool]) -> asyncio.Future[list[Any]]:
-            # each read checks, in its snapshot, that the rows before it kept their rowids
-            sql, params = _rows_after(columns, after, self.batch_size, until)
-            self.reading = asyncio.ensure_future(asyncio.to_thread(
-                _read_checked, source, check, sql, params))
-            return self.reading
+        def read(last: Sequence[Sequence[Any]]) -> asyncio.Future[Any]:
+            start = (p.after, p.first_row) if last_row is None else (
+                int(last_row.split(" ", 1)[0]), last_row)
+            self.reading = reader.submit(read_batch, source, self.entity, self.batch_size,
+                                         p.until, start, last)
+            return asyncio.wrap_future(self.reading)
 
-        start = last_row or p.first_row  # where a pass planned or left the part
-        pending = read(p.after if last_row is None else int(last_row.split(" ", 1)[0]),
-                       lambda: _mark_holds(source, p.table, start))
+        pending = read(())
         while not self.moved.is_set():
-            try:
-                raw = await pending
-            except RowidsMoved:
+            got = await pending
+            if got is None:
                 self.moved.set()  # the table is read again from its start (`load`)
                 return
-            if not raw:
+            rows, fresh = got
+            if not rows:
                 await self._write(Batch(), 0, None, done=True)
                 return
-            last = raw[-1]
-            # the next batch, read while this one is written
-            pending = read(last[-1], functools.partial(_nothing_slid, source, p.table,
-                                                       [(r[-1], r[0]) for r in raw]))
-            batch = await asyncio.to_thread(self.checker.check, raw)
-            await self._write(batch, len(raw), row_mark(last[-1], last[0]))
-            self.progress(self.entity.table, len(raw))
+            pending = read(rows)  # the next batch, read while this one is written
+            batch = await asyncio.to_thread(self.checker.check, fresh)
+            last = rows[-1]
+            await self._write(batch, len(fresh), row_mark(last[-1], last[0]))
+            self.progress(self.entity.table, len(fresh))
 
     async def _write(self, batch: Batch, read: int, last_row: str | None,
                      *, done: bool = False) -> None:
@@ -898,7 +926,7 @@ async def _replan(conn: asyncpg.Connection, src: sqlite3.Connection, table: str,
     was reported of them is reported again, so the last report goes."""
     await conn.execute(f"DELETE FROM {REJECTS_TABLE} WHERE table_name = $1", table)
     await conn.executemany(_PLAN, [(table, p.index, p.after, p.until, p.first_row)
-                                   for p in await asyncio.to_thread(plan_parts, src, table, n)])
+                                   for p in await on_source(plan_parts, src, table, n)])
 
 
 async def _prepare(conn: asyncpg.Connection, source_path: Path, source: str,
@@ -928,7 +956,7 @@ async def _prepare(conn: asyncpg.Connection, source_path: Path, source: str,
                     mine = [r for r in rows if r["table_name"] == table]
                     parts = [Part(table, r["part"], r["after_rowid"], r["until_rowid"],
                                   r["first_row"]) for r in mine]
-                    if not all(r["done"] for r in mine) and not await asyncio.to_thread(
+                    if not all(r["done"] for r in mine) and not await on_source(
                             parts_hold, src, parts, [r["last_row"] for r in mine]):
                         await _replan(conn, src, table, len(mine))
                 return True
@@ -942,7 +970,7 @@ async def _prepare(conn: asyncpg.Connection, source_path: Path, source: str,
             for table in ORDER:
                 await conn.executemany(_PLAN, [
                     (table, p.index, p.after, p.until, p.first_row)
-                    for p in await asyncio.to_thread(plan_parts, src, table,
+                    for p in await on_source(plan_parts, src, table,
                                                      part_count(table, jobs))])
     finally:
         src.close()
