@@ -496,10 +496,12 @@ async def test_rowids_renumbered_while_a_pass_runs_lose_no_row(
     assert q.read == len(source) and q.present > 0 and q.inserted + q.present == len(source)
 
 
+@pytest.mark.parametrize("deletes", ["batch ends", "retention"])
 async def test_rows_deleted_while_a_pass_runs_are_no_sign_of_renumbering(
-        legacy: LegacyDB, pg_dsn: str, tmp_path: Path) -> None:
-    """The application deletes the last rows of the batch being read, every batch: the check
-    for renumbering must not take that for one (it would read the whole table again)."""
+        legacy: LegacyDB, pg_dsn: str, tmp_path: Path, deletes: str) -> None:
+    """Every batch, the application deletes the last rows of the batch being read, or (a
+    retention job) every row read so far: the check for renumbering must not take that for one
+    (the table would be read again, and after three times the pass would stop)."""
     legacy.bulk(users=4, questions=2000, logs=10, events=10)
     before = {r[0] for r in legacy.conn.execute("SELECT id FROM questions")}
     read = 0
@@ -510,7 +512,8 @@ async def test_rows_deleted_while_a_pass_runs_are_no_sign_of_renumbering(
             read += n
             legacy.conn.execute(
                 "DELETE FROM questions WHERE rowid IN (SELECT rowid FROM questions "
-                "ORDER BY rowid LIMIT 8 OFFSET ?)", (read + 92,))
+                "ORDER BY rowid LIMIT ? OFFSET ?)",
+                (8, read + 92) if deletes == "batch ends" else (n, 0))
 
     report = await backfill(legacy, pg_dsn, tmp_path, batch_size=100, jobs=1,
                             progress=delete_ahead)

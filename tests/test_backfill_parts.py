@@ -178,15 +178,14 @@ def history(seed: int, tmp_path: Path) -> tuple[set[str], set[str], list[str], i
 def test_random_histories_of_deletes_inserts_and_renumbering_lose_no_row(
         tmp_path: Path, seeds: range) -> None:
     """Every row there from the start of a pass to its end is read. None is read twice unless
-    the table was planned again, or a renumbering moved a row whose id is NULL (nothing but
-    its place tells it from another; the checks reject it, so it is reported twice)."""
+    the table was renumbered (rows read by one part may slide into a part still reading: found
+    present, harmless) or planned again."""
     renumbered_total = replanned = 0
     for seed in seeds:
         kept, read, reads, renumbered, replans = history(seed, tmp_path)
         assert kept <= read, (seed, sorted(kept - read))
         twice = {r for r in reads if reads.count(r) > 1}
-        assert replans or (all(r.startswith("null") for r in twice) and (
-            renumbered or not twice)), (seed, twice)
+        assert not twice or renumbered or replans, (seed, twice)
         renumbered_total += renumbered
         replanned += bool(replans)
     assert renumbered_total > len(seeds) and replanned  # the histories did renumber
@@ -194,13 +193,13 @@ def test_random_histories_of_deletes_inserts_and_renumbering_lose_no_row(
 
 
 
-def test_a_row_with_a_null_id_vouches_only_for_its_double(tmp_path: Path) -> None:
-    """Rows 5 and 7 have NULL ids. A batch read 1, 4, 5 (2 and 3 deleted); renumbering moves
-    6 to rowid 4 and 7 to 5. Row 7 now stands where row 5 was read, NULL id and all: taken for
-    it, the next read would go on after 5 and never read row 6."""
+def test_a_row_with_a_null_id_vouches_for_no_place(tmp_path: Path) -> None:
+    """Rows 5 and 7 have NULL ids and are alike in every column (an event logged twice). A
+    batch read 1, 4, 5 (2 and 3 deleted); renumbering moves 6 to rowid 4 and 7 to 5. Row 7 now
+    stands where row 5 was read, and nothing tells it from row 5: taken for it, the next read
+    would go on after 5 and never read row 6."""
     conn = source(tmp_path, list(range(1, 11)))
-    conn.execute("UPDATE learning_events SET id = NULL, action = 'null' || rowid "
-                 "WHERE rowid IN (5, 7)")
+    conn.execute("UPDATE learning_events SET id = NULL, action = 'twice' WHERE rowid IN (5, 7)")
     conn.execute("DELETE FROM learning_events WHERE rowid IN (2, 3)")
     six = conn.execute("SELECT id FROM learning_events WHERE rowid = 6").fetchone()[0]
     got = read_batch(conn, EVENTS, 3, None, (None, None), [])

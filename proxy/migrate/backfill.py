@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import json
 import re
@@ -232,27 +233,40 @@ def _mark_holds(source: sqlite3.Connection, table: str, mark: str | None) -> boo
 
 
 def _go_on_after(source: sqlite3.Connection, entity: Entity,
-                 last: Sequence[Sequence[Any]]) -> int | None:
-    """Where a part reads on after `last` (the rows it read last, in rowid order, each ending
-    with its rowid): the rowid of the highest of them still where it was read. Renumbering
-    (a VACUUM may) keeps the rows' order, so every row not read yet is above that one; the rows
-    between it and the last one (deleted, moved, or new) are read again and those read before
-    left out (`_not_read`). None when none of them is where it was: the table is read again."""
-    width = len(entity.column_names)
-    columns = ", ".join(entity.column_names)
+                 start: tuple[int | None, str | None], last: Sequence[Sequence[Any]]
+                 ) -> tuple[bool, int | None]:
+    """Where a part reads on: (False, None) when it cannot tell (then the table is read again
+    from its start), else (True, the rowid to read after; None: from the first).
+
+    After the highest row of `last` (its last batch, each row ending with its rowid) still where
+    it was read: renumbering (a VACUUM may) keeps the rows' order, so every row not read yet is
+    above it. The rows between it and the batch's end (deleted, moved, or new) are read, those of
+    the batch left out (`_not_read`). A row whose id is NULL (SQLite allows it; the checks reject
+    it) is in place only if it is the same in every column, and is trusted last: two such rows
+    alike in every column, one renumbered onto the other's place, would pass for it. None of
+    them in place: the table is read again (rows may also have moved up, out of a part into
+    one that has passed them; a part notices its own rows moving).
+
+    The first read (no `last`) starts after `start` (where the part was planned, or resumed
+    from) if its row is still there."""
+    table = entity.table
     for row in reversed(last):
-        rowid, row_id = row[-1], row[0]
-        now = _fetch(source, f"SELECT {columns} FROM {entity.table} WHERE rowid = ?", (rowid,))
-        # the same id is the same row; a NULL id (the checks reject it) tells one row from no
-        # other, so such a row must be the same in every column
-        if now and (now[0][0] == row_id if row_id is not None
-                    else tuple(now[0]) == tuple(row[:width])):
-            return int(rowid)
-    return None
+        if row[0] is not None and _mark_holds(source, table, row_mark(row[-1], row[0])):
+            return True, int(row[-1])
+    width, columns = len(entity.column_names), ", ".join(entity.column_names)
+    for row in reversed(last):
+        if row[0] is None and tuple(row[:width]) in (tuple(r) for r in _fetch(
+                source, f"SELECT {columns} FROM {table} WHERE rowid = ?", (row[-1],))):
+            return True, int(row[-1])
+    if last:
+        return False, None
+    after, mark = start
+    return _mark_holds(source, table, mark), after
 
 
 def _not_read(rows: list[Any], last: Sequence[Sequence[Any]], width: int) -> list[Any]:
-    """`rows` but those read last: by id, or for a NULL id by rowid and every column."""
+    """`rows` but those of `last`: by id, or for a NULL id by rowid and every column (of two
+    such rows alike in every column, one renumbered onto the other's place, one is reported)."""
     ids = {r[0] for r in last if r[0] is not None}
     seen = {(r[-1], tuple(r[:width])) for r in last if r[0] is None}
     return [r for r in rows if r[0] not in ids
@@ -262,20 +276,13 @@ def _not_read(rows: list[Any], last: Sequence[Sequence[Any]], width: int) -> lis
 def read_batch(source: sqlite3.Connection, entity: Entity, limit: int, until: int | None,
                start: tuple[int | None, str | None], last: Sequence[Sequence[Any]]
                ) -> tuple[list[Any], list[Any]] | None:
-    """A part's next batch, in one snapshot: the rows read (the last one is the checkpoint)
-    and of them those not read before. The first read (`last` empty) starts after `start`'s
-    rowid and checks its row (the part's first row, or the checkpoint resumed from) is still
-    there; the next ones go on after `_go_on_after`. None when the rowids moved."""
+    """A part's next batch, read in one snapshot after `_go_on_after`: the rows read (the last
+    one is the checkpoint) and of them those not read before; None when the rowids moved."""
     source.execute("BEGIN")
     try:
-        if last:
-            after = _go_on_after(source, entity, last)
-            if after is None:
-                return None
-        else:
-            after, mark = start
-            if not _mark_holds(source, entity.table, mark):
-                return None
+        ok, after = _go_on_after(source, entity, start, last)
+        if not ok:
+            return None
         rows = _fetch(source, *_rows_after(
             source_columns(entity), after, limit,
             "" if until is None else f" AND t.rowid <= {until:d}"))
@@ -307,7 +314,9 @@ async def on_source(fn: Callable[..., T], source: sqlite3.Connection, *args: Any
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        await asyncio.wait([task])
+        while not task.done():  # a second Ctrl-C cancels this wait too
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([task])
         raise
 
 
@@ -591,7 +600,10 @@ class PartLoader:
                 int(last_row.split(" ", 1)[0]), last_row)
             self.reading = reader.submit(read_batch, source, self.entity, self.batch_size,
                                          p.until, start, last)
-            return asyncio.wrap_future(self.reading)
+            got = asyncio.wrap_future(self.reading)
+            # a read ahead left unused when the part stops: its failure says nothing more
+            got.add_done_callback(lambda f: f.cancelled() or f.exception())
+            return got
 
         pending = read(())
         while not self.moved.is_set():
@@ -904,7 +916,7 @@ async def _rebuild_owed_vocabulary(pool: asyncpg.Pool, parts: int) -> float:
 
 # -- the run ----------------------------------------------------------------------------------
 
-MAX_REREADS = 3  # a table whose rowids keep moving under the pass fails it instead
+MAX_READS = 3  # a table whose rowids keep moving under the pass fails it instead
 SMALL = {"users", "study_books"}  # one part each: a user has a book or two, not thousands
 
 
@@ -1107,6 +1119,17 @@ async def run_backfill(
                 if analyze:
                     analyze_tasks.append(asyncio.ensure_future(analyze_after(table, builds)))
 
+            async def replan(table: str) -> None:
+                async with pool.acquire() as conn, conn.transaction():
+                    src = await asyncio.to_thread(open_source, source_path)
+                    try:
+                        await _replan(conn, src, table, sum(1 for k in state if k[0] == table))
+                    finally:
+                        src.close()
+                    for r in await conn.fetch(
+                            f"SELECT * FROM {PROGRESS_TABLE} WHERE table_name = $1", table):
+                        state[(table, r["part"])] = r
+
             async def read_parts(table: str, checker: RowChecker) -> bool:
                 """Copy the table's parts not done yet; False when its rowids were renumbered
                 meanwhile (rows may have slid below a checkpoint unread)."""
@@ -1125,25 +1148,21 @@ async def run_backfill(
             async def load(table: str) -> None:
                 t0 = time.perf_counter()
                 checker = RowChecker(BY_TABLE[table], rejected)
+                parts = [r for k, r in state.items() if k[0] == table]
+                fresh = all(r["last_row"] is None and not r["done"] for r in parts)
                 for attempt in itertools.count(1):
+                    if attempt > 1 or fresh:
+                        # planned now, not when the pass began: the first rows it checks are
+                        # those of the moment (a retention job deletes the oldest meanwhile);
+                        # and again when the rowids were renumbered under a read
+                        await replan(table)
                     if await read_parts(table, checker):
                         break
-                    if attempt == MAX_REREADS:
+                    if attempt == MAX_READS:
                         raise BadSource(
                             f"--from {source_path}: the rowids of {table} were renumbered "
                             f"{attempt} times while it was read (a VACUUM, the table rebuilt?); "
                             "run the backfill again once that has stopped: it resumes")
-                    # renumbered under the run: read again from the start
-                    async with pool.acquire() as conn, conn.transaction():
-                        src = await asyncio.to_thread(open_source, source_path)
-                        try:
-                            await _replan(conn, src, table,
-                                          sum(1 for k in state if k[0] == table))
-                        finally:
-                            src.close()
-                        for r in await conn.fetch(
-                                f"SELECT * FROM {PROGRESS_TABLE} WHERE table_name = $1", table):
-                            state[(table, r["part"])] = r
                 # also after a staged load: an earlier run cut short may have copied rows unchecked
                 await check_references(pool, BY_TABLE[table])
                 await sweep_tombstoned(pool, BY_TABLE[table])
