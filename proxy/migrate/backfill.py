@@ -4,9 +4,9 @@ A batch lands in one PostgreSQL transaction that also moves its checkpoint, so a
 point resumes with no gap and no duplicate:
 - rows are read from the source (opened read-only) in rowid order, with a flag per reference
   saying whether the parent exists in the source; a resumed pass first checks that the rowids it
-  planned and reached still name the same rows (`parts_hold`), and every read that the rows
-  before it ends where those rows still stand (`_go_on_after`): rowids renumbered (a VACUUM
-  may) lose no row, and when they cannot be trusted the table is read again;
+  planned and reached still name the same rows (`parts_hold`), and each read goes on after the
+  highest row of the batch before it still in place (`_go_on_after`): rowids renumbered under a
+  pass (a VACUUM may) lose no row, and when no such row is left the table is read again;
 - every value is checked against its target column (`proxy.legacy.column_check`). A row with any
   problem is rejected whole and each problem is reported; a value that lands changed (a REAL
   rounded to the column's scale, sub-microsecond digits dropped, an orphan reference set to NULL)
