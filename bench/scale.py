@@ -79,7 +79,8 @@ from bench.backfill import (  # noqa: E402
 )
 from bench.corpus import misspell  # noqa: E402
 from bench.seed_schema import seed_ddl  # noqa: E402
-from proxy.migrate.backfill import DEFAULT_JOBS, rebuild_vocabulary  # noqa: E402
+from proxy.migrate.backfill import DEFAULT_JOBS  # noqa: E402
+from proxy.migrate.vocabulary import rebuild_vocabulary  # noqa: E402
 from proxy.models import BY_TABLE  # noqa: E402
 from proxy.stores import postgres_schema  # noqa: E402
 

@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.scale import legacy_file  # noqa: E402
-from proxy.migrate.backfill import source_columns  # noqa: E402
+from proxy.migrate.source import source_columns  # noqa: E402
 from proxy.models import BY_TABLE  # noqa: E402
 
 

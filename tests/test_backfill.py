@@ -25,13 +25,8 @@ from typer.testing import CliRunner
 
 from proxy.app.cli import app
 from proxy.legacy import legacy_uuid
-from proxy.migrate.backfill import (
-    DEFAULT_JOBS,
-    RowChecker,
-    deferrable_indexes,
-    iter_lines,
-    run_backfill,
-)
+from proxy.migrate.backfill import DEFAULT_JOBS, deferrable_indexes, iter_lines, run_backfill
+from proxy.migrate.checks import RowChecker
 from proxy.models import QUESTIONS
 from proxy.stores import postgres_schema
 from proxy.stores.base import Mutation
@@ -496,12 +491,14 @@ async def test_rowids_renumbered_while_a_pass_runs_lose_no_row(
     assert q.read == len(source) and q.present > 0 and q.inserted + q.present == len(source)
 
 
-@pytest.mark.parametrize("deletes", ["batch ends", "retention"])
+@pytest.mark.parametrize("deletes", ["batch ends", "retention", "purge ahead"])
 async def test_rows_deleted_while_a_pass_runs_are_no_sign_of_renumbering(
         legacy: LegacyDB, pg_dsn: str, tmp_path: Path, deletes: str) -> None:
     """Every batch, the application deletes the last rows of the batch being read, or (a
-    retention job) every row read so far: the check for renumbering must not take that for one
-    (the table would be read again, and after three times the pass would stop)."""
+    retention job) every row read so far, or (a purge of the rows older than a cutoff, running
+    ahead of the pass) 250 rows, those being read among them: the check for renumbering must
+    not take that for one (the table would be read again, and after three times the pass
+    would stop)."""
     legacy.bulk(users=4, questions=2000, logs=10, events=10)
     before = {r[0] for r in legacy.conn.execute("SELECT id FROM questions")}
     read = 0
@@ -512,8 +509,9 @@ async def test_rows_deleted_while_a_pass_runs_are_no_sign_of_renumbering(
             read += n
             legacy.conn.execute(
                 "DELETE FROM questions WHERE rowid IN (SELECT rowid FROM questions "
-                "ORDER BY rowid LIMIT ? OFFSET ?)",
-                (8, read + 92) if deletes == "batch ends" else (n, 0))
+                "WHERE rowid <= ? ORDER BY rowid LIMIT ? OFFSET ?)",
+                {"batch ends": (2**62, 8, read + 92), "retention": (2**62, n, 0),
+                 "purge ahead": (1500, 250, 0)}[deletes])
 
     report = await backfill(legacy, pg_dsn, tmp_path, batch_size=100, jobs=1,
                             progress=delete_ahead)
@@ -543,11 +541,11 @@ async def test_a_failing_batch_never_closes_the_source_under_a_read(
     progress callback) fails, or the pass is cancelled (Ctrl-C: the task is, the reading
     thread is not), the connection must outlive that read: closed under it, SQLite crashed
     the whole process (a segfault, once in a few runs of the suite)."""
-    import proxy.migrate.backfill as bf
+    import proxy.migrate.source as source_mod
 
     legacy.bulk(users=2, questions=400, logs=10, events=10)
     closed_under_read: list[str] = []
-    fetch = bf._fetch
+    fetch = source_mod._fetch
 
     def slow_fetch(conn: sqlite3.Connection, sql: str, params: Any) -> list[Any]:
         time.sleep(0.2)  # still reading when the batch before fails
@@ -557,7 +555,7 @@ async def test_a_failing_batch_never_closes_the_source_under_a_read(
             closed_under_read.append(sql)
             raise
 
-    monkeypatch.setattr(bf, "_fetch", slow_fetch)
+    monkeypatch.setattr(source_mod, "_fetch", slow_fetch)
     if ends == "failing":
         with pytest.raises(Stop):
             await backfill(legacy, pg_dsn, tmp_path, batch_size=50, progress=lambda table, n:

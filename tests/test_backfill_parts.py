@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from proxy.errors import BadSource
-from proxy.migrate.backfill import (
+from proxy.migrate.source import (
     Part,
     open_source,
     parts_hold,
@@ -118,7 +118,8 @@ EVENTS = BY_TABLE["learning_events"]
 
 def history(seed: int, tmp_path: Path) -> tuple[set[str], set[str], list[str], int, int]:
     """One random history of a pass reading learning_events in 1-4 parts, batch by batch, with
-    the application deleting and inserting rows (new rows get max(rowid) + 1) and the table
+    the application deleting rows (one, or a purge of the oldest) and inserting rows (new rows
+    get max(rowid) + 1) and the table
     renumbered (the same rows in order, rowids 1..N) between any two reads; a part that finds
     its rowids moved has the table planned and read again, as the backfill does. Some ids are
     NULL (SQLite allows it in a TEXT PRIMARY KEY; the checks reject such a row): `action`
@@ -155,14 +156,17 @@ def history(seed: int, tmp_path: Path) -> tuple[set[str], set[str], list[str], i
         elif roll < 0.2 and (rowids := conn.execute("SELECT rowid FROM learning_events")
                              .fetchall()):
             conn.execute("DELETE FROM learning_events WHERE rowid = ?", rng.choice(rowids))
-        elif roll < 0.27:
+        elif roll < 0.23:  # a purge of the oldest rows
+            conn.execute("DELETE FROM learning_events WHERE rowid IN (SELECT rowid FROM "
+                         "learning_events ORDER BY rowid LIMIT ?)", (rng.randint(1, 12),))
+        elif roll < 0.3:
             fresh_rows += 1
             conn.execute(insert, (None, f"new{fresh_rows}", f"new{fresh_rows}"))
         else:
             p = rng.choice([p for p in parts if not p["done"]])
             part, last = p["part"], p["last"]
             got = read_batch(source, EVENTS, size, part.until, (part.after, part.first_row),
-                             last)
+                             last, part.end_row)
             if got is None:
                 replans += 1
                 parts = plan()
@@ -207,3 +211,81 @@ def test_a_row_with_a_null_id_vouches_for_no_place(tmp_path: Path) -> None:
     renumber(conn, "learning_events")
     got = read_batch(conn, EVENTS, 100, None, (None, None), got[0])
     assert got is not None and six in {r[0] for r in got[1]}
+
+
+def read_part(conn: sqlite3.Connection, part: Part, size: int,
+              last: list[Any]) -> tuple[list[Any], list[Any]] | None:
+    return read_batch(conn, EVENTS, size, part.until, (part.after, part.first_row), last,
+                      part.end_row)
+
+
+def test_a_purge_running_ahead_of_part_0_costs_no_re_read(tmp_path: Path) -> None:
+    """A retention job deletes the oldest rows (up to 40) faster than part 0 reads them: every
+    row of each batch is gone by the next read. Part 0's highest row (50) still stands where it
+    was planned, so nothing slid under what part 0 read: it goes on, the table is not read
+    again."""
+    conn = source(tmp_path, list(range(1, 101)))
+    part = plan_parts(conn, "learning_events", 2)[0]
+    assert part.end_row == mark(conn, 50)
+    got, read = read_part(conn, part, 5, []), []
+    while got is not None and got[0]:
+        read += [r[-1] for r in got[1]]
+        top = got[0][-1][-1]
+        conn.execute("DELETE FROM learning_events WHERE rowid <= ?", (min(top + 3, 40),))
+        got = read_part(conn, part, 5, got[0])
+    assert got is not None, "the table would have been read again"
+    # each batch, then the 3 rows above it purged before they were read
+    assert read == [r for r in range(1, 41) if (r - 1) % 8 < 5] + list(range(41, 51))
+
+
+def test_after_a_purge_and_a_renumbering_the_table_is_read_again(tmp_path: Path) -> None:
+    """The same purge, then a VACUUM closing the gap: part 0's highest row moved down with every
+    row above the gap, some under what part 0 read. Only reading the table again finds them."""
+    conn = source(tmp_path, list(range(1, 101)))
+    part = plan_parts(conn, "learning_events", 2)[0]
+    got = read_part(conn, part, 5, [])
+    assert got is not None
+    conn.execute("DELETE FROM learning_events WHERE rowid <= 8")
+    renumber(conn, "learning_events")  # 9 -> 1 ... 50 -> 42: 9 and 10 now under 5
+    assert read_part(conn, part, 5, got[0]) is None
+
+
+def test_the_part_s_highest_row_once_read_vouches_for_nothing(tmp_path: Path) -> None:
+    """The last part read past its highest row (5) into rows inserted since (6, 7). Those are
+    deleted and the table renumbered: 5 keeps its rowid, but 8, not read, slides to 6, under
+    what the part read. Going on after 7 would never read it."""
+    conn = source(tmp_path, list(range(1, 6)))
+    part = plan_parts(conn, "learning_events", 1)[0]
+    assert part.end_row == mark(conn, 5)
+    got = read_part(conn, part, 5, [])
+    assert got is not None and len(got[0]) == 5
+    conn.executemany("INSERT INTO learning_events (id, user_id, app_id, action, occurred_at) "
+                     "VALUES (?, 'u', 'a', 'view', '2024-01-01T00:00:00Z')",
+                     [(str(uuid.uuid4()),) for _ in range(3)])
+    got = read_part(conn, part, 2, got[0])
+    assert got is not None and [r[-1] for r in got[0]] == [6, 7]
+    conn.execute("DELETE FROM learning_events WHERE rowid IN (6, 7)")
+    renumber(conn, "learning_events")
+    assert read_part(conn, part, 2, got[0]) is None
+
+
+def test_a_resumed_pass_trusts_its_highest_row_when_its_checkpoint_was_purged(
+        tmp_path: Path) -> None:
+    """While the pass was stopped, a purge deleted part 0's checkpoint and first row: part 0's
+    highest row still in place says nothing slid, so the pass resumes where it was. A
+    renumbering since moves that row too: then the table is read again."""
+    conn = source(tmp_path, list(range(1, 101)))
+    parts = plan_parts(conn, "learning_events", 2)
+    checkpoints = [mark(conn, 20), None]
+    conn.execute("DELETE FROM learning_events WHERE rowid <= 25")
+    assert parts_hold(conn, parts, checkpoints)
+    assert not parts_hold(conn, [Part(p.table, p.index, p.after, p.until, p.first_row)
+                                 for p in parts], checkpoints)  # (without the highest rows)
+    renumber(conn, "learning_events")
+    assert not parts_hold(conn, parts, checkpoints)
+
+
+def test_a_highest_row_with_a_null_id_is_no_mark(tmp_path: Path) -> None:
+    conn = source(tmp_path, list(range(1, 11)))
+    conn.execute("UPDATE learning_events SET id = NULL WHERE rowid = 10")
+    assert [p.end_row for p in plan_parts(conn, "learning_events", 2)] == [mark(conn, 5), None]

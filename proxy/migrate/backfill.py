@@ -3,11 +3,10 @@
 A batch lands in one PostgreSQL transaction that also moves its checkpoint, so a run killed at any
 point resumes with no gap and no duplicate:
 - rows are read from the source (opened read-only) in rowid order, with a flag per reference
-  saying whether the parent exists in the source; a resumed pass first checks that the rowids it
-  planned and reached still name the same rows (`parts_hold`), and each read goes on after the
-  highest row of the batch before it still in place (`_go_on_after`): rowids renumbered under a
-  pass (a VACUUM may) lose no row, and when no such row is left the table is read again;
-- every value is checked against its target column (`proxy.legacy.column_check`). A row with any
+  saying whether the parent exists in the source, each read checked against rowids renumbered
+  under the pass (`proxy.migrate.source`): no row is lost, and when the rows moved too far to
+  tell, the table is read again;
+- every value is checked against its target column (`proxy.migrate.checks`). A row with any
   problem is rejected whole and each problem is reported; a value that lands changed (a REAL
   rounded to the column's scale, sub-microsecond digits dropped, an orphan reference set to NULL)
   is reported too. Nothing is replaced silently;
@@ -17,12 +16,12 @@ point resumes with no gap and no duplicate:
   its end instead), else COPY into a temp table and `INSERT ... SELECT ... ON CONFLICT DO
   NOTHING` that skips tombstoned rows and rows whose parent the repository deleted meanwhile;
 - the problems go to `cutover_backfill_rejects` (verify reads them), ids that were not UUIDs to
-  `legacy_ids`, the last id read to `cutover_backfill_progress`.
+  `legacy_ids`, the last row read (rowid and id) to `cutover_backfill_progress`.
 After a table: rows the repository deleted while they were being copied are swept (their
 tombstone is newer), references are checked, and its indexes are built if they were deferred.
 
 The typo vocabulary (counted by triggers on questions) is, for a load into an empty questions
-table, counted once at the end in one set-based statement (`rebuild_vocabulary`): the pass's
+table, counted once at the end in one set-based statement (`proxy.migrate.vocabulary`): the pass's
 sessions defer the triggers, whose per-batch upsert was planned on the statistics of a table
 growing under it (the same file took 11 s or 70 s). The pass's progress holds a row for it, so a
 run stopped before its recount leaves it owed to the run that resumes.
@@ -43,39 +42,38 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import itertools
 import json
 import re
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 
 from proxy.errors import BackfillRunning, BadSource, StoreUnavailable
-from proxy.legacy import (
-    _CANONICAL,
-    NOT_CLEAN,
-    Change,
-    Rejected,
-    column_check,
-    legacy_uuid,
-    quick_decimal,
-    quick_timestamp,
+from proxy.migrate.checks import PROBLEM_COLUMNS, Batch, Problem, RowChecker, problem_records
+from proxy.migrate.source import (
+    Part,
+    on_source,
+    open_source,
+    parts_hold,
+    plan_parts,
+    read_batch,
+    row_mark,
 )
-from proxy.models import BY_TABLE, ENTITIES, Entity, Kind
+from proxy.migrate.vocabulary import WORDS, rebuild_vocabulary
+from proxy.models import BY_TABLE, ENTITIES, Entity
 from proxy.stores import migrations, postgres_schema
 
-T = TypeVar("T")
 DEFAULT_BATCH_SIZE = 2000  # rows per transaction; a 2000-row batch of questions is ~3 MB
+DEFAULT_JOBS = 2  # the machine's cores: loads per big table, and the recount's parts
 REJECTS_TABLE = "cutover_backfill_rejects"
 PROGRESS_TABLE = "cutover_backfill_progress"
-# The progress row of the vocabulary's recount (part 0): not done while the pass still owes it.
-WORDS = "cutover_search_words"
+# The vocabulary's recount has a progress row too (WORDS, part 0): not done while a pass owes it.
 # Parents before children; learning_events has no parent and runs on its own lane.
 LANES: tuple[tuple[str, ...], ...] = (
     ("users", "study_books", "questions", "typing_logs"),
@@ -93,6 +91,7 @@ CREATE TABLE IF NOT EXISTS {PROGRESS_TABLE} (
     after_rowid BIGINT,
     until_rowid BIGINT,
     first_row TEXT,
+    end_row TEXT,
     last_row TEXT,
     done BOOLEAN NOT NULL DEFAULT false,
     read BIGINT NOT NULL DEFAULT 0,
@@ -121,7 +120,8 @@ CREATE INDEX IF NOT EXISTS idx_{REJECTS_TABLE}_mapped ON {REJECTS_TABLE} (table_
 -- recorded is not resumed but started afresh
 ALTER TABLE {PROGRESS_TABLE} ADD COLUMN IF NOT EXISTS read_by TEXT,
     ADD COLUMN IF NOT EXISTS after_rowid BIGINT, ADD COLUMN IF NOT EXISTS until_rowid BIGINT,
-    ADD COLUMN IF NOT EXISTS first_row TEXT, ADD COLUMN IF NOT EXISTS last_row TEXT;
+    ADD COLUMN IF NOT EXISTS first_row TEXT, ADD COLUMN IF NOT EXISTS last_row TEXT,
+    ADD COLUMN IF NOT EXISTS end_row TEXT;
 """
 
 
@@ -160,400 +160,10 @@ class BackfillReport:
         return out
 
 
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One line of the rejects report."""
-
-    table: str
-    row_id: Any
-    mapped_id: str | None
-    column: str | None
-    value: Any
-    reason: str
-    kind: str  # rejected | changed | skipped
-    new_value: Any = None
-
-
 Progress = Callable[[str, int], None]  # (table, rows just read)
 
 
-# -- reading the source -----------------------------------------------------------------------
-
-
-def open_source(path: Path) -> sqlite3.Connection:
-    """The legacy database, read-only; `BadSource` when it is missing or not an app.db."""
-    if not path.is_file():
-        raise BadSource(f"--from {path}: no such file")
-    try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
-                               check_same_thread=False, isolation_level=None)
-        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    except sqlite3.DatabaseError as exc:
-        raise BadSource(f"--from {path}: not a SQLite database ({exc})") from None
-    missing = [t for t in ORDER if t not in names]
-    if missing:
-        conn.close()
-        raise BadSource(f"--from {path}: not a legacy app.db (no table {missing[0]})")
-    for table in ORDER:  # the backfill pages by rowid: it must be the table's own
-        try:
-            conn.execute(f"SELECT rowid FROM {table} LIMIT 0")  # fails WITHOUT ROWID
-            shadowed = conn.execute("SELECT count(*) FROM pragma_table_info(?) "
-                                    "WHERE name = 'rowid'", (table,)).fetchone()[0]
-        except sqlite3.OperationalError:
-            shadowed = True
-        if shadowed:
-            conn.close()
-            raise BadSource(f"--from {path}: table {table} has no rowid of its own "
-                            "(WITHOUT ROWID, or a column named rowid)")
-    return conn
-
-
-def source_columns(entity: Entity) -> str:
-    """What the source query reads (`... FROM table`, aliased t after it): the seed's columns,
-    one parent-exists flag per reference, the rowid."""
-    cols = [f"t.{c}" for c in entity.column_names]
-    flags = [f"EXISTS (SELECT 1 FROM {c.references} p WHERE p.id = t.{c.name})"
-             for c in entity.columns if c.references]
-    return f"{', '.join(cols + flags)}, t.rowid FROM {entity.table}"
-
-
-def row_mark(rowid: int, row_id: Any) -> str:
-    """A source row as a checkpoint remembers it: its rowid and its id."""
-    return f"{rowid} {row_id!r}"
-
-
-def _mark_holds(source: sqlite3.Connection, table: str, mark: str | None) -> bool:
-    """Whether the row `mark` names still has its rowid (a VACUUM may renumber the rowids of a
-    table without an INTEGER PRIMARY KEY; it keeps their order)."""
-    if mark is None:
-        return True
-    rowid = int(mark.split(" ", 1)[0])
-    rows = _fetch(source, f"SELECT id FROM {table} WHERE rowid = ?", (rowid,))
-    return bool(rows) and row_mark(rowid, rows[0][0]) == mark
-
-
-def _go_on_after(source: sqlite3.Connection, entity: Entity,
-                 start: tuple[int | None, str | None], last: Sequence[Sequence[Any]]
-                 ) -> tuple[bool, int | None]:
-    """Where a part reads on: (False, None) when it cannot tell (then the table is read again
-    from its start), else (True, the rowid to read after; None: from the first).
-
-    After the highest row of `last` (its last batch, each row ending with its rowid) still where
-    it was read: renumbering (a VACUUM may) keeps the rows' order, so every row not read yet is
-    above it. The rows between it and the batch's end (deleted, moved, or new) are read, those of
-    the batch left out (`_not_read`). A row whose id is NULL (SQLite allows it; the checks reject
-    it) is in place only if it is the same in every column, and is trusted last: two such rows
-    alike in every column, one renumbered onto the other's place, would pass for it. None of
-    them in place: the table is read again (rows may also have moved up, out of a part into
-    one that has passed them; a part notices its own rows moving).
-
-    The first read (no `last`) starts after `start` (where the part was planned, or resumed
-    from) if its row is still there."""
-    table = entity.table
-    for row in reversed(last):
-        if row[0] is not None and _mark_holds(source, table, row_mark(row[-1], row[0])):
-            return True, int(row[-1])
-    width, columns = len(entity.column_names), ", ".join(entity.column_names)
-    for row in reversed(last):
-        if row[0] is None and tuple(row[:width]) in (tuple(r) for r in _fetch(
-                source, f"SELECT {columns} FROM {table} WHERE rowid = ?", (row[-1],))):
-            return True, int(row[-1])
-    if last:
-        return False, None
-    after, mark = start
-    return _mark_holds(source, table, mark), after
-
-
-def _not_read(rows: list[Any], last: Sequence[Sequence[Any]], width: int) -> list[Any]:
-    """`rows` but those of `last`: by id, or for a NULL id by rowid and every column (of two
-    such rows alike in every column, one renumbered onto the other's place, one is reported)."""
-    ids = {r[0] for r in last if r[0] is not None}
-    seen = {(r[-1], tuple(r[:width])) for r in last if r[0] is None}
-    return [r for r in rows if r[0] not in ids
-            and (r[0] is not None or (r[-1], tuple(r[:width])) not in seen)]
-
-
-def read_batch(source: sqlite3.Connection, entity: Entity, limit: int, until: int | None,
-               start: tuple[int | None, str | None], last: Sequence[Sequence[Any]]
-               ) -> tuple[list[Any], list[Any]] | None:
-    """A part's next batch, read in one snapshot after `_go_on_after`: the rows read (the last
-    one is the checkpoint) and of them those not read before; None when the rowids moved."""
-    source.execute("BEGIN")
-    try:
-        ok, after = _go_on_after(source, entity, start, last)
-        if not ok:
-            return None
-        rows = _fetch(source, *_rows_after(
-            source_columns(entity), after, limit,
-            "" if until is None else f" AND t.rowid <= {until:d}"))
-        return rows, _not_read(rows, last, len(entity.column_names))
-    finally:
-        source.execute("COMMIT")
-
-
-def _fetch(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
-    try:
-        return conn.execute(sql, params).fetchall()
-    except sqlite3.OperationalError as exc:
-        if "decode" not in str(exc).lower():
-            raise
-    # text that is not UTF-8: read it with the bad bytes kept as surrogates, so the check
-    # rejects the row instead of the whole batch failing
-    conn.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.text_factory = str
-
-
-async def on_source(fn: Callable[..., T], source: sqlite3.Connection, *args: Any) -> T:
-    """`fn(source, *args)` in a thread. Cancelled (Ctrl-C), it still waits for the thread
-    to end: the caller closes `source` next, and closing a SQLite connection under a read
-    crashed the whole process (a segfault, not an exception)."""
-    task = asyncio.ensure_future(asyncio.to_thread(fn, source, *args))
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        while not task.done():  # a second Ctrl-C cancels this wait too
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait([task])
-        raise
-
-
-# -- checking rows ----------------------------------------------------------------------------
-
-
-@dataclass
-class Batch:
-    """One batch after the checks: the rows that go in and everything to report."""
-
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
-    mappings: list[tuple[str, str, str]] = field(default_factory=list)
-    rejected: int = 0
-    changed_ids: set[str] = field(default_factory=set)
-
-
-class RowChecker:
-    """Checks one table's source rows; remembers rejected ids so children follow them."""
-
-    def __init__(self, entity: Entity, rejected: dict[str, set[str]]) -> None:
-        self.entity = entity
-        self.rejected = rejected
-        cols = entity.columns
-        self.checks = [(i, c.name, column_check(c)) for i, c in enumerate(cols) if i > 0]
-        self.refs = [
-            (i, c.name, c.references, c.nullable, len(cols) + k)
-            for k, (i, c) in enumerate((i, c) for i, c in enumerate(cols) if c.references)
-        ]
-        self.quick = _quick_row(entity, rejected)
-
-    def check(self, raw_rows: Sequence[Sequence[Any]]) -> Batch:
-        out = Batch()
-        table = self.entity.table
-        mine = self.rejected.setdefault(table, set())
-        quick, rows = self.quick, out.rows
-        for raw in raw_rows:
-            row = quick(raw)
-            if row is not None:
-                rows.append(row)
-                continue
-            rid = raw[0]
-            problems: list[tuple[str | None, Any, str]] = []
-            changes: list[Change] = []
-            mapped: str | None = None
-            if type(rid) is str:
-                mapped = rid if _CANONICAL.fullmatch(rid) else str(legacy_uuid(rid))
-            elif rid is None:
-                problems.append(("id", None, "NOT NULL column is NULL"))
-            else:
-                problems.append(("id", rid, f"not an id (a {type(rid).__name__})"))
-            values: list[Any] = [mapped]
-            for i, name, check in self.checks:
-                try:
-                    values.append(check(raw[i], changes))
-                except Rejected as exc:
-                    problems.append((name, raw[i], exc.reason))
-                    values.append(None)
-            for i, name, parent, nullable, flag in self.refs:
-                ref = raw[i]
-                if ref is None or values[i] is None:
-                    continue
-                if not raw[flag]:
-                    why = f"orphan: {parent} {ref} missing"
-                elif ref in self.rejected.get(parent or "", ()):
-                    why = f"orphan: {parent} {ref} rejected"
-                else:
-                    continue
-                if nullable:
-                    values[i] = None
-                    changes.append(Change(name, ref, None, f"{why}; reference set to NULL"))
-                else:
-                    problems.append((name, ref, why))
-            if problems:
-                out.rejected += 1
-                if type(rid) is str:
-                    mine.add(rid)
-                out.problems.extend(
-                    Problem(table, rid, mapped, col, value, reason, "rejected")
-                    for col, value, reason in problems
-                )
-                continue
-            if mapped != rid:
-                out.mappings.append((table, rid, mapped))  # type: ignore[arg-type]
-            if changes:
-                assert mapped is not None
-                out.changed_ids.add(mapped)
-                out.problems.extend(
-                    Problem(table, rid, mapped, c.column, c.value, c.reason, "changed",
-                            c.new_value)
-                    for c in changes
-                )
-            out.rows.append(tuple(values))
-        return out
-
-
-def _quick_row(entity: Entity, rejected: dict[str, set[str]]
-               ) -> Callable[[Sequence[Any]], tuple[Any, ...] | None]:
-    """A function taking a clean source row (every value in its common form, nothing to report)
-    to the row for PostgreSQL in one go, or returning None so `RowChecker.check` looks at it
-    value by value. Generated, because it runs on every row: a third of the per-value calls."""
-    env: dict[str, Any] = {"canon": _CANONICAL.fullmatch, "NC": NOT_CLEAN}
-    lines, out = ["def quick(raw):"], []
-    flags = len(entity.columns)
-    for i, c in enumerate(entity.columns):
-        v = f"v{i}"
-        lines.append(f"    {v} = raw[{i}]")
-        if c.kind is Kind.UUID:
-            test = f"type({v}) is str and canon({v})"
-        elif c.kind is Kind.TEXT:
-            test = f"type({v}) is str and {v}.isascii() and '\\x00' not in {v}"
-            if c.max_length is not None:
-                test += f" and len({v}) <= {c.max_length}"
-        elif c.kind is Kind.INT:
-            lo = c.minimum if c.minimum is not None else -(2**31)
-            hi = c.maximum if c.maximum is not None else 2**31 - 1
-            test = f"type({v}) is int and {lo} <= {v} <= {hi}"
-        else:
-            env[f"conv{i}"] = quick_timestamp if c.kind is Kind.TIMESTAMP else quick_decimal(c)
-            test = ""
-            if c.nullable:
-                lines.append(f"    if {v} is not None:")
-                lines.append(f"        {v} = conv{i}({v})")
-            else:
-                lines.append(f"    {v} = conv{i}({v})")
-            lines.append(f"    if {v} is NC: return None")
-        if test:
-            test = f"{v} is None or ({test})" if c.nullable else test
-            lines.append(f"    if not ({test}): return None")
-        if c.references:
-            env[f"rejected{i}"] = rejected.setdefault(c.references, set())
-            cond = f"(not raw[{flags}] or {v} in rejected{i})"
-            lines.append(f"    if {v} is not None and {cond}: return None")
-            flags += 1
-        out.append(v)
-    lines.append(f"    return ({', '.join(out)},)")
-    exec("\n".join(lines), env)
-    quick: Callable[[Sequence[Any]], tuple[Any, ...] | None] = env["quick"]
-    return quick
-
-
-# -- writing to PostgreSQL --------------------------------------------------------------------
-
-
-def _jsonable(value: Any) -> Any:
-    """A legacy value as JSON; text PostgreSQL cannot hold (NUL, bad UTF-8) as x'hex'."""
-    if isinstance(value, str):
-        return _safe_text(value)
-    if value is None or isinstance(value, bool | int):
-        return value
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else repr(value)
-    if isinstance(value, bytes):
-        return "x'" + value.hex() + "'"
-    return str(value)
-
-
-def _safe_text(text: str) -> str:
-    if "\x00" in text or (not text.isascii() and _surrogates(text)):
-        return "x'" + text.encode("utf-8", "surrogateescape").hex() + "'"
-    return text
-
-
-def _surrogates(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-PROBLEM_COLUMNS = ["table_name", "row_id", "mapped_id", "column_name", "value", "new_value",
-                   "reason", "kind"]
-
-
-def _problem_records(problems: Sequence[Problem]) -> list[tuple[Any, ...]]:
-    return [
-        (p.table, None if p.row_id is None else str(_jsonable(p.row_id)), p.mapped_id,
-         p.column, json.dumps(_jsonable(p.value)),
-         None if p.new_value is None else json.dumps(_jsonable(p.new_value)), p.reason, p.kind)
-        for p in problems
-    ]
-
-
-@dataclass(frozen=True, slots=True)
-class Part:
-    """A slice of one table's source rows that one loader copies, with its own checkpoint.
-
-    Rows are read in rowid order, the order the file stores them in: reading a table in id
-    order looks every row up through the id index, 1.7-2.7x the CPU (questions 3.1 vs 1.4 s per
-    million rows on the 3M file, `bench/source_read.py`)."""
-
-    table: str
-    index: int
-    after: int | None  # the rowid the part starts after; None: from the first (rowids may be < 0)
-    until: int | None  # its last rowid; None: to the end
-    first_row: str | None  # `row_mark` of its first row when planned; None: it had none
-
-
-def plan_parts(source: sqlite3.Connection, table: str, n: int) -> list[Part]:
-    """`n` rowid ranges of equal width over the table as it is now, each with its first row."""
-    low, top = source.execute(f"SELECT min(rowid), max(rowid) FROM {table}").fetchone()
-    low, top = (low, top) if low is not None else (1, 0)
-    cuts: list[int | None] = [None, *(low - 1 + (top - low + 1) * i // n for i in range(1, n))]
-    parts = []
-    for i, after in enumerate(cuts):
-        until = cuts[i + 1] if i + 1 < n else None
-        first = _fetch(source, *_rows_after(f"rowid, id FROM {table}", after, 1,
-                                            "" if until is None else f" AND t.rowid <= {until:d}"))
-        parts.append(Part(table, i, after, until,
-                          row_mark(*first[0]) if first else None))
-    return parts
-
-
-def _rows_after(select: str, after: int | None, limit: int, until: str = ""
-                ) -> tuple[str, tuple[int, ...]]:
-    """`SELECT {select}` of the `limit` rows after rowid `after` (None: from the first), in
-    rowid order, and its parameters."""
-    where = "true" if after is None else "t.rowid > ?"
-    return (f"SELECT {select} t WHERE {where}{until} ORDER BY t.rowid LIMIT ?",
-            (limit,) if after is None else (after, limit))
-
-
-def parts_hold(source: sqlite3.Connection, parts: Sequence[Part],
-               checkpoints: Sequence[str | None]) -> bool:
-    """Whether a resumed pass may trust the rowids its parts planned and reached. A VACUUM
-    that renumbers rowids closes the gaps below a row and moves every row above the lowest gap
-    down, keeping their order; so if each part's first row and last row read still have their
-    rowids, no row crossed a part's bounds or its checkpoint. (A running pass checks as it reads:
-    `read_batch`.)"""
-    source.execute("BEGIN")
-    try:
-        return all(_mark_holds(source, p.table, mark)
-                   for p, last in zip(parts, checkpoints, strict=True)
-                   for mark in (p.first_row, last))
-    finally:
-        source.execute("COMMIT")
+# -- loading a part ---------------------------------------------------------------------------
 
 
 class PartLoader:
@@ -599,7 +209,7 @@ class PartLoader:
             start = (p.after, p.first_row) if last_row is None else (
                 int(last_row.split(" ", 1)[0]), last_row)
             self.reading = reader.submit(read_batch, source, self.entity, self.batch_size,
-                                         p.until, start, last)
+                                         p.until, start, last, p.end_row)
             got = asyncio.wrap_future(self.reading)
             # a read ahead left unused when the part stops: its failure says nothing more
             got.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -708,7 +318,7 @@ class PartLoader:
                         last_row: str | None, counts: dict[str, int], done: bool) -> None:
         if batch.problems:
             await conn.copy_records_to_table(
-                REJECTS_TABLE, records=_problem_records(batch.problems), columns=PROBLEM_COLUMNS)
+                REJECTS_TABLE, records=problem_records(batch.problems), columns=PROBLEM_COLUMNS)
         if batch.mappings:
             await conn.executemany(
                 "INSERT INTO legacy_ids (table_name, legacy_id, id) VALUES ($1, $2, $3) "
@@ -834,74 +444,6 @@ async def build_index(pool: asyncpg.Pool, index: Index) -> float:
 # -- the vocabulary ---------------------------------------------------------------------------
 
 
-DEFAULT_JOBS = 2  # the machine's cores: loads per big table, and the recount's parts
-
-
-def _book_ranges(parts: int) -> list[str]:
-    """The recount's WHERE conditions: `parts` ranges of study_book_id split at hex digits."""
-    cuts = [None, *(f"{16 * i // parts:x}0000000-0000-0000-0000-000000000000"
-                    for i in range(1, parts)), None]
-    return [" AND ".join([*([f"q.study_book_id >= '{lo}'"] if lo else []),
-                          *([f"q.study_book_id < '{hi}'"] if hi else [])]) or "true"
-            for lo, hi in itertools.pairwise(cuts)]
-
-
-async def rebuild_vocabulary(pool: asyncpg.Pool, parts: int = DEFAULT_JOBS) -> float:
-    """Count every study book's words from its questions, set-based, replacing the vocabulary;
-    return the seconds it took.
-
-    The pass's own sessions loaded the questions with the vocabulary's triggers deferred
-    (`postgres_schema.DEFER_WORDS`): per batch, the triggers' upsert into a growing table was
-    planned on the statistics of the moment, and a bad plan made a whole backfill several times
-    slower. The count is the triggers' invariant (a book's word: how many of its questions hold
-    it), so the result is the table the triggers would have built from the same rows. Writes to
-    questions wait meanwhile (SHARE lock): a repository write counted by its trigger during the
-    pass is counted again here, and none can slip in between the count and the commit.
-
-    The books are counted in `parts` disjoint ranges side by side, each from its own connection
-    into an unlogged table (each starts after the lock is held, so all see the same questions);
-    then one transaction empties the vocabulary, fills it bare from them, and builds its key and
-    trigram index once. Searches that read the vocabulary wait for that commit. No ANALYZE of
-    questions in here: it would wait for their index builds and, held to the commit, hold up the
-    other tables' reference checks (their SHARE lock on questions conflicts with it); the
-    count's plan (a scan of questions, the words of each, one aggregate) has no join order for
-    statistics to get wrong."""
-    started = time.perf_counter()
-    staged = [f"cutover_words_part_{i}" for i in range(parts)]
-
-    async def count(table: str, books: str) -> None:
-        async with pool.acquire() as c:
-            # a lock request queued on questions (an ALTER TABLE) would wait for the recount's
-            # transaction, and this count behind it: fail the pass (it resumes) instead of hanging
-            # no Memoize over the per-question word lists: the documents hardly repeat, and
-            # caching them cost a sixth of the count (27.6 -> 23.4 s on a quarter of the 10M
-            # file's books: bench/search_plans.py --recount-books 0.25)
-            await c.execute(f"SET lock_timeout = '10s'; SET work_mem = '256MB'; "
-                            "SET enable_memoize = off; "
-                            f"DROP TABLE IF EXISTS {table}; "
-                            f"CREATE UNLOGGED TABLE {table} AS "
-                            + postgres_schema.WORDS_COUNT.format(books=books))
-
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SET LOCAL lock_timeout = '10s'")
-        await conn.execute("LOCK TABLE questions IN SHARE MODE")
-        await conn.execute("SET LOCAL lock_timeout = 0")
-        await asyncio.gather(*(count(t, b) for t, b in zip(staged, _book_ranges(parts),
-                                                           strict=True)))
-        await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
-        await conn.execute(f"DROP INDEX IF EXISTS {postgres_schema.WORDS_INDEX_NAME}")
-        await conn.execute(f"TRUNCATE {WORDS}")
-        # filled bare, then keyed and indexed: a key built over sorted rows beats one kept row
-        # by row (the report's `vocabulary` timing shows it)
-        await conn.execute(f"ALTER TABLE {WORDS} DROP CONSTRAINT IF EXISTS {WORDS}_pkey")
-        await conn.execute(f"INSERT INTO {WORDS} "
-                           + " UNION ALL ".join(f"SELECT * FROM {t}" for t in staged)
-                           + " ORDER BY 1, 2")
-        await conn.execute(f"DROP TABLE {', '.join(staged)}")
-        await conn.execute(f"ALTER TABLE {WORDS} ADD CONSTRAINT {WORDS}_pkey "
-                           "PRIMARY KEY (study_book_id, word)")
-        await conn.execute(postgres_schema.WORDS_INDEX)
-    return time.perf_counter() - started
 
 
 async def _rebuild_owed_vocabulary(pool: asyncpg.Pool, parts: int) -> float:
@@ -926,8 +468,8 @@ def part_count(table: str, jobs: int) -> int:
 
 
 _PLAN = (f"UPDATE {PROGRESS_TABLE} SET read_by = 'rowid', after_rowid = $3, until_rowid = $4, "
-         "first_row = $5, last_row = NULL, done = false, read = 0, inserted = 0, present = 0, "
-         "skipped = 0, rejected = 0, changed = 0, updated_at = now() "
+         "first_row = $5, end_row = $6, last_row = NULL, done = false, read = 0, inserted = 0, "
+         "present = 0, skipped = 0, rejected = 0, changed = 0, updated_at = now() "
          "WHERE table_name = $1 AND part = $2")
 
 
@@ -937,7 +479,7 @@ async def _replan(conn: asyncpg.Connection, src: sqlite3.Connection, table: str,
     restored, the table rebuilt, a VACUUM). The rows already copied are found present; what
     was reported of them is reported again, so the last report goes."""
     await conn.execute(f"DELETE FROM {REJECTS_TABLE} WHERE table_name = $1", table)
-    await conn.executemany(_PLAN, [(table, p.index, p.after, p.until, p.first_row)
+    await conn.executemany(_PLAN, [(table, p.index, p.after, p.until, p.first_row, p.end_row)
                                    for p in await on_source(plan_parts, src, table, n)])
 
 
@@ -967,7 +509,7 @@ async def _prepare(conn: asyncpg.Connection, source_path: Path, source: str,
                 for table in ORDER:
                     mine = [r for r in rows if r["table_name"] == table]
                     parts = [Part(table, r["part"], r["after_rowid"], r["until_rowid"],
-                                  r["first_row"]) for r in mine]
+                                  r["first_row"], r["end_row"]) for r in mine]
                     if not all(r["done"] for r in mine) and not await on_source(
                             parts_hold, src, parts, [r["last_row"] for r in mine]):
                         await _replan(conn, src, table, len(mine))
@@ -981,7 +523,7 @@ async def _prepare(conn: asyncpg.Connection, source_path: Path, source: str,
                 [(t, i, source) for t, i in sorted(planned)])
             for table in ORDER:
                 await conn.executemany(_PLAN, [
-                    (table, p.index, p.after, p.until, p.first_row)
+                    (table, p.index, p.after, p.until, p.first_row, p.end_row)
                     for p in await on_source(plan_parts, src, table,
                                                      part_count(table, jobs))])
     finally:
@@ -1136,7 +678,7 @@ async def run_backfill(
                 moved = asyncio.Event()
                 loaders = [
                     PartLoader(Part(table, r["part"], r["after_rowid"], r["until_rowid"],
-                                    r["first_row"]), pool, source_path, checker,
+                                    r["first_row"], r["end_row"]), pool, source_path, checker,
                                batch_size=batch_size, fast=fast[table],
                                progress=progress or _no_progress, moved=moved)
                     for k, r in sorted(state.items()) if k[0] == table and not r["done"]
