@@ -4,6 +4,7 @@ rows, and writes made through the repository meanwhile must be counted too."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from pathlib import Path
 from typing import Any
@@ -147,5 +148,78 @@ async def test_a_table_with_rows_keeps_its_triggers_counting(
         counted = await vocabulary(conn)
         assert len(counted) > 20
         assert await built_by_the_triggers(conn, 29) == counted
+    finally:
+        await conn.close()
+
+
+async def test_a_lock_request_queued_behind_the_recount_fails_it_not_hangs_it(
+        tmp_path: Path, pg_dsn: str, monkeypatch: Any) -> None:
+    """The recount holds SHARE on questions; an ALTER TABLE (ACCESS EXCLUSIVE) queued behind
+    it makes the recount's own parts, reading questions from other sessions, queue behind the
+    ALTER: a deadlock PostgreSQL cannot see (the recount waits for its parts). The parts give
+    up after their lock timeout, the recount rolls back (the vocabulary as it was), and the
+    ALTER goes through. (A pass that fails so owes its recount to the next run.)"""
+    import threading
+    import time
+
+    import pytest
+
+    import proxy.migrate.vocabulary as vocabulary_mod
+    from proxy.migrate.backfill import open_pool
+
+    legacy = LegacyDB(tmp_path / "legacy.db")
+    fill(legacy, 100)
+    await run_backfill(legacy.path, pg_dsn, rejects_path=tmp_path / "r.jsonl", batch_size=50)
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        counted = await vocabulary(conn)
+    finally:
+        await conn.close()
+    ranges = vocabulary_mod._book_ranges
+    altered: list[float] = []
+
+    async def alter() -> None:
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            async with conn.transaction():
+                await conn.execute("LOCK TABLE questions IN ACCESS EXCLUSIVE MODE")
+            altered.append(time.monotonic())
+        finally:
+            await conn.close()
+
+    async def queued() -> None:
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            for _ in range(1500):
+                if await conn.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted "
+                                       "AND relation = 'questions'::regclass"):
+                    return
+                await asyncio.sleep(0.02)
+        finally:
+            await conn.close()
+
+    def queue_an_alter_then_split(parts: int) -> list[str]:
+        # called once the recount holds its lock, before its parts start
+        threading.Thread(target=lambda: asyncio.run(alter()), daemon=True).start()
+        waiting = threading.Thread(target=lambda: asyncio.run(queued()))
+        waiting.start()
+        waiting.join(30)
+        return ranges(parts)
+
+    monkeypatch.setattr(vocabulary_mod, "_book_ranges", queue_an_alter_then_split)
+    pool = await open_pool(pg_dsn)
+    try:
+        with pytest.raises(asyncpg.LockNotAvailableError):  # not TimeoutError: a hang
+            await asyncio.wait_for(vocabulary_mod.rebuild_vocabulary(pool, 2), 60)
+    finally:
+        await pool.close()
+    for _ in range(200):
+        if altered:
+            break
+        await asyncio.sleep(0.05)
+    assert altered, "the ALTER never got its lock"
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        assert await vocabulary(conn) == counted
     finally:
         await conn.close()
