@@ -4,6 +4,7 @@ beside pgloader and the lower bound, in the same run.
     .venv/bin/python bench/scale.py [--sizes 300k,3M,10M] [--server embedded|pg15] [--runs 1]
         [--corpus sentences|parity] [--steps backfill,verify,search,lower,keyed,pgloader]
         [--data DIR] [--maintenance-workers N] [--jobs N] [--cpus N] [--json OUT]
+        [--cutover PATH]
 
 - the files: `bench/legacy_db.py`'s mix (a third each of questions, typing logs and learning
   events; 1,000 users with a study book each), deterministic (seed 1), generated on first use and
@@ -601,6 +602,8 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus", type=int,
                         help="run everything (server, backfill, pgloader) on the first N CPUs")
     parser.add_argument("--json", type=Path, help="write the figures here as JSON too")
+    parser.add_argument("--cutover", help="the `cutover` command to run (default: this venv's); "
+                        "another checkout's, to compare two versions of the backfill")
     args = parser.parse_args(argv)
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     for s in sizes:
@@ -611,7 +614,8 @@ async def main(argv: list[str] | None = None) -> int:
     args.steps = set(args.steps.split(","))
     args.data.mkdir(parents=True, exist_ok=True)
     pgloader = require_tools() if "pgloader" in args.steps else None
-    cutover = shutil.which("cutover", path=str(Path(sys.executable).parent)) or "cutover"
+    cutover = args.cutover or shutil.which("cutover", path=str(Path(sys.executable).parent)) \
+        or "cutover"
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     start = pg15 if args.server == "pg15" else embedded
     results = []

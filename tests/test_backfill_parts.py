@@ -289,3 +289,29 @@ def test_a_highest_row_with_a_null_id_is_no_mark(tmp_path: Path) -> None:
     conn = source(tmp_path, list(range(1, 11)))
     conn.execute("UPDATE learning_events SET id = NULL WHERE rowid = 10")
     assert [p.end_row for p in plan_parts(conn, "learning_events", 2)] == [mark(conn, 5), None]
+
+
+def test_an_end_mark_deleted_and_re_created_with_the_same_id_vouches_for_nothing(
+        tmp_path: Path) -> None:
+    """Rows 1-5, one part, its end mark row 5. The part reads 1 and 2; they are deleted and the
+    table renumbered (3, 4, 5 -> 1, 2, 3); a new row takes rowid 4; row 5's id is deleted and
+    created again through the repository, which gives it rowid 5, its planned one, and a
+    higher row_version. Taken for the planned row, it would have the part read on after 2,
+    never reading 3 and 4 (now at 1 and 2)."""
+    conn = source(tmp_path, list(range(1, 6)))
+    conn.execute("ALTER TABLE learning_events ADD COLUMN row_version INTEGER NOT NULL DEFAULT 0")
+    part = plan_parts(conn, "learning_events", 1)[0]
+    assert part.end_row == mark(conn, 5) + " v0"
+    got = read_part(conn, part, 2, [])
+    assert got is not None and [r[-1] for r in got[0]] == [1, 2]
+    five = conn.execute("SELECT id FROM learning_events WHERE rowid = 5").fetchone()[0]
+    conn.execute("DELETE FROM learning_events WHERE rowid IN (1, 2)")
+    renumber(conn, "learning_events")
+    new = ("INSERT INTO learning_events (id, user_id, app_id, action, occurred_at, row_version) "
+           "VALUES (?, 'u', 'a', 'view', '2024-01-01T00:00:00Z', ?)")
+    conn.execute(new, (str(uuid.uuid4()), 1))
+    conn.execute("DELETE FROM learning_events WHERE id = ?", (five,))
+    conn.execute(new, (five, 1))
+    assert conn.execute("SELECT rowid FROM learning_events WHERE id = ?", (five,)).fetchone() \
+        == (5,)
+    assert read_part(conn, part, 2, got[0]) is None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -62,9 +63,14 @@ def source_columns(entity: Entity) -> str:
     return f"{', '.join(cols + flags)}, t.rowid FROM {entity.table}"
 
 
-def row_mark(rowid: int, row_id: Any) -> str:
-    """A source row as a checkpoint remembers it: its rowid and its id."""
-    return f"{rowid} {row_id!r}"
+def row_mark(rowid: int, row_id: Any, version: int | None = None) -> str:
+    """A source row as a checkpoint remembers it: its rowid and its id; a part's end mark also
+    its row_version where the file has one (a row deleted and re-created with the same id
+    through the repository outranks its tombstone: it is not the row that was planned)."""
+    return f"{rowid} {row_id!r}" + ("" if version is None else f" v{version}")
+
+
+_MARK = re.compile(r"(-?\d+) (.*?)(?: v(\d+))?")  # an id's repr ends in a quote (or is a number)
 
 
 def _mark_holds(source: sqlite3.Connection, table: str, mark: str | None) -> bool:
@@ -72,9 +78,12 @@ def _mark_holds(source: sqlite3.Connection, table: str, mark: str | None) -> boo
     table without an INTEGER PRIMARY KEY; it keeps their order)."""
     if mark is None:
         return True
-    rowid = int(mark.split(" ", 1)[0])
-    rows = _fetch(source, f"SELECT id FROM {table} WHERE rowid = ?", (rowid,))
-    return bool(rows) and row_mark(rowid, rows[0][0]) == mark
+    found = _MARK.fullmatch(mark)
+    assert found is not None, mark
+    rowid = int(found.group(1))
+    columns = "id" if found.group(3) is None else "id, row_version"
+    rows = _fetch(source, f"SELECT {columns} FROM {table} WHERE rowid = ?", (rowid,))
+    return bool(rows) and row_mark(rowid, *rows[0]) == mark
 
 
 def _go_on_after(source: sqlite3.Connection, entity: Entity,
@@ -192,9 +201,10 @@ class Part:
     after: int | None  # the rowid the part starts after; None: from the first (rowids may be < 0)
     until: int | None  # its last rowid; None: to the end
     first_row: str | None  # `row_mark` of its first row when planned; None: it had none
-    # `row_mark` of its highest row when planned (None: none, or its id is NULL). While that row
-    # keeps its rowid, no row below it has a lower rowid than it had: a renumbering keeps the
-    # order and new rows go above the highest, so the rows between a row and it only thin out.
+    # `row_mark` of its highest row when planned, with its row_version where the table has one
+    # (None: no row, or its id is NULL). While that row keeps its rowid, no row below it has a
+    # lower rowid than it had: a renumbering keeps the order and new rows go above the highest,
+    # so the rows between a row and it only thin out.
     end_row: str | None = None
 
 
@@ -202,13 +212,17 @@ def plan_parts(source: sqlite3.Connection, table: str, n: int) -> list[Part]:
     """`n` rowid ranges of equal width over the table as it is now, each with its first row."""
     low, top = source.execute(f"SELECT min(rowid), max(rowid) FROM {table}").fetchone()
     low, top = (low, top) if low is not None else (1, 0)
+    versions = ", row_version" if source.execute(
+        "SELECT count(*) FROM pragma_table_info(?) WHERE name = 'row_version'", (table,)
+    ).fetchone()[0] else ""
     cuts: list[int | None] = [None, *(low - 1 + (top - low + 1) * i // n for i in range(1, n))]
     parts = []
     for i, after in enumerate(cuts):
         until = cuts[i + 1] if i + 1 < n else None
         bounds = "" if until is None else f" AND t.rowid <= {until:d}"
         first = _fetch(source, *_rows_after(f"rowid, id FROM {table}", after, 1, bounds))
-        end = _fetch(source, *_rows_after(f"rowid, id FROM {table}", after, 1, bounds, "DESC"))
+        end = _fetch(source, *_rows_after(f"rowid, id{versions} FROM {table}", after, 1, bounds,
+                                          "DESC"))
         parts.append(Part(table, i, after, until, row_mark(*first[0]) if first else None,
                           row_mark(*end[0]) if end and end[0][1] is not None else None))
     return parts
