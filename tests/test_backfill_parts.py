@@ -315,3 +315,12 @@ def test_an_end_mark_deleted_and_re_created_with_the_same_id_vouches_for_nothing
     assert conn.execute("SELECT rowid FROM learning_events WHERE id = ?", (five,)).fetchone() \
         == (5,)
     assert read_part(conn, part, 2, got[0]) is None
+
+
+def test_an_end_mark_with_a_version_on_a_file_without_versions_does_not_hold(
+        tmp_path: Path) -> None:
+    """A pass planned on a store's file (with row_version), resumed on a legacy file at the same
+    path: the mark cannot be checked, so it does not hold (the table is read again)."""
+    conn = source(tmp_path, list(range(1, 11)))
+    part = Part("learning_events", 0, None, None, mark(conn, 1), mark(conn, 10) + " v0")
+    assert not parts_hold(conn, [part], [mark(conn, 5) + "x"])

@@ -82,7 +82,10 @@ def _mark_holds(source: sqlite3.Connection, table: str, mark: str | None) -> boo
     assert found is not None, mark
     rowid = int(found.group(1))
     columns = "id" if found.group(3) is None else "id, row_version"
-    rows = _fetch(source, f"SELECT {columns} FROM {table} WHERE rowid = ?", (rowid,))
+    try:
+        rows = _fetch(source, f"SELECT {columns} FROM {table} WHERE rowid = ?", (rowid,))
+    except sqlite3.OperationalError:  # no row_version now: another file, whatever its path
+        return False
     return bool(rows) and row_mark(rowid, *rows[0]) == mark
 
 
