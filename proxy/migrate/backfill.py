@@ -58,6 +58,7 @@ from proxy.errors import BackfillRunning, BadSource, StoreUnavailable
 from proxy.migrate.checks import PROBLEM_COLUMNS, Batch, Problem, RowChecker, problem_records
 from proxy.migrate.source import (
     Part,
+    mark_rowid,
     on_source,
     open_source,
     parts_hold,
@@ -207,7 +208,7 @@ class PartLoader:
 
         def read(last: Sequence[Sequence[Any]]) -> asyncio.Future[Any]:
             start = (p.after, p.first_row) if last_row is None else (
-                int(last_row.split(" ", 1)[0]), last_row)
+                mark_rowid(last_row), last_row)
             self.reading = reader.submit(read_batch, source, self.entity, self.batch_size,
                                          p.until, start, last, p.end_row)
             got = asyncio.wrap_future(self.reading)
@@ -473,14 +474,25 @@ _PLAN = (f"UPDATE {PROGRESS_TABLE} SET read_by = 'rowid', after_rowid = $3, unti
          "WHERE table_name = $1 AND part = $2")
 
 
+async def _plan(conn: asyncpg.Connection, src: sqlite3.Connection, table: str, n: int) -> None:
+    """Plan `table` in `n` parts from its start, into the progress rows already there."""
+    await conn.executemany(_PLAN, [(table, p.index, p.after, p.until, p.first_row, p.end_row)
+                                   for p in await on_source(plan_parts, src, table, n)])
+
+
+def _part(row: asyncpg.Record) -> Part:
+    """A part as its progress row keeps it."""
+    return Part(row["table_name"], row["part"], row["after_rowid"], row["until_rowid"],
+                row["first_row"], row["end_row"])
+
+
 async def _replan(conn: asyncpg.Connection, src: sqlite3.Connection, table: str,
                   n: int) -> None:
     """Read `table` again from its start in `n` parts: its rowids moved (the file dumped and
     restored, the table rebuilt, a VACUUM). The rows already copied are found present; what
     was reported of them is reported again, so the last report goes."""
     await conn.execute(f"DELETE FROM {REJECTS_TABLE} WHERE table_name = $1", table)
-    await conn.executemany(_PLAN, [(table, p.index, p.after, p.until, p.first_row, p.end_row)
-                                   for p in await on_source(plan_parts, src, table, n)])
+    await _plan(conn, src, table, n)
 
 
 async def _prepare(conn: asyncpg.Connection, source_path: Path, source: str,
@@ -508,8 +520,7 @@ async def _prepare(conn: asyncpg.Connection, source_path: Path, source: str,
             if resumable:
                 for table in ORDER:
                     mine = [r for r in rows if r["table_name"] == table]
-                    parts = [Part(table, r["part"], r["after_rowid"], r["until_rowid"],
-                                  r["first_row"], r["end_row"]) for r in mine]
+                    parts = [_part(r) for r in mine]
                     if not all(r["done"] for r in mine) and not await on_source(
                             parts_hold, src, parts, [r["last_row"] for r in mine]):
                         await _replan(conn, src, table, len(mine))
@@ -522,10 +533,7 @@ async def _prepare(conn: asyncpg.Connection, source_path: Path, source: str,
                 f"INSERT INTO {PROGRESS_TABLE} (table_name, part, source) VALUES ($1, $2, $3)",
                 [(t, i, source) for t, i in sorted(planned)])
             for table in ORDER:
-                await conn.executemany(_PLAN, [
-                    (table, p.index, p.after, p.until, p.first_row, p.end_row)
-                    for p in await on_source(plan_parts, src, table,
-                                                     part_count(table, jobs))])
+                await _plan(conn, src, table, part_count(table, jobs))
     finally:
         src.close()
     return False
@@ -677,8 +685,7 @@ async def run_backfill(
                 meanwhile (rows may have slid below a checkpoint unread)."""
                 moved = asyncio.Event()
                 loaders = [
-                    PartLoader(Part(table, r["part"], r["after_rowid"], r["until_rowid"],
-                                    r["first_row"], r["end_row"]), pool, source_path, checker,
+                    PartLoader(_part(r), pool, source_path, checker,
                                batch_size=batch_size, fast=fast[table],
                                progress=progress or _no_progress, moved=moved)
                     for k, r in sorted(state.items()) if k[0] == table and not r["done"]

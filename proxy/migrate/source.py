@@ -73,6 +73,11 @@ def row_mark(rowid: int, row_id: Any, version: int | None = None) -> str:
 _MARK = re.compile(r"(-?\d+) (.*?)(?: v(\d+))?")  # an id's repr ends in a quote (or is a number)
 
 
+def mark_rowid(mark: str) -> int:
+    """The rowid a `row_mark` was taken at."""
+    return int(mark.split(" ", 1)[0])
+
+
 def _mark_holds(source: sqlite3.Connection, table: str, mark: str | None) -> bool:
     """Whether the row `mark` names still has its rowid (a VACUUM may renumber the rowids of a
     table without an INTEGER PRIMARY KEY; it keeps their order)."""
@@ -131,7 +136,7 @@ def _end_stands(source: sqlite3.Connection, table: str, end: str | None,
                 read_to: int | None) -> bool:
     """Whether the part's highest row when planned (`Part.end_row`) is above `read_to` (what
     the part has read) and still has its rowid: then no row below it has slid lower since."""
-    return end is not None and (read_to is None or int(end.split(" ", 1)[0]) > read_to) \
+    return end is not None and (read_to is None or mark_rowid(end) > read_to) \
         and _mark_holds(source, table, end)
 
 
@@ -253,7 +258,7 @@ def parts_hold(source: sqlite3.Connection, parts: Sequence[Part],
         return all(
             all(_mark_holds(source, p.table, mark) for mark in (p.first_row, last))
             or _end_stands(source, p.table, p.end_row,
-                           p.after if last is None else int(last.split(" ", 1)[0]))
+                           p.after if last is None else mark_rowid(last))
             for p, last in zip(parts, checkpoints, strict=True))
     finally:
         source.execute("COMMIT")
