@@ -19,7 +19,6 @@ would reject. It answers whether that work is worth doing (`docs/backfill-at-sca
 
 from __future__ import annotations
 
-import argparse
 import sqlite3
 import sys
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.scale import legacy_file  # noqa: E402
+from bench.source_read import open_legacy  # noqa: E402
 from proxy.migrate.checks import RowChecker  # noqa: E402
 from proxy.migrate.source import source_columns  # noqa: E402
 from proxy.models import BY_TABLE, Column, Entity, Kind  # noqa: E402
@@ -124,28 +123,20 @@ def fetch_only(conn: sqlite3.Connection, sql: str, limit: int) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="3M", help="the scale bench's file (300k, 3M, 10M)")
-    parser.add_argument("--data", type=Path, default=Path("/tmp/cutover-scale"))
-    parser.add_argument("--corpus", default="sentences")
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows read per table")
-    args = parser.parse_args()
-    args.data.mkdir(parents=True, exist_ok=True)
-    path = legacy_file(args.data, args.size, args.corpus)
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    path, conn, limit = open_legacy(__doc__ or "")
     print(f"{path.name}: CPU microseconds a row on the source side; of the prototype, SQLite's "
           "test alone and its formatting alone")
     print(f"{'table':<16} {'now':>7} {'prototype':>10} {'ratio':>6} {'test':>7} {'format':>7}")
     for table in ("questions", "typing_logs", "learning_events"):
         e = BY_TABLE[table]
-        n, cpu_now, good = now(conn, e, args.rows)
-        m, cpu_proto, plain = prototype(conn, e, args.rows)
+        n, cpu_now, good = now(conn, e, limit)
+        m, cpu_proto, plain = prototype(conn, e, limit)
         assert n == m
         order = f" FROM {table} t ORDER BY t.rowid LIMIT ?"
         test = fetch_only(conn, "SELECT " + " AND ".join(_plain(c) for c in e.columns) + order,
-                          args.rows)
+                          limit)
         fmt = fetch_only(conn, "SELECT " + " || char(9) || ".join(_text(c) for c in e.columns)
-                         + order, args.rows)
+                         + order, limit)
         print(f"{table:<16} {cpu_now * 1e6 / n:7.2f} {cpu_proto * 1e6 / m:10.2f} "
               f"{cpu_proto / cpu_now:6.2f} {test * 1e6 / n:7.2f} {fmt * 1e6 / n:7.2f}"
               f"   ({good} rows pass the checks, {plain} are plain)")

@@ -31,8 +31,10 @@ def read(conn: sqlite3.Connection, sql: str, limit: int) -> tuple[int, float, fl
     return n, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def open_legacy(doc: str) -> tuple[Path, sqlite3.Connection, int]:
+    """The scale bench's legacy file named on the command line (generated on first use),
+    read-only, and how many rows to read per table."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--size", default="3M", help="the scale bench's file (300k, 3M, 10M)")
     parser.add_argument("--data", type=Path, default=Path("/tmp/cutover-scale"))
     parser.add_argument("--corpus", default="sentences")
@@ -40,7 +42,11 @@ def main() -> int:
     args = parser.parse_args()
     args.data.mkdir(parents=True, exist_ok=True)
     path = legacy_file(args.data, args.size, args.corpus)
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    return path, sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True), args.rows
+
+
+def main() -> int:
+    path, conn, rows = open_legacy(__doc__ or "")
     print(f"{path.name}: CPU seconds per million rows (wall in brackets)")
     print(f"{'table':<16} {'id order':>16} {'rowid order':>16} {'ratio':>6}")
     for table in ("questions", "typing_logs", "learning_events"):
@@ -48,7 +54,7 @@ def main() -> int:
         figures = []
         for order in ("t.id", "t.rowid"):
             sql = f"SELECT {source_columns(entity)} t ORDER BY {order} LIMIT ?"
-            n, wall, cpu = read(conn, sql, args.rows)
+            n, wall, cpu = read(conn, sql, rows)
             figures.append((cpu * 1e6 / n, wall * 1e6 / n))
         (id_cpu, id_wall), (row_cpu, row_wall) = figures
         print(f"{table:<16} {id_cpu:7.2f} ({id_wall:5.2f}) {row_cpu:9.2f} ({row_wall:5.2f}) "
