@@ -159,9 +159,7 @@ def read_batch(source: sqlite3.Connection, entity: Entity, limit: int, until: in
         ok, after = _go_on_after(source, entity, start, last, end)
         if not ok:
             return None
-        rows = _fetch(source, *_rows_after(
-            source_columns(entity), after, limit,
-            "" if until is None else f" AND t.rowid <= {until:d}"))
+        rows = _fetch(source, *_rows_after(source_columns(entity), after, limit, until))
         return rows, _not_read(rows, last, len(entity.column_names))
     finally:
         source.execute("COMMIT")
@@ -227,21 +225,22 @@ def plan_parts(source: sqlite3.Connection, table: str, n: int) -> list[Part]:
     parts = []
     for i, after in enumerate(cuts):
         until = cuts[i + 1] if i + 1 < n else None
-        bounds = "" if until is None else f" AND t.rowid <= {until:d}"
-        first = _fetch(source, *_rows_after(f"rowid, id FROM {table}", after, 1, bounds))
-        end = _fetch(source, *_rows_after(f"rowid, id{versions} FROM {table}", after, 1, bounds,
+        first = _fetch(source, *_rows_after(f"rowid, id FROM {table}", after, 1, until))
+        end = _fetch(source, *_rows_after(f"rowid, id{versions} FROM {table}", after, 1, until,
                                           "DESC"))
         parts.append(Part(table, i, after, until, row_mark(*first[0]) if first else None,
                           row_mark(*end[0]) if end and end[0][1] is not None else None))
     return parts
 
 
-def _rows_after(select: str, after: int | None, limit: int, until: str = "",
+def _rows_after(select: str, after: int | None, limit: int, until: int | None,
                 order: str = "") -> tuple[str, tuple[int, ...]]:
-    """`SELECT {select}` of the `limit` rows after rowid `after` (None: from the first), in
-    rowid order (`order` "DESC": the last ones first), and its parameters."""
+    """`SELECT {select}` of the `limit` rows after rowid `after` (None: from the first) up to
+    rowid `until` (None: to the end), in rowid order (`order` "DESC": the last ones first), and
+    its parameters."""
     where = "true" if after is None else "t.rowid > ?"
-    return (f"SELECT {select} t WHERE {where}{until} ORDER BY t.rowid {order} LIMIT ?",
+    bound = "" if until is None else f" AND t.rowid <= {until:d}"
+    return (f"SELECT {select} t WHERE {where}{bound} ORDER BY t.rowid {order} LIMIT ?",
             (limit,) if after is None else (after, limit))
 
 
