@@ -214,10 +214,18 @@ class Part:
     end_row: str | None = None
 
 
+def rowid_bounds(conn: sqlite3.Connection, table: str) -> tuple[int, int] | None:
+    """The table's lowest and highest rowid (None: no rows), in one snapshot. Two subqueries:
+    SQLite finds a lone min() or max() at one end of the table, but `min(rowid), max(rowid)`
+    in one SELECT scans a whole index (0.2 s a table on the 3M file, against 0.2 ms)."""
+    low, top = conn.execute(f"SELECT (SELECT min(rowid) FROM {table}), "
+                            f"(SELECT max(rowid) FROM {table})").fetchone()
+    return None if low is None else (int(low), int(top))
+
+
 def plan_parts(source: sqlite3.Connection, table: str, n: int) -> list[Part]:
     """`n` rowid ranges of equal width over the table as it is now, each with its first row."""
-    low, top = source.execute(f"SELECT min(rowid), max(rowid) FROM {table}").fetchone()
-    low, top = (low, top) if low is not None else (1, 0)
+    low, top = rowid_bounds(source, table) or (1, 0)
     versions = ", row_version" if source.execute(
         "SELECT count(*) FROM pragma_table_info(?) WHERE name = 'row_version'", (table,)
     ).fetchone()[0] else ""

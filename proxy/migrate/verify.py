@@ -41,6 +41,7 @@ from proxy.codec import quantum
 from proxy.errors import SchemaMissing, SQLiteNotUpgraded
 from proxy.legacy import _CANONICAL, parse_timestamp
 from proxy.migrate.backfill import REJECTS_TABLE, open_pool
+from proxy.migrate.source import rowid_bounds
 from proxy.models import BY_TABLE, ENTITIES, Column, Entity, Kind
 
 PREFIX_STEP = 2  # hex digits per bisection level (256-way)
@@ -209,8 +210,7 @@ class SQLiteSide:
     def rowid_bounds(self, table: str) -> tuple[int, int]:
         conn = self._connect(False)
         try:
-            lo, hi = conn.execute(f"SELECT min(rowid), max(rowid) FROM {table}").fetchone()
-            return (0, -1) if lo is None else (int(lo), int(hi))
+            return rowid_bounds(conn, table) or (0, -1)
         finally:
             conn.close()
 
