@@ -1,5 +1,6 @@
 """Reading a legacy table in id order vs rowid order: the backfill's source side, CPU per
-million rows, with the parent-exists flags the backfill reads beside each row.
+million rows, with the parent-exists flags the backfill reads beside each row; and finding a
+table's rowid bounds (planning its parts) by one `min(rowid), max(rowid)` vs `rowid_bounds`.
 
     .venv/bin/python bench/source_read.py [--size 3M] [--data DIR] [--rows N]
 
@@ -13,12 +14,13 @@ import argparse
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.scale import legacy_file  # noqa: E402
-from proxy.migrate.source import source_columns  # noqa: E402
+from proxy.migrate.source import rowid_bounds, source_columns  # noqa: E402
 from proxy.models import BY_TABLE  # noqa: E402
 
 
@@ -59,7 +61,19 @@ def main() -> int:
         (id_cpu, id_wall), (row_cpu, row_wall) = figures
         print(f"{table:<16} {id_cpu:7.2f} ({id_wall:5.2f}) {row_cpu:9.2f} ({row_wall:5.2f}) "
               f"{id_cpu / row_cpu:6.2f}")
+    print("\nrowid bounds, ms (best of 3): one SELECT min(rowid), max(rowid) vs rowid_bounds")
+    for table in ("questions", "typing_logs", "learning_events"):
+        one, two = (min(_ms(fn) for _ in range(3)) for fn in (
+            lambda t=table: conn.execute(f"SELECT min(rowid), max(rowid) FROM {t}").fetchone(),
+            lambda t=table: rowid_bounds(conn, t)))
+        print(f"{table:<16} {one:9.1f} {two:9.2f}")
     return 0
+
+
+def _ms(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return (time.perf_counter() - started) * 1000
 
 
 if __name__ == "__main__":
