@@ -629,6 +629,31 @@ def _raise(exc: type[Exception]) -> None:
     raise exc
 
 
+async def test_a_pass_failing_before_its_recount_stops_whole_and_resumes(
+        legacy: LegacyDB, pg_dsn: str, tmp_path: Path) -> None:
+    """learning_events waits for the vocabulary's count (it loads beside the recount's
+    one-backend end). When the questions fail first, no recount comes: the pass must stop
+    whole, nothing of it left waiting or running, and the next run resume to the end."""
+    legacy.bulk(users=3, questions=400, logs=200, events=300)
+    with pytest.raises(Stop):
+        await asyncio.wait_for(backfill(
+            legacy, pg_dsn, tmp_path, batch_size=50,
+            progress=lambda table, n: _raise(Stop) if table == "questions" else None), 60)
+    await asyncio.sleep(0)
+    assert asyncio.all_tasks() == {asyncio.current_task()}  # no lane left behind
+    report = await backfill(legacy, pg_dsn, tmp_path, batch_size=50)
+    assert report.resumed
+    for table in ("users", "study_books", "questions", "typing_logs", "learning_events"):
+        source = {r[0] for r in legacy.conn.execute(f"SELECT id FROM {table}")}
+        loaded = {str(r["id"]) for r in await pg_rows(pg_dsn, f"SELECT id FROM {table}")}
+        assert loaded == source, table
+    recount = postgres_schema.WORDS_FILL.replace("INSERT INTO cutover_search_words", "")
+    [diff] = await pg_rows(pg_dsn, f"SELECT count(*) AS n, (SELECT count(*) FROM ({recount}) r)"
+                           f" AS words FROM (({recount}) EXCEPT ALL "
+                           "(SELECT * FROM cutover_search_words)) d")
+    assert diff["words"] > 0 and diff["n"] == 0
+
+
 async def test_writes_made_through_the_repository_during_the_backfill_win(
         legacy: LegacyDB, pg_schema_dsn: str, pg_store: PostgresStore, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -91,7 +91,7 @@ async def test_writes_through_the_repository_during_the_pass_are_counted(
     written: list[Any] = []
     original = backfill.rebuild_vocabulary
 
-    async def write_first(pool: asyncpg.Pool, parts: int) -> float:
+    async def write_first(pool: asyncpg.Pool, parts: int, *rest: Any) -> float:
         user = await store.create_user(name="live", email="live@example.com")
         book = await store.create_study_book(user_id=user.id, title="live")
         written.append(await store.create_question(
@@ -107,7 +107,7 @@ async def test_writes_through_the_repository_during_the_pass_are_counted(
                 "SELECT count(*) FROM cutover_search_words WHERE word = 'serialize'") == 0
         finally:
             await seen.close()
-        return await original(pool, parts)
+        return await original(pool, parts, *rest)
 
     monkeypatch.setattr(backfill, "rebuild_vocabulary", write_first)
     try:

@@ -75,11 +75,17 @@ DEFAULT_JOBS = 2  # the machine's cores: loads per big table, and the recount's 
 REJECTS_TABLE = "cutover_backfill_rejects"
 PROGRESS_TABLE = "cutover_backfill_progress"
 # The vocabulary's recount has a progress row too (WORDS, part 0): not done while a pass owes it.
-# Parents before children; learning_events has no parent and runs on its own lane.
+# Parents before children; learning_events has no parent and runs on its own lane, after the
+# vocabulary's count when the pass owes a recount (`LATE`).
 LANES: tuple[tuple[str, ...], ...] = (
     ("users", "study_books", "questions", "typing_logs"),
     ("learning_events",),
 )
+# Loaded once the recount has counted: the rest of the recount (the fill, its key, its trigram
+# index) runs on one backend and leaves a core to this load, which takes little of the server;
+# loaded beside the questions instead, it slowed the questions and the count that waits for them
+# (`bench/scale.py --sizes 300k,3M --steps backfill`: docs/backfill-at-scale.md).
+LATE = "learning_events"
 ORDER = tuple(e.table for e in ENTITIES)
 _LOCK_KEY = 7715002
 
@@ -447,10 +453,15 @@ async def build_index(pool: asyncpg.Pool, index: Index) -> float:
 
 
 
-async def _rebuild_owed_vocabulary(pool: asyncpg.Pool, parts: int) -> float:
+async def _rebuild_owed_vocabulary(pool: asyncpg.Pool, parts: int,
+                                   counted: asyncio.Event) -> float:
     """The recount this pass owes, then its progress row marked done (a crash in between costs
-    one more recount, never a stale vocabulary)."""
-    seconds = await rebuild_vocabulary(pool, parts)
+    one more recount, never a stale vocabulary). `counted` is set once the words are counted,
+    or the recount failed."""
+    try:
+        seconds = await rebuild_vocabulary(pool, parts, counted)
+    finally:
+        counted.set()
     async with pool.acquire() as conn:
         await conn.execute(f"UPDATE {PROGRESS_TABLE} SET done = true, updated_at = now() "
                            "WHERE table_name = $1", WORDS)
@@ -642,6 +653,9 @@ async def run_backfill(
                 counts = await asyncio.to_thread(_source_counts, source_path, state)
                 totals({**counts, "indexes": len(deferrable_indexes())})
             index_tasks: list[asyncio.Task[float]] = []
+            counted = asyncio.Event()  # the recount's words are counted (LATE loads then)
+            if not defer_words:
+                counted.set()
             analyze_tasks: list[asyncio.Task[float]] = []
             words_tasks: list[asyncio.Task[float]] = []
 
@@ -664,7 +678,7 @@ async def run_backfill(
                 index_tasks.extend(builds)
                 if table == "questions" and defer_words:
                     words_tasks.append(asyncio.ensure_future(
-                        _rebuild_owed_vocabulary(pool, jobs)))
+                        _rebuild_owed_vocabulary(pool, jobs, counted)))
                     builds = [*builds, *words_tasks]
                 if analyze:
                     analyze_tasks.append(asyncio.ensure_future(analyze_after(table, builds)))
@@ -695,6 +709,8 @@ async def run_backfill(
                 return not moved.is_set()
 
             async def load(table: str) -> None:
+                if table == LATE:
+                    await counted.wait()
                 t0 = time.perf_counter()
                 checker = RowChecker(BY_TABLE[table], rejected)
                 parts = [r for k, r in state.items() if k[0] == table]
@@ -722,14 +738,19 @@ async def run_backfill(
                 for table in tables:
                     await load(table)
 
+            lanes = [asyncio.ensure_future(lane(t)) for t in LANES]
             try:
-                await asyncio.gather(*(lane(t) for t in LANES))
+                await asyncio.gather(*lanes)
                 index_seconds = await asyncio.gather(*index_tasks)
                 words_seconds = await asyncio.gather(*words_tasks)
                 analyze_seconds = await asyncio.gather(*analyze_tasks)
             finally:
-                for task in (*index_tasks, *words_tasks, *analyze_tasks):
+                # a failed lane stops the pass: nothing of it goes on (the late table would wait
+                # for a recount that will not come) once it has failed; it resumes from here
+                rest = (*lanes, *index_tasks, *words_tasks, *analyze_tasks)
+                for task in rest:
                     task.cancel()
+                await asyncio.gather(*rest, return_exceptions=True)
             timings["indexes"] = round(max(index_seconds, default=0.0), 3)
             if words_seconds:
                 timings["vocabulary"] = round(words_seconds[0], 3)

@@ -23,7 +23,8 @@ def _book_ranges(parts: int) -> list[str]:
             for lo, hi in itertools.pairwise(cuts)]
 
 
-async def rebuild_vocabulary(pool: asyncpg.Pool, parts: int) -> float:
+async def rebuild_vocabulary(pool: asyncpg.Pool, parts: int,
+                             counted: asyncio.Event | None = None) -> float:
     """Count every study book's words from its questions, set-based, replacing the vocabulary;
     return the seconds it took.
 
@@ -66,6 +67,8 @@ async def rebuild_vocabulary(pool: asyncpg.Pool, parts: int) -> float:
         await conn.execute("SET LOCAL lock_timeout = 0")
         await asyncio.gather(*(count(t, b) for t, b in zip(staged, _book_ranges(parts),
                                                            strict=True)))
+        if counted is not None:
+            counted.set()
         await conn.execute("SET LOCAL maintenance_work_mem = '256MB'")
         await conn.execute(f"DROP INDEX IF EXISTS {postgres_schema.WORDS_INDEX_NAME}")
         await conn.execute(f"TRUNCATE {WORDS}")
