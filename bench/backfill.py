@@ -65,6 +65,7 @@ class Run:
     rows: int
     cpu_s: float = 0.0  # the child's user + system time
     server_cpu_s: float | None = None  # the server's, over the child's run (embedded only)
+    idle_core_s: float | None = None  # the machine's CPUs idle (or waiting on I/O) meanwhile
 
 
 # Measures one child from a small trampoline process: a child forked straight from this process
@@ -84,13 +85,21 @@ def measure(name: str, argv: list[str], env: dict[str, str], log: Path, rows: in
             server_pid: int | None = None) -> Run:
     """Run `argv`: its wall seconds, CPU seconds, peak RSS in MB and exit status, and the
     server's CPU seconds meanwhile when `server_pid` (its postmaster) is given."""
-    before = server_cpu(server_pid) if server_pid else None
+    before, idle = server_cpu(server_pid) if server_pid else None, idle_cpu()
     done = subprocess.run([sys.executable, "-c", TRAMPOLINE, str(log), *argv], env=env,
                           capture_output=True, text=True, check=True)
-    after = server_cpu(server_pid) if server_pid else None
+    after, idle = server_cpu(server_pid) if server_pid else None, idle_cpu() - idle
     seconds, rss_kb, code, cpu = done.stdout.split()
     return Run(name, float(seconds), int(rss_kb) / 1024, int(code), rows, float(cpu),
-               None if before is None or after is None else after - before)
+               None if before is None or after is None else after - before, idle)
+
+
+def idle_cpu() -> float:
+    """Core-seconds this machine's CPUs have been idle or waiting on I/O since it booted: over
+    a step, what its loaders left unused (on a machine nothing else runs on)."""
+    # the first line: cpu user nice system idle iowait ... (in clock ticks)
+    ticks = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(ticks[4]) + int(ticks[5])) / os.sysconf("SC_CLK_TCK")
 
 
 def server_cpu(postmaster: int) -> float | None:

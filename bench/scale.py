@@ -73,6 +73,7 @@ from bench.backfill import (  # noqa: E402
     PGLOADER_COMMAND,
     Run,
     count_rows,
+    idle_cpu,
     measure,
     pgloader_target,
     require_tools,
@@ -396,6 +397,8 @@ class SizeResult:
     lower_cpu: list[float | None] = field(default_factory=list)  # the server's, during it
     keyed: list[float] = field(default_factory=list)  # the lower bound, keys kept in the COPY
     keyed_cpu: list[float | None] = field(default_factory=list)
+    lower_idle: list[float] = field(default_factory=list)  # core-seconds the machine left idle
+    keyed_idle: list[float] = field(default_factory=list)
     search: list[tuple[float, float]] = field(default_factory=list)
     load: list[tuple[float, float]] = field(default_factory=list)  # load average before, after
     timings: list[dict[str, float]] = field(default_factory=list)  # the backfill's own
@@ -463,14 +466,16 @@ async def ours(size: str, i: int, args: argparse.Namespace, server: Server, work
             _say(size, i, "search p50/p95 ms", *result.search[-1])
         if args.steps & {"lower", "keyed"}:
             files = await dump_rows(dsn, work)
-            for step, seconds, cpu in (("lower", result.lower, result.lower_cpu),
-                                       ("keyed", result.keyed, result.keyed_cpu)):
+            for step, seconds, cpu, idle in (
+                    ("lower", result.lower, result.lower_cpu, result.lower_idle),
+                    ("keyed", result.keyed, result.keyed_cpu, result.keyed_idle)):
                 if step not in args.steps:
                     continue
-                before_cpu = server_cpu(server.pid)
+                before_cpu, before_idle = server_cpu(server.pid), idle_cpu()
                 seconds.append(await lower_bound(server.dsn, files, args.jobs,
                                                  keys_kept=step == "keyed"))
                 after_cpu = server_cpu(server.pid)
+                idle.append(idle_cpu() - before_idle)
                 cpu.append(None if before_cpu is None or after_cpu is None
                            else after_cpu - before_cpu)
                 _say(size, i, "lower bound" if step == "lower" else "lower bound, keys kept",
@@ -532,6 +537,10 @@ def report(results: list[SizeResult], args: argparse.Namespace) -> dict[str, Any
             "server_cpu_s": _med([x.server_cpu_s for x in r.backfill
                                   if x.server_cpu_s is not None]),
             "server_cpu_max_over_min": _spread([x.server_cpu_s for x in r.backfill]),
+            "backfill_cpu_s": _med([x.cpu_s for x in r.backfill]),
+            "backfill_idle_core_s": _med([x.idle_core_s for x in r.backfill
+                                          if x.idle_core_s is not None]),
+            "lower_idle_core_s": _med(r.lower_idle), "keyed_idle_core_s": _med(r.keyed_idle),
             "load_avg": r.load, "timings": r.timings,
             "runs": {"backfill": [asdict(x) for x in r.backfill],
                      "verify": [asdict(x) for x in r.verify],
@@ -554,6 +563,13 @@ def report(results: list[SizeResult], args: argparse.Namespace) -> dict[str, Any
               f"{f('search_p95_ms', '.1f', 7)} {f('server_cpu_s', '.1f', 9)} "
               f"{f('server_cpu_max_over_min', '.2f', 7)} "
               f"{max(max(x) for x in r.load) if r.load else 0:9.1f}")
+    print("\nidle core-seconds (the machine's CPUs unused during the step; medians): where the "
+          "loads leave a core waiting")
+    for size, fig in out["sizes"].items():
+        print(f"{size:>5} " + "  ".join(
+            f"{name} {fig[key]:.1f}" for name, key in (
+                ("backfill", "backfill_idle_core_s"), ("lower bound", "lower_idle_core_s"),
+                ("keys kept", "keyed_idle_core_s")) if fig[key] is not None))
     print()
     sizes = out["sizes"]
     first, last = (sizes[results[0].size], sizes[results[-1].size]) if results else ({}, {})
