@@ -11,7 +11,8 @@ beside pgloader and the lower bound, in the same run.
   kept under `--data` (default $TMPDIR/cutover-scale), never checked in;
 - backfill: `cutover backfill --from FILE` in a child process into an empty database; wall time
   and the child's peak resident memory (wait4's ru_maxrss, from a trampoline process so the
-  child's memory is its own);
+  child's memory is its own); and, for it and the lower bound, the core-seconds the machine's
+  CPUs were idle meanwhile: where the loads leave a core waiting;
 - verify: `cutover verify --sample-queries 0` on that database against an upgraded copy of the
   file (as bench/backfill.py), time and peak memory;
 - search: `PostgresStore.search_questions` on that database, one client, over a query mix drawn
