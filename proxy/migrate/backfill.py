@@ -745,8 +745,8 @@ async def run_backfill(
                 words_seconds = await asyncio.gather(*words_tasks)
                 analyze_seconds = await asyncio.gather(*analyze_tasks)
             finally:
-                # a failed lane stops the pass: nothing of it goes on (the late table would wait
-                # for a recount that will not come) once it has failed; it resumes from here
+                # a failed lane stops the pass whole: the other is cancelled (the late table would
+                # wait for a recount that will not come), and the next run resumes from progress
                 rest = (*lanes, *index_tasks, *words_tasks, *analyze_tasks)
                 for task in rest:
                     task.cancel()
