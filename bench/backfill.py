@@ -85,10 +85,10 @@ def measure(name: str, argv: list[str], env: dict[str, str], log: Path, rows: in
             server_pid: int | None = None) -> Run:
     """Run `argv`: its wall seconds, CPU seconds, peak RSS in MB and exit status, and the
     server's CPU seconds meanwhile when `server_pid` (its postmaster) is given."""
-    before, idle = server_cpu(server_pid) if server_pid else None, idle_cpu()
+    before, idle_before = server_cpu(server_pid) if server_pid else None, idle_cpu()
     done = subprocess.run([sys.executable, "-c", TRAMPOLINE, str(log), *argv], env=env,
                           capture_output=True, text=True, check=True)
-    after, idle = server_cpu(server_pid) if server_pid else None, idle_cpu() - idle
+    after, idle = server_cpu(server_pid) if server_pid else None, idle_cpu() - idle_before
     seconds, rss_kb, code, cpu = done.stdout.split()
     return Run(name, float(seconds), int(rss_kb) / 1024, int(code), rows, float(cpu),
                None if before is None or after is None else after - before, idle)
