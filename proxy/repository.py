@@ -241,7 +241,8 @@ class Repository(EntityMethods):
             )
             if target == current.primary:
                 if changes != current:
-                    await self._record(replace(changes, epoch=current.epoch + 1), current)
+                    await self._record(replace(changes, epoch=current.epoch + 1),
+                                       on=current.primary, expect_epoch=current.epoch)
                 return
             if target == "sqlite" and not current.dual_write and not force:
                 raise FlipRefused("dual writes are off: SQLite lacks every write since; a "
@@ -268,9 +269,10 @@ class Repository(EntityMethods):
                 await self._drain_to(target)  # nothing new reaches the old primary now
             except Exception as exc:
                 if not force:
-                    # hand the primary back with a newer epoch: epochs only ever grow
+                    # hand the primary back with a newer epoch: epochs only ever grow. The
+                    # fence is where `new` is, on the old primary; the target never held it
                     back = replace(new, primary=old, epoch=new.epoch + 1)
-                    await self._record(back, new)
+                    await self._record(back, on=old, expect_epoch=new.epoch)
                     log.warning("primary.flip_refused", target=target, reason=str(exc))
                     raise FlipRefused(f"cannot flip to {target}: {exc}") from exc
             with contextlib.suppress(StoreUnavailable):
@@ -290,14 +292,14 @@ class Repository(EntityMethods):
         self.metrics.set_read_primary(target)
         log.info("primary.flipped", old=old, new=target, forced=force)
 
-    async def _record(self, new: Control, current: Control) -> None:
-        """Write `new` (same primary) on both stores: the primary's copy first, fenced."""
-        if not await self._stores[current.primary].fence_control(new,
-                                                                 expect_epoch=current.epoch):
+    async def _record(self, new: Control, *, on: Backend, expect_epoch: int) -> None:
+        """Write `new` on both stores: first on `on`, fenced (only if its copy is still at
+        `expect_epoch`), then on the other."""
+        if not await self._stores[on].fence_control(new, expect_epoch=expect_epoch):
             await self._follow()
             raise FlipRefused("another flip happened meanwhile")
         with contextlib.suppress(StoreUnavailable):
-            await self._stores[other_backend(current.primary)].advance_control(new)
+            await self._stores[other_backend(on)].advance_control(new)
         self._adopt(new)
 
     # -- following the control record --

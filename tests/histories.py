@@ -688,7 +688,8 @@ async def repositories(
             stores += [sqlite, postgres]
             repo = Repository(settings, sqlite, postgres, metrics=Metrics(CollectorRegistry()))
             repos.append(repo)
-            if start:
+            if start:  # as `open_repository` does: fenced from the first flip
+                await repo.bootstrap()
                 repo.start()
         yield repos, check_sqlite, check_pg
     finally:

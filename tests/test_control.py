@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from config import Settings
-from config.settings import ConfigError
+from config.settings import Backend, ConfigError
 from proxy import FlipRefused, open_repository
 from proxy.control import Control
 from proxy.errors import Fenced
@@ -76,6 +76,45 @@ async def test_a_write_of_a_process_that_has_not_followed_is_fenced_and_retried(
         assert b.read_primary == "postgres"
         for store in a.stores.values():
             assert await store.get_row(USERS, user.id) is not None or store.backend == "sqlite"
+
+
+@pytest.mark.slow
+async def test_a_flip_failing_after_the_fence_hands_the_primary_back_and_writes_go_on(
+    sqlite_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old primary is fenced, then the last replay fails (the target went down, say): the
+    flip is refused and the primary handed back with a newer epoch, on both copies, so every
+    process writes again. (The hand-back once looked for the fence on the target, which never
+    held it: the rollback was refused too, and both stores refused every write.)"""
+    settings = _settings(sqlite_path, pg_dsn)
+    async with open_repository(settings, registry=CollectorRegistry()) as a, \
+            open_repository(settings, registry=CollectorRegistry()) as b:
+        before = a.epoch
+        assert before is not None
+        drains = 0
+        drain = a._drain_to
+
+        async def second_fails(target: Backend) -> None:
+            nonlocal drains
+            drains += 1
+            if drains == 2:
+                raise FlipRefused(f"{target} went down")
+            await drain(target)
+
+        monkeypatch.setattr(a, "_drain_to", second_fails)
+        with pytest.raises(FlipRefused, match="went down"):
+            await a.set_read_primary("postgres")
+        assert drains == 2
+        back = Control("sqlite", before + 2, True, frozenset({"sqlite"}))
+        for store in a.stores.values():
+            assert await store.read_control() == back
+        assert (a.read_primary, a.epoch) == ("sqlite", before + 2)
+        user = await a.create_user(name="after", email="after@example.com")
+        assert a.last_write == ("sqlite", before + 2)
+        late = await b.create_user(name="late", email="late@example.com")  # not followed yet
+        assert b.last_write == ("sqlite", before + 2)
+        for row in (user, late):
+            assert await a.stores["sqlite"].get_row(USERS, row.id) is not None
 
 
 async def test_a_store_refuses_a_write_with_another_epoch(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -108,23 +109,33 @@ async def test_flush_wal_makes_asynchronous_commits_durable(pg_schema_dsn: str) 
         await store.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="known defect, not fixed yet: a "
-                   "mirror batch begun before a flip brings back a row the new primary deleted")
-async def test_a_mirror_write_begun_before_a_flip_never_brings_back_a_row_the_new_primary_deleted(
-    pg_schema_dsn: str,
+@pytest.mark.parametrize("inline", [False, True], ids=["replay", "inline"])
+@pytest.mark.parametrize("flip_during", [True, False], ids=["flip-during", "already-primary"])
+async def test_a_mirror_write_beside_a_primary_write_never_brings_back_a_row_it_deleted(
+    pg_schema_dsn: str, flip_during: bool, inline: bool,
 ) -> None:
-    """A replay batch to PostgreSQL begun while SQLite was primary, still running when the
-    flip makes PostgreSQL primary and a write there deletes a row the batch carries an older
-    image of: the batch's tombstone check read a snapshot from before the delete (the primary
-    writes READ COMMITTED, outside SSI), and the row came back on PostgreSQL alone
+    """A mirror batch to PostgreSQL holding an older image of a row, still running when
+    PostgreSQL, primary (named by a flip meanwhile, or already: writes owed from before a
+    forced flip), deletes that row. The primary writes READ COMMITTED, outside SSI: a batch
+    whose snapshot predated the delete brought the row back on PostgreSQL alone
     (test_concurrent_history_with_flips_converges[postgres] failed so, about one history in
-    twenty). Strict: when a fix lands, this passes and the marker must go."""
+    twenty). Now the two never overlap; whichever goes first, the delete wins."""
     from proxy.control import Control
 
     store = PostgresStore(pg_schema_dsn)
     blocker = await asyncpg.connect(pg_schema_dsn)
+
+    async def waiting() -> int:
+        return int(await blocker.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+
+    async def until(condition: Callable[[], Awaitable[bool]]) -> None:
+        for _ in range(500):  # the order comes from the locks, not from sleeping
+            if await condition():
+                return
+            await asyncio.sleep(0.01)
+
     try:
-        await store.advance_control(Control("sqlite", 1))
+        await store.advance_control(Control("sqlite" if flip_during else "postgres", 1))
         held, gone = _user(1), _user(2)
         await store.apply([held, gone])  # both as the mirror holds them, version 1
         late = Mutation("user", "update", gone.row_id, 5, {**gone.row, "name": "late"})
@@ -132,23 +143,31 @@ async def test_a_mirror_write_begun_before_a_flip_never_brings_back_a_row_the_ne
         lock = blocker.transaction()
         await lock.start()
         await blocker.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", held.row_id)
-        batch = asyncio.create_task(store.apply([
+        apply = store.apply_inline if inline else store.apply
+        batch = asyncio.create_task(apply([
             Mutation("user", "update", held.row_id, 5, {**held.row, "name": "h"}), late]))
-        for _ in range(500):  # until the batch, its snapshot taken, waits for the row lock
-            if await blocker.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: _true(waiting(), 1))
 
-        async def flip_then_delete() -> None:  # the flip names PostgreSQL, which deletes
-            await store.advance_control(Control("postgres", 2))
-            await store.delete_row(USERS, gone.row_id, clock=10, epoch=2)
+        async def primary_delete() -> None:
+            if flip_during:
+                await store.advance_control(Control("postgres", 2))
+            await store.delete_row(USERS, gone.row_id, clock=10, epoch=2 if flip_during else 1)
 
-        flip = asyncio.create_task(flip_then_delete())
-        # the delete commits before the batch goes on (a fix may make the flip wait for it)
-        await asyncio.wait([flip], timeout=5)
+        delete = asyncio.create_task(primary_delete())
+        # the delete commits, or waits for the batch
+        await until(lambda: _done_or(delete, waiting(), 2))
         await lock.rollback()
-        await asyncio.gather(batch, flip)
+        await asyncio.gather(batch, delete)
         assert await store.get_row(USERS, gone.row_id) is None
+        assert (await store.get_row(USERS, held.row_id) or {})["name"] == "h"
     finally:
         await blocker.close()
         await store.close()
+
+
+async def _true(count: Awaitable[int], at_least: int) -> bool:
+    return await count >= at_least
+
+
+async def _done_or(task: asyncio.Task[None], count: Awaitable[int], at_least: int) -> bool:
+    return task.done() or await count >= at_least

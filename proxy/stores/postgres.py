@@ -448,26 +448,28 @@ class PostgresStore(StoreMethods):
         pool = await self._get_pool()
         try:
             async with pool.acquire(timeout=10) as conn:
-                return await _serializably(lambda: _apply_batch(conn, mutations, "serializable"))
+                return await _serializably(lambda: _apply_batch(conn, mutations))
         except UNAVAILABLE as exc:
             raise StoreUnavailable("postgres", _reason(exc)) from exc
 
     async def delete_parents(self, deletes: Sequence[Mutation]) -> list[ApplyResult]:
-        """One SERIALIZABLE transaction, a statement per delete: a child attached by a
-        transaction that committed after the snapshot makes the foreign key's action fail
+        """One mirror transaction (`_as_mirror`), a statement per delete: a child attached by
+        a transaction that committed after the snapshot makes the foreign key's action fail
         with a serialization error (its check looks for new referencing rows), and the whole
         is tried again, seeing that child."""
         pool = await self._get_pool()
 
-        async def attempt() -> list[ApplyResult]:
+        async def each(conn: asyncpg.Connection) -> list[ApplyResult]:
             results = []
-            async with pool.acquire(timeout=10) as conn, \
-                    conn.transaction(isolation="serializable"):
-                for m in deletes:
-                    found = await conn.fetchrow(_DELETE_PARENT[m.entity], m.row_id, m.version)
-                    results.append(WAITS if found["waits"] else ApplyResult(
-                        ApplyOutcome.APPLIED if found["n"] else ApplyOutcome.SUPERSEDED))
+            for m in deletes:
+                found = await conn.fetchrow(_DELETE_PARENT[m.entity], m.row_id, m.version)
+                results.append(WAITS if found["waits"] else ApplyResult(
+                    ApplyOutcome.APPLIED if found["n"] else ApplyOutcome.SUPERSEDED))
             return results
+
+        async def attempt() -> list[ApplyResult]:
+            async with pool.acquire(timeout=10) as conn:
+                return await _as_mirror(conn, each)
 
         try:
             return await _serializably(attempt)
@@ -747,9 +749,9 @@ _FLUSH_WAL = (
 
 class _MirrorSession:
     """The connection inline mirror writes use: commits skip the WAL flush (the primary's
-    outbox entry holds each write until `flush_wal` has run after it). A batch is applied in
-    one round trip when it can be, each statement its own transaction; one by one, each in a
-    savepoint, when one of them fails. The connection is the session's own, not the pool's:
+    outbox entry holds each write until `flush_wal` has run after it). A batch is one mirror
+    transaction (`_as_mirror`), its statements pipelined when they can be; one by one, each in
+    a savepoint, when one of them fails. The connection is the session's own, not the pool's:
     its setting never reaches a write that must be durable on its own. Batches come one at a
     time (the mirror pipeline has one worker).
     """
@@ -770,7 +772,7 @@ class _MirrorSession:
     async def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
         try:
             conn = await self._connection()
-            return await _serializably(lambda: _apply_batch(conn, mutations, None))
+            return await _serializably(lambda: _apply_batch(conn, mutations))
         except BaseException:
             self.terminate()  # its state is unknown: a fresh connection next time
             raise
@@ -919,7 +921,8 @@ def _upsert_sql(entity: Entity) -> str:
 _UPSERT = {e.name: _upsert_sql(e) for e in ENTITIES}
 
 
-async def _apply_all(conn: asyncpg.Connection, mutations: Sequence[Mutation]) -> None:
+async def _apply_all(conn: asyncpg.Connection, mutations: Sequence[Mutation]
+                     ) -> list[ApplyResult]:
     """Apply a batch in a few pipelined round trips: one `executemany` per run of mutations of
     the same entity and op (runs keep the batch's order, so parents precede their children).
     Raises on the first mutation that cannot apply."""
@@ -935,6 +938,7 @@ async def _apply_all(conn: asyncpg.Connection, mutations: Sequence[Mutation]) ->
             await conn.execute(sql, *args[0])
         else:
             await conn.executemany(sql, args)
+    return [ApplyResult(ApplyOutcome.APPLIED)] * len(mutations)
 
 
 MIRROR_RETRIES = 5  # serialization failures in a row before a batch is left to the outbox
@@ -957,25 +961,52 @@ async def _serializably(
     raise AssertionError("unreachable")
 
 
-async def _apply_batch(
-    conn: asyncpg.Connection, mutations: Sequence[Mutation], isolation: str | None
+# SSI orders mirror transactions among themselves, but not against the primary's writes, which
+# run READ COMMITTED: a mirror snapshot older than a primary's delete brought the row back
+# (tests/test_mirror.py). So the two never overlap, by the control record's row lock.
+_AS_MIRROR = "SELECT read_primary = 'postgres' FROM cutover_control WHERE id = 1 FOR SHARE"
+_ALONE = "SELECT 1 FROM cutover_control WHERE id = 1 FOR UPDATE"
+
+
+async def _as_mirror(
+    conn: asyncpg.Connection, work: Callable[[asyncpg.Connection], Awaitable[list[ApplyResult]]]
 ) -> list[ApplyResult]:
-    """The whole batch in a few round trips (in one transaction, or each statement its own on
-    the mirror session); one by one, each in a savepoint, only if that fails."""
+    """Run mirror writes in one transaction that no primary write on PostgreSQL overlaps.
+
+    PostgreSQL a mirror: SERIALIZABLE, the control record held FOR SHARE (mirror transactions
+    share it), so the flip naming PostgreSQL (`advance_control`) waits for this transaction, and
+    primary writes, which need that record, begin only after it. PostgreSQL the primary (writes
+    owed from before a forced flip, or an inline write the flip overtook): READ COMMITTED, the
+    record held FOR UPDATE, so these writes run between primary writes, never beside them, and
+    each statement sees every delete committed before it.
+    """
+    async with conn.transaction(isolation="serializable"):
+        if not await conn.fetchval(_AS_MIRROR):
+            return await work(conn)
+    async with conn.transaction(isolation="read_committed"):
+        await conn.execute(_ALONE)
+        return await work(conn)
+
+
+async def _apply_batch(conn: asyncpg.Connection, mutations: Sequence[Mutation]
+                       ) -> list[ApplyResult]:
+    """The whole batch in a few round trips; one by one, each in a savepoint, only if that
+    fails."""
     try:
-        if isolation is None:
-            await _apply_all(conn, mutations)
-        else:
-            async with conn.transaction(isolation=isolation):
-                await _apply_all(conn, mutations)
-        return [ApplyResult(ApplyOutcome.APPLIED)] * len(mutations)
+        return await _as_mirror(conn, lambda c: _apply_all(c, mutations))
     except BATCH_REJECTED:
-        async with conn.transaction(isolation=isolation):
-            return [await _apply_one(conn, m, savepoint=True) for m in mutations]
+        return await _as_mirror(conn, lambda c: _apply_each(c, mutations))
 
 
-async def _apply_one(conn: asyncpg.Connection, m: Mutation, *, savepoint: bool) -> ApplyResult:
-    """Apply one mutation in one statement; inside a batch, within its own savepoint."""
+async def _apply_each(conn: asyncpg.Connection, mutations: Sequence[Mutation]
+                      ) -> list[ApplyResult]:
+    """One statement a mutation, each in its own savepoint: one that fails leaves the others
+    applied."""
+    return [await _apply_one(conn, m) for m in mutations]
+
+
+async def _apply_one(conn: asyncpg.Connection, m: Mutation) -> ApplyResult:
+    """Apply one mutation in one statement, within its own savepoint."""
     entity = BY_NAME[m.entity]
     if m.op == "delete":
         sql = _DELETE[entity.name]
@@ -986,10 +1017,7 @@ async def _apply_one(conn: asyncpg.Connection, m: Mutation, *, savepoint: bool) 
         args = (*(m.row.get(c) for c in entity.column_names), m.version)
     try:
         run = conn.fetchval if m.op == "delete" else conn.execute  # a delete reports its count
-        if savepoint:  # one failing mutation leaves the others of the batch applied
-            async with conn.transaction():
-                status = await run(sql, *args)
-        else:
+        async with conn.transaction():
             status = await run(sql, *args)
         applied = not str(status).endswith(" 0")
         return ApplyResult(ApplyOutcome.APPLIED if applied else ApplyOutcome.SUPERSEDED)
