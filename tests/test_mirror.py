@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -171,3 +172,115 @@ async def _true(count: Awaitable[int], at_least: int) -> bool:
 
 async def _done_or(task: asyncio.Task[None], count: Awaitable[int], at_least: int) -> bool:
     return task.done() or await count >= at_least
+
+
+async def test_a_mirror_write_that_saw_postgres_primary_reads_again_once_it_holds_the_record(
+    pg_schema_dsn: str,
+) -> None:
+    """An owed write, replayed while PostgreSQL is primary, queues for the record FOR UPDATE
+    behind the flip that names SQLite; once it holds the record it must go on as a mirror write
+    (SERIALIZABLE), not READ COMMITTED: a SERIALIZABLE mirror write that took its snapshot
+    while waiting behind it missed its delete and brought the row back (found by a red team)."""
+    from proxy.control import Control
+
+    store = PostgresStore(pg_schema_dsn)
+    share, rows, watch = [await asyncpg.connect(pg_schema_dsn) for _ in range(3)]
+
+    async def waiting(at_least: int, task: asyncio.Task[Any] | None = None) -> None:
+        for _ in range(500):
+            if await watch.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted") \
+                    >= at_least or (task is not None and task.done()):
+                return
+            await asyncio.sleep(0.01)
+
+    try:
+        await store.advance_control(Control("postgres", 1))
+        held, x = _user(1), _user(2)
+        await store.apply([held, x])
+        holding = share.transaction()  # a mirror transaction in flight: the fence waits for it
+        await holding.start()
+        await share.execute("SELECT 1 FROM cutover_control WHERE id = 1 FOR SHARE")
+        locked = rows.transaction()
+        await locked.start()
+        await rows.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", held.row_id)
+        fence = asyncio.create_task(store.fence_control(Control("sqlite", 2), expect_epoch=1))
+        await waiting(1)
+        owed = asyncio.create_task(store.apply([
+            Mutation("user", "update", held.row_id, 5, {**held.row, "name": "h"}),
+            Mutation("user", "delete", x.row_id, 3, None)]))
+        await waiting(2)  # behind the fence
+        await holding.rollback()
+        assert await asyncio.wait_for(fence, 5)
+        await waiting(1)  # the owed write holds the record, waits for `held`
+        stale = asyncio.create_task(store.apply_inline([
+            Mutation("user", "update", x.row_id, 2, {**x.row, "name": "stale"})]))
+        await waiting(2, stale)
+        await locked.rollback()
+        await asyncio.gather(owed, stale)
+        assert await store.get_row(USERS, x.row_id) is None
+    finally:
+        for conn in (share, rows, watch):
+            await conn.close()
+        await store.close()
+
+
+async def test_without_a_control_record_a_mirror_write_still_keeps_the_flip_waiting(
+    pg_schema_dsn: str,
+) -> None:
+    """PostgreSQL down when the fleet started has no copy of the record, so there is no row to
+    hold: the flip's INSERT of it must still wait for the mirror writes in flight."""
+    from proxy.control import Control
+
+    store = PostgresStore(pg_schema_dsn)
+    blocker = await asyncpg.connect(pg_schema_dsn)
+    try:
+        assert await store.read_control() is None
+        held, gone = _user(1), _user(2)
+        await store.apply([held, gone])
+        lock = blocker.transaction()
+        await lock.start()
+        await blocker.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", held.row_id)
+        batch = asyncio.create_task(store.apply([
+            Mutation("user", "update", held.row_id, 5, {**held.row, "name": "h"}),
+            Mutation("user", "update", gone.row_id, 5, {**gone.row, "name": "late"})]))
+        for _ in range(500):
+            if await blocker.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
+                break
+            await asyncio.sleep(0.01)
+
+        async def flip_then_delete() -> None:
+            await store.advance_control(Control("postgres", 2))
+            await store.delete_row(USERS, gone.row_id, clock=10, epoch=2)
+
+        flip = asyncio.create_task(flip_then_delete())
+        for _ in range(500):
+            if flip.done() or await blocker.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted") >= 2:
+                break
+            await asyncio.sleep(0.01)
+        await lock.rollback()
+        await asyncio.gather(batch, flip)
+        assert await store.get_row(USERS, gone.row_id) is None
+    finally:
+        await blocker.close()
+        await store.close()
+
+
+async def test_a_transaction_its_process_left_open_is_ended_by_the_server(
+    pg_schema_dsn: str,
+) -> None:
+    """A frozen process's open transaction would hold the control record, which a flip waits
+    for: every connection the store opens has the server end it (IDLE_IN_TRANSACTION)."""
+    from proxy.stores.postgres import IDLE_IN_TRANSACTION
+
+    store = PostgresStore(pg_schema_dsn)
+    try:
+        assert await store._fetch("SHOW idle_in_transaction_session_timeout") == [
+            (IDLE_IN_TRANSACTION,)]
+        await store.apply_inline([_user(1)])
+        assert store._mirror is not None
+        conn = await store._mirror._connection()
+        assert await conn.fetchval("SHOW idle_in_transaction_session_timeout") == \
+            IDLE_IN_TRANSACTION
+    finally:
+        await store.close()

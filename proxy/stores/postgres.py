@@ -61,6 +61,10 @@ USER_SIZE_TTL_S = 60.0
 USER_SIZES_KEPT = 10_000  # users whose size a process remembers (forgotten all at once)
 SUBSTRING_SCORE = 0.5
 
+# A process frozen (SIGSTOP, a stalled host) inside a transaction holds its locks, the control
+# record's among them, which a flip waits for: the server ends such a session after this long
+IDLE_IN_TRANSACTION = "10s"
+
 UNAVAILABLE = (
     OSError,
     TimeoutError,
@@ -732,8 +736,10 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     # ms to make on 100k questions (pg_trgm's selectivity estimate computes word similarity
     # against the column's statistics), far more than running it (`harnesses` on
     # bench/search.py: 5.4 -> 0.5 ms). tests/test_search_plan.py checks the generic plans.
+    # And the bound on a transaction its process left open (IDLE_IN_TRANSACTION).
     await conn.execute(f"SET pg_trgm.word_similarity_threshold = {FUZZY_THRESHOLD}; "
-                       "SET plan_cache_mode = force_generic_plan")
+                       "SET plan_cache_mode = force_generic_plan; "
+                       f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION}'")
 
 
 def _reason(exc: BaseException) -> str:
@@ -765,7 +771,8 @@ class _MirrorSession:
             self._conn = await asyncpg.connect(
                 self._dsn, timeout=10, command_timeout=30, connection_class=_Connection,
                 server_settings={"synchronous_commit": "off",
-                                 "default_transaction_isolation": "serializable"},
+                                 "default_transaction_isolation": "serializable",
+                                 "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION},
             )
         return self._conn
 
@@ -965,7 +972,9 @@ async def _serializably(
 # run READ COMMITTED: a mirror snapshot older than a primary's delete brought the row back
 # (tests/test_mirror.py). So the two never overlap, by the control record's row lock.
 _AS_MIRROR = "SELECT read_primary = 'postgres' FROM cutover_control WHERE id = 1 FOR SHARE"
-_ALONE = "SELECT 1 FROM cutover_control WHERE id = 1 FOR UPDATE"
+_ALONE = "SELECT read_primary = 'postgres' FROM cutover_control WHERE id = 1 FOR UPDATE"
+# no record yet (PostgreSQL was down when the fleet started): the INSERT that makes it waits
+_NO_RECORD = "LOCK TABLE cutover_control IN SHARE MODE"
 
 
 async def _as_mirror(
@@ -978,14 +987,23 @@ async def _as_mirror(
     primary writes, which need that record, begin only after it. PostgreSQL the primary (writes
     owed from before a forced flip, or an inline write the flip overtook): READ COMMITTED, the
     record held FOR UPDATE, so these writes run between primary writes, never beside them, and
-    each statement sees every delete committed before it.
+    each statement sees every delete committed before it. Each way, the record is read again
+    once held: a flip may have come between the two.
     """
-    async with conn.transaction(isolation="serializable"):
-        if not await conn.fetchval(_AS_MIRROR):
-            return await work(conn)
-    async with conn.transaction(isolation="read_committed"):
-        await conn.execute(_ALONE)
-        return await work(conn)
+    no_record = False
+    while True:
+        async with conn.transaction(isolation="serializable"):
+            if no_record:
+                await conn.execute(_NO_RECORD)  # before the snapshot: it sees whatever came
+            primary = await conn.fetchval(_AS_MIRROR)
+            if primary is False or (primary is None and no_record):
+                return await work(conn)
+        if primary is None:
+            no_record = True
+            continue
+        async with conn.transaction(isolation="read_committed"):
+            if await conn.fetchval(_ALONE):
+                return await work(conn)
 
 
 async def _apply_batch(conn: asyncpg.Connection, mutations: Sequence[Mutation]
