@@ -172,6 +172,7 @@ class Repository(EntityMethods):
         self._replay_interval_s = replay_interval_s
         #: how long a flip waits for the writes pending for its target before `FlipRefused`
         self.drain_timeout_s = 15.0
+        self._unfinished = (0, 0.0)  # an unfinished flip's epoch, and when first seen
         self._batch = {b: REPLAY_BATCH for b in BACKENDS}
         self._mirror_writes = 0
         self.verdict: Verdict | None = None
@@ -275,8 +276,14 @@ class Repository(EntityMethods):
                     await self._record(back, on=old, expect_epoch=new.epoch)
                     log.warning("primary.flip_refused", target=target, reason=str(exc))
                     raise FlipRefused(f"cannot flip to {target}: {exc}") from exc
-            with contextlib.suppress(StoreUnavailable):
+            try:
                 await self._stores[target].advance_control(new)
+            except StoreUnavailable as exc:
+                if not force:  # the target cannot take writes without its record: hand back
+                    back = replace(new, primary=old, epoch=new.epoch + 1)
+                    await self._record(back, on=old, expect_epoch=new.epoch)
+                    log.warning("primary.flip_refused", target=target, reason=exc.reason)
+                    raise FlipRefused(f"cannot flip to {target}: {exc.reason}") from exc
             self._adopt(new)
             log.info("primary.flipped", old=old, new=target, epoch=new.epoch, forced=force)
 
@@ -323,10 +330,7 @@ class Repository(EntityMethods):
                 # again from the follow loop
                 log.error("control.unavailable", keeping=self._primary)
                 return
-        for backend, copy in copies.items():  # a copy left behind (a store was down) catches up
-            if copy != current:
-                with contextlib.suppress(Exception):
-                    await self._stores[backend].advance_control(current)
+        await self._catch_up(copies, current)
         self._adopt(current)
         wanted: Backend | None = None
         env_value = None
@@ -361,9 +365,33 @@ class Repository(EntityMethods):
         """Adopt the newest control record either store holds."""
         if self._control is None:
             return
-        found = await self._read_control()
+        copies = await self._read_copies()
+        found = newest(*copies.values())
         if found is not None:
+            await self._catch_up(copies, found)
             self._adopt(found)
+
+    async def _catch_up(self, copies: dict[str, Control | None], current: Control) -> None:
+        """Bring a copy left behind (its store was down) up to `current`.
+
+        Where `current` names that store primary, a flip to it is not finished: writing that
+        copy is the flip's last step, after its last replay, and until then the store must not
+        take primary writes. Its own process has `drain_timeout_s` for that; past it, that
+        process stopped (or the store was down), and this one finishes the flip the same way:
+        the last replay, then the copy. Otherwise the fleet could write nowhere."""
+        for backend, copy in copies.items():
+            if copy == current:
+                continue
+            with contextlib.suppress(Exception):  # a store still down: the next look
+                if current.primary == backend:
+                    if self._unfinished[0] != current.epoch:
+                        self._unfinished = (current.epoch, time.monotonic())
+                    waited = time.monotonic() - self._unfinished[1]
+                    if waited < self.drain_timeout_s + 1.0 or \
+                            not await self._replayed_to(backend):
+                        continue
+                    log.warning("primary.flip_finished", new=backend, epoch=current.epoch)
+                await self._stores[backend].advance_control(current)
 
     def _adopt(self, record: Control) -> None:
         if self._control is not None and record.epoch <= self._control.epoch:
@@ -388,20 +416,21 @@ class Repository(EntityMethods):
         """Replay every pending write for `target`; raise if some remain after the timeout, or
         if dead letters for it are waiting (the store would take over without their rows)."""
         deadline = time.monotonic() + self.drain_timeout_s
-        source = self._stores[other_backend(target)]
-        while True:
-            await self._replay_pass(source, target)
-            await self._flush_acks()
-            pending = await source.outbox_pending(target, 1)
-            if not pending:
-                break
+        while not await self._replayed_to(target):
             if time.monotonic() > deadline:
                 raise FlipRefused(f"mirror writes to {target} are still pending")
             await asyncio.sleep(0.05)
-        stats = await source.outbox_stats(target)
+        stats = await self._stores[other_backend(target)].outbox_stats(target)
         dead = dead_letter_refusal(stats.dead, target)
         if dead is not None:
             raise FlipRefused(dead)
+
+    async def _replayed_to(self, target: Backend) -> bool:
+        """One replay pass to `target`; True when no write waits for it any more."""
+        source = self._stores[other_backend(target)]
+        await self._replay_pass(source, target)
+        await self._flush_acks()
+        return not await source.outbox_pending(target, 1)
 
     async def flip_refusal(self, target: Backend, *, override: str = "force") -> str | None:
         """Why an operator's flip to `target` is refused now (proxy.flip_gate), None when it

@@ -15,10 +15,11 @@ from config import Settings
 from config.settings import Backend, ConfigError
 from proxy import FlipRefused, open_repository
 from proxy.control import Control
-from proxy.errors import Fenced
+from proxy.errors import Fenced, StoreUnavailable
 from proxy.models import USERS
 from proxy.stores.postgres import PostgresStore
 from proxy.stores.sqlite import SQLiteStore
+from tests.pgcontrol import PrivateServer
 
 
 def _settings(sqlite_path: Path, pg_dsn: str, **kw: object) -> Settings:
@@ -115,6 +116,101 @@ async def test_a_flip_failing_after_the_fence_hands_the_primary_back_and_writes_
         assert b.last_write == ("sqlite", before + 2)
         for row in (user, late):
             assert await a.stores["sqlite"].get_row(USERS, row.id) is not None
+
+
+@pytest.mark.slow
+async def test_a_flip_whose_target_cannot_take_its_record_is_handed_back(
+    sqlite_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last step of a flip, the target's copy of the record, fails (the target went down):
+    without it the target refuses every write, so the primary is handed back (it was adopted
+    regardless, and the fleet wrote nowhere)."""
+    settings = _settings(sqlite_path, pg_dsn)
+    async with open_repository(settings, registry=CollectorRegistry()) as a:
+        before = a.epoch
+        assert before is not None
+        postgres = a.stores["postgres"]
+        advance = postgres.advance_control
+
+        async def down(control: Control) -> Control:
+            if control.primary == "postgres":
+                raise StoreUnavailable("postgres", "went down")
+            return await advance(control)
+
+        monkeypatch.setattr(postgres, "advance_control", down)
+        with pytest.raises(FlipRefused, match="went down"):
+            await a.set_read_primary("postgres")
+        back = Control("sqlite", before + 2, True, frozenset({"sqlite"}))
+        for store in a.stores.values():
+            assert await store.read_control() == back
+        await a.create_user(name="after", email="after@example.com")
+        assert a.last_write == ("sqlite", before + 2)
+
+
+@pytest.mark.slow
+async def test_a_copy_of_the_record_left_behind_catches_up_without_a_restart(
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL down when the fleet started gets its copy once it is back, from the follow
+    loop (before, only a process starting did that; mirror writes had no record to hold)."""
+    server = PrivateServer(tmp_path / "pg")
+    try:
+        for store in (PostgresStore(server.dsn), SQLiteStore(tmp_path / "app.db")):
+            await store.init_schema()
+            await store.close()
+        server.stop()
+        settings = _settings(tmp_path / "app.db", server.dsn)
+        async with open_repository(settings, registry=CollectorRegistry(),
+                                   init_schema=False) as repo:
+            server.start()
+            found: list[Control | None] = [None]
+
+            async def copied() -> bool:
+                found[0] = await repo.stores["postgres"].read_control()
+                return found[0] is not None
+
+            for _ in range(300):
+                if await copied():
+                    break
+                await asyncio.sleep(0.01)
+            assert found[0] == await repo.stores["sqlite"].read_control()
+    finally:
+        server.cleanup()
+
+
+@pytest.mark.slow
+async def test_a_flip_its_process_left_unfinished_is_finished_by_the_fleet(
+    sqlite_path: Path, pg_dsn: str
+) -> None:
+    """The flipping process stopped between fencing the old primary and writing the target's
+    copy: every process then writes nowhere. Past the time a flip has for its last replay,
+    a process of the fleet finishes it as the flip would: the last replay, then the copy.
+    Not before it: the target must not take writes while one may still be on its way."""
+    settings = _settings(sqlite_path, pg_dsn)
+    async with open_repository(settings, registry=CollectorRegistry()) as repo:
+        repo.drain_timeout_s = 0.5
+        before = repo.epoch
+        assert before is not None
+        lite = repo.stores["sqlite"]
+        from proxy.codec import now_utc
+
+        now = now_utc()
+        owed = {"id": uuid.uuid4(), "name": "owed", "email": "owed@example.com",
+                "created_at": now, "updated_at": now}
+        # the old primary's last write, not yet mirrored, then the fence: the flip stops here
+        await lite.insert_row(USERS, owed, clock=1, outbox_targets=["postgres"], epoch=before)
+        flip = Control("postgres", before + 1, True, frozenset({"sqlite"}))
+        assert await lite.fence_control(flip, expect_epoch=before)
+        await asyncio.sleep(0.3)
+        assert (await repo.stores["postgres"].read_control() or flip).epoch == before
+        for _ in range(300):
+            if await repo.stores["postgres"].read_control() == flip:
+                break
+            await asyncio.sleep(0.01)
+        assert await repo.stores["postgres"].read_control() == flip
+        assert await repo.stores["postgres"].get_row(USERS, owed["id"]) is not None
+        await repo.create_user(name="after", email="after@example.com")
+        assert repo.last_write == ("postgres", before + 1)
 
 
 async def test_a_store_refuses_a_write_with_another_epoch(
