@@ -477,9 +477,20 @@ class History:
             if all(s.pending == 0 for s in stats.values()):
                 return
             if time.monotonic() > deadline:
-                self.result.undrained = str(stats)[:400]
+                self.result.undrained = str(stats)[:400] + await self._stuck_entries()
                 return
             await asyncio.sleep(0.1)
+
+
+    async def _stuck_entries(self) -> str:
+        """The entries that would not drain, and why each last failed."""
+        lines = []
+        for source, target in ((self.sqlite, "postgres"), (self.postgres, "sqlite")):
+            for e in await source.outbox_pending(target, 5):
+                m = e.mutation
+                lines.append(f"\n  to {target}: {m.entity} {m.op} {m.row_id} v{m.version}, "
+                             f"{e.attempts} attempts, last error: {(e.last_error or '')[:200]}")
+        return "".join(lines)
 
 
 class PrivateWriter:
