@@ -224,8 +224,9 @@ async def test_a_mirror_write_that_saw_postgres_primary_reads_again_once_it_hold
         await store.close()
 
 
+@pytest.mark.parametrize("inline", [False, True], ids=["replay", "inline"])
 async def test_without_a_control_record_a_mirror_write_still_keeps_the_flip_waiting(
-    pg_schema_dsn: str,
+    pg_schema_dsn: str, inline: bool,
 ) -> None:
     """PostgreSQL down when the fleet started has no copy of the record, so there is no row to
     hold: the flip's INSERT of it must still wait for the mirror writes in flight."""
@@ -240,7 +241,8 @@ async def test_without_a_control_record_a_mirror_write_still_keeps_the_flip_wait
         lock = blocker.transaction()
         await lock.start()
         await blocker.execute("SELECT 1 FROM users WHERE id = $1 FOR UPDATE", held.row_id)
-        batch = asyncio.create_task(store.apply([
+        apply = store.apply_inline if inline else store.apply
+        batch = asyncio.create_task(apply([
             Mutation("user", "update", held.row_id, 5, {**held.row, "name": "h"}),
             Mutation("user", "update", gone.row_id, 5, {**gone.row, "name": "late"})]))
         for _ in range(500):

@@ -755,9 +755,10 @@ _FLUSH_WAL = (
 
 class _MirrorSession:
     """The connection inline mirror writes use: commits skip the WAL flush (the primary's
-    outbox entry holds each write until `flush_wal` has run after it). A batch is one mirror
-    transaction (`_as_mirror`), its statements pipelined when they can be; one by one, each in
-    a savepoint, when one of them fails. The connection is the session's own, not the pool's:
+    outbox entry holds each write until `flush_wal` has run after it). A batch is applied in
+    one round trip when it can be, each statement its own transaction, holding the control
+    record itself; else as the pool's writes are (`_apply_batch`). The connection is the
+    session's own, not the pool's:
     its setting never reaches a write that must be durable on its own. Batches come one at a
     time (the mirror pipeline has one worker).
     """
@@ -779,7 +780,12 @@ class _MirrorSession:
     async def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
         try:
             conn = await self._connection()
-            return await _serializably(lambda: _apply_batch(conn, mutations))
+            try:  # each run its own transaction, its statements holding the record
+                return await _serializably(lambda: _apply_all(conn, mutations, held=True))
+            except (NOT_AS_MIRROR, *BATCH_REJECTED):
+                # PostgreSQL primary or without a record, or a row refused: runs applied
+                # already are applied again, harmlessly (the versions decide)
+                return await _serializably(lambda: _apply_batch(conn, mutations))
         except BaseException:
             self.terminate()  # its state is unknown: a fresh connection next time
             raise
@@ -911,35 +917,49 @@ def _entry(r: asyncpg.Record) -> OutboxEntry:
                        last_error=r["last_error"], dead=r["dead"])
 
 
-def _upsert_sql(entity: Entity) -> str:
+def _upsert_sql(entity: Entity, held: bool = False) -> str:
     cols = entity.column_names
     n = len(cols)
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in cols if c != "id")
     return (
+        f"{f'WITH {_HELD} ' if held else ''}"
         f"INSERT INTO {entity.table} ({', '.join(cols)}, row_version) "
         f"SELECT {', '.join(f'${i + 1}' for i in range(n))}, ${n + 1} WHERE NOT EXISTS ("
         f"SELECT 1 FROM cutover_tombstones WHERE entity = '{entity.name}' AND row_id = $1 "
-        f"AND version >= ${n + 1}) "
+        f"AND version >= ${n + 1}){f' AND {_HELD_TEST}' if held else ''} "
         f"ON CONFLICT (id) DO UPDATE SET {updates}, row_version = EXCLUDED.row_version "
         f"WHERE {entity.table}.row_version < EXCLUDED.row_version"
     )
 
 
+# The inline mirror session's statements each hold the control record themselves (see
+# `_as_mirror` for why): one round trip a batch, as before the hold, where a transaction around
+# the batch took three more (1.74x the slower store's write at one writer against 1.05x,
+# bench/dual_write.py). A statement cannot raise by itself: dividing by the count of records
+# naming SQLite (none when PostgreSQL is primary, or has no record) fails with
+# division_by_zero, and the batch goes the long way, `_as_mirror`.
+_HELD = "held AS (SELECT read_primary FROM cutover_control WHERE id = 1 FOR SHARE)"
+_HELD_TEST = "1 / (SELECT count(*)::int FROM held WHERE read_primary = 'sqlite') = 1"
+NOT_AS_MIRROR = asyncpg.DivisionByZeroError
+
 _UPSERT = {e.name: _upsert_sql(e) for e in ENTITIES}
+_UPSERT_HELD = {e.name: _upsert_sql(e, held=True) for e in ENTITIES}
 
 
-async def _apply_all(conn: asyncpg.Connection, mutations: Sequence[Mutation]
-                     ) -> list[ApplyResult]:
+async def _apply_all(conn: asyncpg.Connection, mutations: Sequence[Mutation],
+                     *, held: bool = False) -> list[ApplyResult]:
     """Apply a batch in a few pipelined round trips: one `executemany` per run of mutations of
     the same entity and op (runs keep the batch's order, so parents precede their children).
-    Raises on the first mutation that cannot apply."""
+    Raises on the first mutation that cannot apply. `held`: each statement holds the control
+    record itself (`_HELD`), for runs outside `_as_mirror`, each its own transaction."""
     args: list[tuple[Any, ...]]
     for (entity, op), run in groupby(mutations, key=lambda m: (m.entity, m.op)):
         if op == "delete":
-            sql, args = _DELETE[entity], [(m.row_id, m.version) for m in run]
+            sql = (_DELETE_HELD if held else _DELETE)[entity]
+            args = [(m.row_id, m.version) for m in run]
         else:
             cols = BY_NAME[entity].column_names
-            sql = _UPSERT[entity]
+            sql = (_UPSERT_HELD if held else _UPSERT)[entity]
             args = [(*(m.row.get(c) for c in cols), m.version) for m in run if m.row is not None]
         if len(args) == 1:
             await conn.execute(sql, *args[0])
@@ -1046,18 +1066,22 @@ async def _apply_one(conn: asyncpg.Connection, m: Mutation) -> ApplyResult:
         return ApplyResult(ApplyOutcome.FAILED, f"{type(exc).__name__}: {exc}", permanent=True)
 
 
-def _delete_sql(entity: Entity) -> str:
+def _delete_sql(entity: Entity, held: bool = False) -> str:
     """Delete if older than the version, and leave a tombstone: one atomic statement."""
     return (
-        f"WITH d AS (DELETE FROM {entity.table} WHERE id = $1 AND row_version < $2 "
-        "RETURNING id), t AS (INSERT INTO cutover_tombstones (entity, row_id, version) "
-        f"VALUES ('{entity.name}', $1, $2) ON CONFLICT (entity, row_id) DO UPDATE SET version = "
+        f"WITH {f'{_HELD}, ' if held else ''}"
+        f"d AS (DELETE FROM {entity.table} WHERE id = $1 AND row_version < $2"
+        f"{f' AND {_HELD_TEST}' if held else ''} RETURNING id), "
+        "t AS (INSERT INTO cutover_tombstones (entity, row_id, version) "
+        f"SELECT '{entity.name}', $1, $2{f' WHERE {_HELD_TEST}' if held else ''} "
+        "ON CONFLICT (entity, row_id) DO UPDATE SET version = "
         "GREATEST(cutover_tombstones.version, EXCLUDED.version)) "
         "SELECT 'DELETE ' || count(*) FROM d"
     )
 
 
 _DELETE = {e.name: _delete_sql(e) for e in ENTITIES}
+_DELETE_HELD = {e.name: _delete_sql(e, held=True) for e in ENTITIES}
 
 
 def _delete_parent_sql(entity: Entity) -> str:
