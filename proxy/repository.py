@@ -270,22 +270,29 @@ class Repository(EntityMethods):
                 await self._drain_to(target)  # nothing new reaches the old primary now
             except Exception as exc:
                 if not force:
-                    # hand the primary back with a newer epoch: epochs only ever grow. The
-                    # fence is where `new` is, on the old primary; the target never held it
-                    back = replace(new, primary=old, epoch=new.epoch + 1)
-                    await self._record(back, on=old, expect_epoch=new.epoch)
-                    log.warning("primary.flip_refused", target=target, reason=str(exc))
-                    raise FlipRefused(f"cannot flip to {target}: {exc}") from exc
+                    await self._hand_back(new, old, exc)
             try:
-                await self._stores[target].advance_control(new)
+                await self._stores[target].advance_control(new)  # the target takes writes
             except StoreUnavailable as exc:
-                if not force:  # the target cannot take writes without its record: hand back
-                    back = replace(new, primary=old, epoch=new.epoch + 1)
-                    await self._record(back, on=old, expect_epoch=new.epoch)
-                    log.warning("primary.flip_refused", target=target, reason=exc.reason)
-                    raise FlipRefused(f"cannot flip to {target}: {exc.reason}") from exc
+                if not force:
+                    await self._hand_back(new, old, exc)
             self._adopt(new)
             log.info("primary.flipped", old=old, new=target, epoch=new.epoch, forced=force)
+
+    async def _hand_back(self, new: Control, old: Backend, exc: Exception) -> None:
+        """The flip to `new` cannot end (its last replay or the target's record failed): give
+        the primary back to `old` with a newer epoch (epochs only ever grow), fenced on `old`,
+        which holds `new` (the target never did), and raise `FlipRefused`. Unless the fleet
+        finished the flip meanwhile (`_catch_up`, this process having stalled): then it stands,
+        and the caller adopts it."""
+        with contextlib.suppress(StoreUnavailable):
+            if await self._stores[new.primary].read_control() == new:
+                return
+        back = replace(new, primary=old, epoch=new.epoch + 1)
+        await self._record(back, on=old, expect_epoch=new.epoch)
+        reason = exc.reason if isinstance(exc, StoreUnavailable) else str(exc)
+        log.warning("primary.flip_refused", target=new.primary, reason=reason[:300])
+        raise FlipRefused(f"cannot flip to {new.primary}: {reason}") from exc
 
     async def _flip_alone(self, target: Backend, *, force: bool) -> None:
         if target == self._primary:

@@ -119,6 +119,38 @@ async def test_a_flip_failing_after_the_fence_hands_the_primary_back_and_writes_
 
 
 @pytest.mark.slow
+async def test_a_flip_the_fleet_finished_while_its_process_stalled_is_not_handed_back(
+    sqlite_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flipping process stalls in its last replay past the fleet's patience: another
+    process finishes the flip (`_catch_up`) and the target takes writes. The stalled process's
+    replay then fails; handing the primary back now would leave those writes behind, so the
+    flip stands."""
+    settings = _settings(sqlite_path, pg_dsn)
+    async with open_repository(settings, registry=CollectorRegistry()) as a:
+        before = a.epoch
+        assert before is not None
+        drains = 0
+        drain = a._drain_to
+        new = Control("postgres", before + 1, True, frozenset({"sqlite"}))
+
+        async def finished_meanwhile(target: Backend) -> None:
+            nonlocal drains
+            drains += 1
+            if drains == 2:  # what the fleet's `_catch_up` does, once this one stalled
+                await drain(target)
+                await a.stores["postgres"].advance_control(new)
+                raise FlipRefused("the replay failed after the stall")
+            await drain(target)
+
+        monkeypatch.setattr(a, "_drain_to", finished_meanwhile)
+        await a.set_read_primary("postgres")
+        assert (a.read_primary, a.epoch) == ("postgres", before + 1)
+        for store in a.stores.values():
+            assert await store.read_control() == new
+
+
+@pytest.mark.slow
 async def test_a_flip_whose_target_cannot_take_its_record_is_handed_back(
     sqlite_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
