@@ -12,7 +12,8 @@ a driver mid-statement can poison its connection.
 
 Log events (structlog): `write.ok`, `write.failed` (primary refused or unreachable),
 `mirror.failed`, `mirror.deferred`, `outbox.replayed`, `outbox.retry`, `outbox.dead_letter`,
-`primary.flipped`, `primary.flip_refused`, `primary_file.invalid`.
+`primary.flipped`, `primary.flip_refused`, `primary.flip_finished` (a flip its process left
+half-way, finished by this one), `primary_file.invalid`.
 """
 
 from __future__ import annotations
