@@ -366,9 +366,6 @@ class Repository(EntityMethods):
                 copies[backend] = await store.read_control()
         return copies
 
-    async def _read_control(self) -> Control | None:
-        return newest(*(await self._read_copies()).values())
-
     async def _follow(self) -> None:
         """Adopt the newest control record either store holds."""
         if self._control is None:

@@ -481,7 +481,6 @@ class History:
                 return
             await asyncio.sleep(0.1)
 
-
     async def _stuck_entries(self) -> str:
         """The entries that would not drain, and why each last failed."""
         lines = []

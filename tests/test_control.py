@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from config import Settings
 from config.settings import Backend, ConfigError
-from proxy import FlipRefused, open_repository
+from proxy import FlipRefused, Repository, open_repository
 from proxy.control import Control
 from proxy.errors import Fenced, StoreUnavailable
 from proxy.models import USERS
@@ -79,6 +80,27 @@ async def test_a_write_of_a_process_that_has_not_followed_is_fenced_and_retried(
             assert await store.get_row(USERS, user.id) is not None or store.backend == "sqlite"
 
 
+def _second_drain_fails(
+    monkeypatch: pytest.MonkeyPatch, repo: Repository,
+    meanwhile: Callable[[Backend], Awaitable[None]] | None = None,
+) -> list[int]:
+    """Make a flip's last replay (the second, after the fence) fail, once `meanwhile` ran;
+    returns the count of replays so far, in a list."""
+    drains = [0]
+    drain = repo._drain_to
+
+    async def replay(target: Backend) -> None:
+        drains[0] += 1
+        if drains[0] == 2:
+            if meanwhile is not None:
+                await meanwhile(target)
+            raise FlipRefused(f"{target} went down")
+        await drain(target)
+
+    monkeypatch.setattr(repo, "_drain_to", replay)
+    return drains
+
+
 @pytest.mark.slow
 async def test_a_flip_failing_after_the_fence_hands_the_primary_back_and_writes_go_on(
     sqlite_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
@@ -92,20 +114,10 @@ async def test_a_flip_failing_after_the_fence_hands_the_primary_back_and_writes_
             open_repository(settings, registry=CollectorRegistry()) as b:
         before = a.epoch
         assert before is not None
-        drains = 0
-        drain = a._drain_to
-
-        async def second_fails(target: Backend) -> None:
-            nonlocal drains
-            drains += 1
-            if drains == 2:
-                raise FlipRefused(f"{target} went down")
-            await drain(target)
-
-        monkeypatch.setattr(a, "_drain_to", second_fails)
+        drains = _second_drain_fails(monkeypatch, a)
         with pytest.raises(FlipRefused, match="went down"):
             await a.set_read_primary("postgres")
-        assert drains == 2
+        assert drains == [2]
         back = Control("sqlite", before + 2, True, frozenset({"sqlite"}))
         for store in a.stores.values():
             assert await store.read_control() == back
@@ -130,20 +142,15 @@ async def test_a_flip_the_fleet_finished_while_its_process_stalled_is_not_handed
     async with open_repository(settings, registry=CollectorRegistry()) as a:
         before = a.epoch
         assert before is not None
-        drains = 0
-        drain = a._drain_to
         new = Control("postgres", before + 1, True, frozenset({"sqlite"}))
+        drain = a._drain_to
 
         async def finished_meanwhile(target: Backend) -> None:
-            nonlocal drains
-            drains += 1
-            if drains == 2:  # what the fleet's `_catch_up` does, once this one stalled
-                await drain(target)
-                await a.stores["postgres"].advance_control(new)
-                raise FlipRefused("the replay failed after the stall")
+            # what the fleet's `_catch_up` does, once this one stalled
             await drain(target)
+            await a.stores["postgres"].advance_control(new)
 
-        monkeypatch.setattr(a, "_drain_to", finished_meanwhile)
+        _second_drain_fails(monkeypatch, a, finished_meanwhile)
         await a.set_read_primary("postgres")
         assert (a.read_primary, a.epoch) == ("postgres", before + 1)
         for store in a.stores.values():

@@ -934,7 +934,7 @@ def _upsert_sql(entity: Entity, held: bool = False) -> str:
 
 # The inline mirror session's statements each hold the control record themselves (see
 # `_as_mirror` for why): one round trip a batch, as before the hold, where a transaction around
-# the batch took three more (1.74x the slower store's write at one writer against 1.05x,
+# the batch took three more (1.74x the slower store's write at one writer against 1.12x,
 # bench/dual_write.py). A statement cannot raise by itself: dividing by the count of records
 # naming SQLite (none when PostgreSQL is primary, or has no record) fails with
 # division_by_zero, and the batch goes the long way, `_as_mirror`.
