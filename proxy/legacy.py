@@ -294,9 +294,13 @@ def quick_decimal(col: Column) -> Callable[[Any], Any]:
         if not math.isfinite(raw):
             return NOT_CLEAN
         number = Decimal(repr(raw))
-        value = number.quantize(q)
-        if value != number or not lo <= value <= hi or abs(value) >= limit:
+        try:
+            value = number.quantize(q)
+        except InvalidOperation:  # more digits than the context holds: the checks say so
             value = NOT_CLEAN
+        else:
+            if value != number or not lo <= value <= hi or abs(value) >= limit:
+                value = NOT_CLEAN
         if raw and len(seen) < 65_536:  # not 0.0: -0.0 is equal to it and would share its entry
             seen[raw] = value
         return value

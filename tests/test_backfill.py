@@ -10,7 +10,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,8 +24,15 @@ from typer.testing import CliRunner
 
 from proxy.app.cli import app
 from proxy.legacy import legacy_uuid
-from proxy.migrate.backfill import DEFAULT_JOBS, deferrable_indexes, iter_lines, run_backfill
-from proxy.migrate.checks import RowChecker
+from proxy.migrate.backfill import (
+    DEFAULT_JOBS,
+    PartLoader,
+    deferrable_indexes,
+    iter_lines,
+    run_backfill,
+)
+from proxy.migrate.checks import Batch
+from proxy.migrate.columnar import ColumnarSource
 from proxy.models import QUESTIONS
 from proxy.stores import postgres_schema
 from proxy.stores.base import Mutation
@@ -556,6 +562,17 @@ async def test_a_failing_batch_never_closes_the_source_under_a_read(
             raise
 
     monkeypatch.setattr(source_mod, "_fetch", slow_fetch)
+    read = ColumnarSource.read
+
+    def slow_read(self: ColumnarSource, *args: Any) -> Any:  # the columnar lane's reads
+        time.sleep(0.2)
+        try:
+            return read(self, *args)
+        except Exception as exc:  # an ADBC call on a closed connection
+            closed_under_read.append(repr(exc))
+            raise
+
+    monkeypatch.setattr(ColumnarSource, "read", slow_read)
     if ends == "failing":
         with pytest.raises(Stop):
             await backfill(legacy, pg_dsn, tmp_path, batch_size=50, progress=lambda table, n:
@@ -661,25 +678,23 @@ async def test_writes_made_through_the_repository_during_the_backfill_win(
     legacy.bulk(users=4, questions=600, logs=300, events=100)
     ids = sorted(r[0] for r in legacy.conn.execute("SELECT id FROM questions"))
     early, late, doomed = ids[:5], ids[-5:], [ids[-6], ids[10]]
-    loop = asyncio.get_running_loop()
-    copying, written = asyncio.Event(), threading.Event()
+    copying, written = asyncio.Event(), asyncio.Event()
     batches = 0
-    check = RowChecker.check
+    write = PartLoader._write
 
-    def paused_check(self: RowChecker, raw: Any) -> Any:
-        # once some batches of questions are in, the copy waits for the repository's writes
-        # (this runs on a worker thread, so the writes go on meanwhile). Each part checks a
-        # batch only after writing its last one, so one batch more than there are parts means
-        # a part has committed one. The part for odd ids checks an empty list: not counted.
+    async def paused_write(self: PartLoader, batch: Batch, *args: Any, **kw: Any) -> None:
+        # once some batches of questions are in, the copy waits for the repository's writes.
+        # A part writes one batch at a time, so the write of one batch more than there are
+        # parts begins after one has committed.
         nonlocal batches
-        if self.entity.table == "questions" and raw:
+        if self.entity.table == "questions" and batch.size:
             batches += 1
             if batches > DEFAULT_JOBS:
-                loop.call_soon_threadsafe(copying.set)
-                assert written.wait(30)
-        return check(self, raw)
+                copying.set()
+                await asyncio.wait_for(written.wait(), 30)
+        await write(self, batch, *args, **kw)
 
-    monkeypatch.setattr(RowChecker, "check", paused_check)
+    monkeypatch.setattr(PartLoader, "_write", paused_write)
 
     async def repository() -> int:
         await copying.wait()

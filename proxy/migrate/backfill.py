@@ -47,7 +47,7 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ import asyncpg
 
 from proxy.errors import BackfillRunning, BadSource, StoreUnavailable
 from proxy.migrate.checks import PROBLEM_COLUMNS, Batch, Problem, RowChecker, problem_records
+from proxy.migrate.columnar import ColumnarBatch, ColumnarSource
 from proxy.migrate.source import (
     Part,
     mark_rowid,
@@ -178,7 +179,7 @@ class PartLoader:
 
     def __init__(self, part: Part, pool: asyncpg.Pool, source_path: Path,
                  checker: RowChecker, *, batch_size: int, fast: FastPath,
-                 progress: Progress, moved: asyncio.Event) -> None:
+                 progress: Progress, moved: asyncio.Event, columnar: bool = True) -> None:
         self.part = part
         self.entity = BY_TABLE[part.table]
         self.pool = pool
@@ -192,13 +193,19 @@ class PartLoader:
         self.optional = [c for c in self.entity.columns if c.references and c.nullable]
         self.reading: concurrent.futures.Future[Any] | None = None  # the batch read ahead
         self.moved = moved  # set by the table's first part to find its rowids renumbered
+        self.columnar = columnar  # plain batches through `proxy.migrate.columnar`
 
     async def run(self, last_row: str | None) -> None:
         """Copy the part from after `last_row` (its checkpoint; None: from its start)."""
         source = await asyncio.to_thread(open_source, self.source_path)
         reader = concurrent.futures.ThreadPoolExecutor(1, f"read-{self.part.table}")
+        columnar = None
         try:
-            await self._run(source, reader, last_row)
+            if self.columnar:
+                columnar = await asyncio.wrap_future(reader.submit(
+                    ColumnarSource, self.source_path, self.entity, self.checker.rejected,
+                    self.batch_size))
+            await self._run(source, columnar, reader, last_row)
         finally:
             if self.reading is not None:
                 # a batch read ahead may still be running on the connection (also when this
@@ -206,17 +213,23 @@ class PartLoader:
                 # read crashed the whole process (a segfault, not an exception)
                 concurrent.futures.wait([self.reading])
             source.close()
+            if columnar is not None:
+                columnar.close()
             reader.shutdown(wait=False)
 
-    async def _run(self, source: sqlite3.Connection,
+    async def _run(self, source: sqlite3.Connection, columnar: ColumnarSource | None,
                    reader: concurrent.futures.ThreadPoolExecutor, last_row: str | None) -> None:
         p = self.part
+        start = (p.after, p.first_row) if last_row is None else (mark_rowid(last_row), last_row)
+
+        def next_batch(last: Sequence[Sequence[Any]]) -> Any:
+            got = None if columnar is None else columnar.read(self.batch_size, p.until, start,
+                                                              last)
+            return got or read_batch(source, self.entity, self.batch_size, p.until, start,
+                                     last, p.end_row)
 
         def read(last: Sequence[Sequence[Any]]) -> asyncio.Future[Any]:
-            start = (p.after, p.first_row) if last_row is None else (
-                mark_rowid(last_row), last_row)
-            self.reading = reader.submit(read_batch, source, self.entity, self.batch_size,
-                                         p.until, start, last, p.end_row)
+            self.reading = reader.submit(next_batch, last)
             got = asyncio.wrap_future(self.reading)
             # a read ahead left unused when the part stops: its failure says nothing more
             got.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -228,30 +241,34 @@ class PartLoader:
             if got is None:
                 self.moved.set()  # the table is read again from its start (`load`)
                 return
-            rows, fresh = got
-            if not rows:
-                await self._write(Batch(), 0, None, done=True)
-                return
-            pending = read(rows)  # the next batch, read while this one is written
-            batch = await asyncio.to_thread(self.checker.check, fresh)
+            if isinstance(got, ColumnarBatch):  # every row plain and new: checked already
+                rows: Sequence[Sequence[Any]] = got.rows
+                batch, fresh = Batch(copy_data=got.copy_data, copy_count=len(rows)), len(rows)
+                pending = read(rows)
+            else:
+                rows, new = got
+                if not rows:
+                    await self._write(Batch(), 0, None, done=True)
+                    return
+                pending = read(rows)  # the next batch, read while this one is written
+                batch, fresh = await asyncio.to_thread(self.checker.check, new), len(new)
             last = rows[-1]
-            await self._write(batch, len(fresh), row_mark(last[-1], last[0]))
-            self.progress(self.entity.table, len(fresh))
+            await self._write(batch, fresh, row_mark(last[-1], last[0]))
+            self.progress(self.entity.table, fresh)
 
     async def _write(self, batch: Batch, read: int, last_row: str | None,
                      *, done: bool = False) -> None:
         counts = {"inserted": 0, "present": 0, "skipped": 0}
         async with self.pool.acquire() as conn:
-            if self.fast.on and batch.rows:
+            if self.fast.on and batch.size:
                 try:
                     async with conn.transaction():
                         if self.fast.unchecked:
                             # foreign keys are checked for the whole table at its end instead
                             # (`check_references`): one anti-join beats a lookup per row
                             await conn.execute("SET LOCAL session_replication_role = replica")
-                        await conn.copy_records_to_table(
-                            self.entity.table, records=batch.rows, columns=self.cols)
-                        counts["inserted"] = len(batch.rows)
+                        await self._copy(conn, self.entity.table, batch)
+                        counts["inserted"] = batch.size
                         await self._bookkeep(conn, batch, read, last_row, counts, done)
                     self.fast.used = True
                     return
@@ -259,9 +276,16 @@ class PartLoader:
                     # a concurrent write got there first: from now on go through staging
                     self.fast.on = False
             async with conn.transaction():
-                if batch.rows:
+                if batch.size:
                     await self._stage_insert(conn, batch, counts)
                 await self._bookkeep(conn, batch, read, last_row, counts, done)
+
+    async def _copy(self, conn: asyncpg.Connection, table: str, batch: Batch) -> None:
+        if batch.rows:
+            await conn.copy_records_to_table(table, records=batch.rows, columns=self.cols)
+        if batch.copy_count:
+            await conn.copy_to_table(table, source=_once(batch.copy_data), columns=self.cols,
+                                     format="binary")
 
     async def _stage_insert(self, conn: asyncpg.Connection, batch: Batch,
                             counts: dict[str, int]) -> None:
@@ -270,7 +294,7 @@ class PartLoader:
         cols = ", ".join(self.cols)
         await conn.execute(f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS "
                            f"SELECT {cols} FROM {e.table} WITH NO DATA")
-        await conn.copy_records_to_table(stage, records=batch.rows, columns=self.cols)
+        await self._copy(conn, stage, batch)
         for c in self.optional:
             # the parent was deleted through the repository since: ON DELETE SET NULL would
             # have cleared the reference, so clear it here too, and say so
@@ -296,7 +320,7 @@ class PartLoader:
             f"WHERE d.entity = '{e.name}' AND d.row_id = s.id){parents} "
             "ON CONFLICT DO NOTHING RETURNING id")
         counts["inserted"] = len(inserted)
-        if len(inserted) == len(batch.rows):
+        if len(inserted) == batch.size:
             return
         orphaned = " OR ".join(
             f"NOT EXISTS (SELECT 1 FROM {c.references} p WHERE p.id = s.{c.name})"
@@ -337,6 +361,10 @@ class PartLoader:
             "updated_at = now() WHERE table_name = $1 AND part = $2",
             self.part.table, self.part.index, last_row, done, read, counts["inserted"],
             counts["present"], counts["skipped"], batch.rejected, len(batch.changed_ids))
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 @dataclass
@@ -595,12 +623,15 @@ async def run_backfill(
     source_path: Path, dsn: str, *, rejects_path: Path, batch_size: int = DEFAULT_BATCH_SIZE,
     restart: bool = False, progress: Progress | None = None,
     totals: Callable[[dict[str, int]], None] | None = None, analyze: bool = True,
-    jobs: int = DEFAULT_JOBS,
+    jobs: int = DEFAULT_JOBS, columnar: bool = True,
 ) -> BackfillReport:
     """Run (or resume) a backfill pass from `source_path` into the database at `dsn`.
 
     `jobs`: how many parts of each big table load side by side (a fresh pass's split), and how
     many parts the vocabulary's recount counts side by side; about the server's cores.
+
+    `columnar`: batches whose rows are all plain go through `proxy.migrate.columnar` (off: every
+    batch row by row, as the checks see it; the tests compare the two).
 
     With `analyze`, each table is analyzed once its indexes are built: a bulk load leaves the
     planner without statistics until autovacuum gets to it, and the first searches after a
@@ -701,7 +732,8 @@ async def run_backfill(
                 loaders = [
                     PartLoader(_part(r), pool, source_path, checker,
                                batch_size=batch_size, fast=fast[table],
-                               progress=progress or _no_progress, moved=moved)
+                               progress=progress or _no_progress, moved=moved,
+                               columnar=columnar)
                     for k, r in sorted(state.items()) if k[0] == table and not r["done"]
                 ]
                 await asyncio.gather(*(ld.run(state[(table, ld.part.index)]["last_row"])

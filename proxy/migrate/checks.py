@@ -42,10 +42,16 @@ class Batch:
     """One batch after the checks: the rows that go in and everything to report."""
 
     rows: list[tuple[Any, ...]] = field(default_factory=list)
+    copy_data: bytes = b""  # more rows, as binary COPY data (`columnar`), all plain
+    copy_count: int = 0
     problems: list[Problem] = field(default_factory=list)
     mappings: list[tuple[str, str, str]] = field(default_factory=list)
     rejected: int = 0
     changed_ids: set[str] = field(default_factory=set)
+
+    @property
+    def size(self) -> int:
+        return len(self.rows) + self.copy_count
 
 
 class RowChecker:
