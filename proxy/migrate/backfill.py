@@ -56,7 +56,7 @@ import asyncpg
 
 from proxy.errors import BackfillRunning, BadSource, StoreUnavailable
 from proxy.migrate.checks import PROBLEM_COLUMNS, Batch, Problem, RowChecker, problem_records
-from proxy.migrate.columnar import ColumnarBatch, ColumnarSource
+from proxy.migrate.columnar import ColumnarBatch, ColumnarSource, open_columnar
 from proxy.migrate.source import (
     Part,
     mark_rowid,
@@ -203,7 +203,7 @@ class PartLoader:
         try:
             if self.columnar:
                 columnar = await asyncio.wrap_future(reader.submit(
-                    ColumnarSource, self.source_path, self.entity, self.checker.rejected,
+                    open_columnar, self.source_path, self.entity, self.checker.rejected,
                     self.batch_size))
             await self._run(source, columnar, reader, last_row)
         finally:

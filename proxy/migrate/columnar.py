@@ -77,6 +77,16 @@ class ColumnarBatch:
     rows: ReadRows
 
 
+def open_columnar(path: Path, entity: Entity, rejected: dict[str, set[str]],
+                  batch_size: int) -> ColumnarSource | None:
+    """The lane for one part, or None (every batch the usual way) if ADBC cannot open the file:
+    the usual way reports what is wrong with it."""
+    try:
+        return ColumnarSource(path, entity, rejected, batch_size)
+    except adbc.Error:
+        return None
+
+
 class ColumnarSource:
     """One part's ADBC connection to the legacy file, used from its reader thread only."""
 
@@ -86,6 +96,7 @@ class ColumnarSource:
         self.rejected = rejected
         self.conn = adbc.connect(f"{path.resolve().as_uri()}?mode=ro", autocommit=True)
         self.cursor = self.conn.cursor()
+        self.cursor.execute("PRAGMA busy_timeout = 5000")  # as `source.open_source`'s sqlite3
         # one Arrow batch per read: types are inferred from all its rows, not the first 1024
         self.cursor.adbc_statement.set_options(
             **{adbc_driver_sqlite.StatementOptions.BATCH_ROWS.value: str(batch_size + 1)})
@@ -108,7 +119,7 @@ class ColumnarSource:
             return None
         try:
             got = self._read(limit, until, start, last)
-        except NotPlain:
+        except (NotPlain, adbc.Error):  # an error too: the usual way says it, or gets past it
             self.misses += 1
             self.skip = min(MAX_SKIP, 2 ** (self.misses - 1))
             return None
