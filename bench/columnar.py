@@ -48,56 +48,51 @@ def cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-async def rows_lane(conn: asyncpg.Connection, e: Entity, limit: int, path: Path
-                    ) -> tuple[int, int]:
+async def rows_batch(conn: asyncpg.Connection, source: sqlite3.Connection, checker: RowChecker,
+                     last: Sequence[Sequence[Any]]) -> list[Any]:
+    """One batch the rows way (the rows read; none at the end)."""
+    got = read_batch(source, checker.entity, DEFAULT_BATCH_SIZE, None, (None, None), last)
+    assert got is not None
+    rows, fresh = got
+    if rows:
+        await conn.copy_records_to_table("scratch", records=checker.check(fresh).rows,
+                                         columns=list(checker.entity.column_names))
+    return list(rows)
+
+
+async def rows_lane(conn: asyncpg.Connection, e: Entity, limit: int, path: Path,
+                    columnar: bool = False) -> tuple[int, int]:
+    """Load `limit` rows of `e`'s table; how many, and how many batches went the rows way
+    although the columnar lane was on."""
     source = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
                              isolation_level=None, check_same_thread=False)
-    checker, n, last = RowChecker(e, {}), 0, ()
-    cols = list(e.column_names)
+    lane = ColumnarSource(path, e, {}, DEFAULT_BATCH_SIZE) if columnar else None
+    checker, n, given_back = RowChecker(e, {}), 0, 0
+    last: Sequence[Sequence[Any]] = ()
     try:
         while n < limit:
-            got = read_batch(source, e, DEFAULT_BATCH_SIZE, None, (None, None), last)
-            assert got is not None
-            rows, fresh = got
-            if not rows:
-                break
-            batch = checker.check(fresh)
-            await conn.copy_records_to_table("scratch", records=batch.rows, columns=cols)
-            n, last = n + len(rows), rows
+            got = None if lane is None else lane.read(DEFAULT_BATCH_SIZE, None, (None, None),
+                                                      last)
+            if got is not None:
+                await conn.copy_to_table("scratch", source=_once(got.copy_data),
+                                         columns=list(e.column_names), format="binary")
+                last = got.rows
+            else:
+                last = await rows_batch(conn, source, checker, last)
+                if not last:
+                    break
+                given_back += lane is not None
+            n += len(last)
     finally:
+        if lane is not None:
+            lane.close()
         source.close()
-    return n, 0
+    return n, given_back
 
 
 async def columnar_lane(conn: asyncpg.Connection, e: Entity, limit: int, path: Path
                         ) -> tuple[int, int]:
-    lane = ColumnarSource(path, e, {}, DEFAULT_BATCH_SIZE)
-    source = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
-                             isolation_level=None, check_same_thread=False)
-    checker, n, given_back = RowChecker(e, {}), 0, 0
-    last: Sequence[Sequence[Any]] = ()
-    cols = list(e.column_names)
-    try:
-        while n < limit:
-            got = lane.read(DEFAULT_BATCH_SIZE, None, (None, None), last)
-            if got is not None:
-                await conn.copy_to_table("scratch", source=_once(got.copy_data), columns=cols,
-                                         format="binary")
-                n, last = n + len(got.rows), got.rows
-                continue
-            read = read_batch(source, e, DEFAULT_BATCH_SIZE, None, (None, None), last)
-            assert read is not None
-            rows, fresh = read
-            if not rows:
-                break
-            given_back += 1
-            batch = checker.check(fresh)
-            await conn.copy_records_to_table("scratch", records=batch.rows, columns=cols)
-            n, last = n + len(rows), rows
-    finally:
-        lane.close()
-        source.close()
-    return n, given_back
+    return await rows_lane(conn, e, limit, path, columnar=True)
 
 
 async def measure(dsn: str, path: Path, table: str, lane: Any, limit: int

@@ -20,7 +20,6 @@ Tests load dirty files both ways and compare every row and every report
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ import pgpq
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from proxy.migrate.source import _MARK, row_mark, source_columns
+from proxy.migrate.source import _mark_holds, _rows_after, row_mark, source_columns
 from proxy.models import Column, Entity, Kind
 
 # the timestamps Arrow's cast and `legacy.parse_timestamp` read alike: UTC, years 0001-9999,
@@ -61,8 +60,6 @@ class ReadRows(Sequence[tuple[Any, int]]):
         return len(self.ids)
 
     def __getitem__(self, i: Any) -> Any:
-        if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(len(self)))]
         return (self.ids[i].as_py(), self.rowids[i].as_py())
 
     def __iter__(self) -> Iterator[tuple[Any, int]]:
@@ -137,12 +134,9 @@ class ColumnarSource:
         cur = self.cursor
         cur.execute("BEGIN")
         try:
-            if mark is not None and not self._holds(mark):
+            if not _mark_holds(self.conn, self.entity.table, mark):
                 raise NotPlain  # moved: `source._go_on_after` works out where to go on
-            where = "true" if after is None else f"t.rowid > {int(after):d}"
-            bound = "" if until is None else f" AND t.rowid <= {int(until):d}"
-            cur.execute(f"SELECT {self.select} t WHERE {where}{bound} ORDER BY t.rowid "
-                        f"LIMIT {int(limit):d}")
+            cur.execute(*_rows_after(self.select, after, limit, until))
             table = cur.fetch_arrow_table()
         finally:
             cur.execute("COMMIT")
@@ -150,26 +144,18 @@ class ColumnarSource:
             raise NotPlain  # the part's end: said the usual way
         return self._encode(table.combine_chunks().to_batches()[0], last)
 
-    def _holds(self, mark: str) -> bool:
-        found = _MARK.fullmatch(mark)
-        if found is None or found.group(3) is not None:
-            raise NotPlain
-        rowid = int(found.group(1))
-        self.cursor.execute(f"SELECT id FROM {self.entity.table} WHERE rowid = {rowid:d}")
-        rows = self.cursor.fetchall()
-        return bool(rows) and row_mark(rowid, rows[0][0]) == mark
-
     def _encode(self, table: pa.RecordBatch, last: Sequence[Sequence[Any]]) -> ColumnarBatch:
         e, n = self.entity, table.num_rows
         width = len(e.columns)
         if not _all(pc.equal(table.column(0), 1)):
             raise NotPlain
         columns = [table.column(1 + i) for i in range(width)]
-        flags = iter(table.column(1 + width + k) for k in itertools.count())
         out = [_plain(c, a, n) for c, a in zip(e.columns, columns, strict=True)]
+        flag = 1 + width  # the parent-exists flags follow the columns, one per reference
         for c, a in zip(e.columns, columns, strict=True):
             if c.references:
-                self._check_reference(c, a, next(flags))
+                self._check_reference(c, a, table.column(flag))
+                flag += 1
         ids, rowids = columns[0], table.column(table.num_columns - 1)
         if last:
             seen = last.ids if isinstance(last, ReadRows) else pa.array(
@@ -192,8 +178,8 @@ class ColumnarSource:
 
 def _storage_test(c: Column) -> str:
     """SQLite's test that column `c` of row t holds its plain storage class."""
-    test = f"typeof(t.{c.name}) = '{_STORAGE[c.kind]}'"
-    return f"typeof(t.{c.name}) IN ('{_STORAGE[c.kind]}', 'null')" if c.nullable else test
+    classes = f"'{_STORAGE[c.kind]}'" + (", 'null'" if c.nullable else "")
+    return f"typeof(t.{c.name}) IN ({classes})"
 
 
 def _plain(c: Column, values: pa.Array, n: int) -> pa.Array:

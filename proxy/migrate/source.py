@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from proxy.errors import BadSource
 from proxy.models import ENTITIES, Entity
@@ -78,7 +78,14 @@ def mark_rowid(mark: str) -> int:
     return int(mark.split(" ", 1)[0])
 
 
-def _mark_holds(source: sqlite3.Connection, table: str, mark: str | None) -> bool:
+class Reads(Protocol):
+    """A connection to the legacy file that runs a query: sqlite3's, or ADBC's (the columnar
+    lane's)."""
+
+    def execute(self, sql: str, parameters: Any, /) -> Any: ...
+
+
+def _mark_holds(source: Reads, table: str, mark: str | None) -> bool:
     """Whether the row `mark` names still has its rowid (a VACUUM may renumber the rowids of a
     table without an INTEGER PRIMARY KEY; it keeps their order)."""
     if mark is None:
@@ -165,12 +172,13 @@ def read_batch(source: sqlite3.Connection, entity: Entity, limit: int, until: in
         source.execute("COMMIT")
 
 
-def _fetch(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
+def _fetch(conn: Reads, sql: str, params: Sequence[Any]) -> list[Any]:
     try:
-        return conn.execute(sql, params).fetchall()
-    except sqlite3.OperationalError as exc:
+        return list(conn.execute(sql, params).fetchall())
+    except sqlite3.OperationalError as exc:  # sqlite3's own: ADBC raises its errors
         if "decode" not in str(exc).lower():
             raise
+    assert isinstance(conn, sqlite3.Connection)
     # text that is not UTF-8: read it with the bad bytes kept as surrogates, so the check
     # rejects the row instead of the whole batch failing
     conn.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
